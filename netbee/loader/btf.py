@@ -1,0 +1,761 @@
+"""BTF: parse, query, edit, encode and sanitize BPF Type Format data.
+
+Pure Python, no kernel. Parsing is lazy because the kernel's vmlinux BTF holds
+over 100,000 types: construction only walks the type headers to record where
+each type starts; a type is decoded when asked for, and the name index is a
+search of the string table done on demand.
+"""
+from __future__ import annotations
+
+import sys
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+import typing
+from typing import ClassVar, Dict, Iterator, List, Optional
+
+from netbee.loader.errors import BTFError
+
+BTF_MAGIC = 0xEB9F
+HEADER_SIZE = 24
+KERNEL_BTF_PATH = "/sys/kernel/btf/vmlinux"
+
+INT_SIGNED = 1
+INT_CHAR = 2
+INT_BOOL = 4
+
+# Guards recursion through typedef/array chains of corrupt or cyclic BTF.
+_MAX_CHAIN = 64
+# BTF_MAX_TYPE in the kernel: ids are limited to 20 bits... plus headroom for
+# split BTF; anything above is corrupt.
+_MAX_TYPES = 1 << 24
+
+
+class BtfKind(IntEnum):
+    UNKN = 0
+    INT = 1
+    PTR = 2
+    ARRAY = 3
+    STRUCT = 4
+    UNION = 5
+    ENUM = 6
+    FWD = 7
+    TYPEDEF = 8
+    VOLATILE = 9
+    CONST = 10
+    RESTRICT = 11
+    FUNC = 12
+    FUNC_PROTO = 13
+    VAR = 14
+    DATASEC = 15
+    FLOAT = 16
+    DECL_TAG = 17
+    TYPE_TAG = 18
+    ENUM64 = 19
+
+
+@dataclass
+class Void:
+    kind: ClassVar[BtfKind] = BtfKind.UNKN
+    name: str = ""
+
+
+@dataclass
+class Int:
+    kind: ClassVar[BtfKind] = BtfKind.INT
+    name: str
+    size: int
+    encoding: int = 0
+    bits_offset: int = 0
+    nr_bits: int = 0
+
+
+@dataclass
+class Ptr:
+    kind: ClassVar[BtfKind] = BtfKind.PTR
+    type: int
+    name: str = ""
+
+
+@dataclass
+class Array:
+    kind: ClassVar[BtfKind] = BtfKind.ARRAY
+    type: int
+    index_type: int
+    nelems: int
+    name: str = ""
+
+
+@dataclass
+class Member:
+    name: str
+    type: int
+    bit_offset: int
+    bitfield_size: int = 0
+
+
+@dataclass
+class Struct:
+    kind: ClassVar[BtfKind] = BtfKind.STRUCT
+    name: str
+    size: int
+    members: List[Member] = field(default_factory=list)
+
+
+@dataclass
+class Union:
+    kind: ClassVar[BtfKind] = BtfKind.UNION
+    name: str
+    size: int
+    members: List[Member] = field(default_factory=list)
+
+
+@dataclass
+class EnumValue:
+    name: str
+    value: int
+
+
+@dataclass
+class Enum:
+    kind: ClassVar[BtfKind] = BtfKind.ENUM
+    name: str
+    size: int
+    signed: bool = False
+    values: List[EnumValue] = field(default_factory=list)
+
+
+@dataclass
+class Enum64:
+    kind: ClassVar[BtfKind] = BtfKind.ENUM64
+    name: str
+    size: int
+    signed: bool = False
+    values: List[EnumValue] = field(default_factory=list)
+
+
+@dataclass
+class Fwd:
+    kind: ClassVar[BtfKind] = BtfKind.FWD
+    name: str
+    is_union: bool = False
+
+
+@dataclass
+class Typedef:
+    kind: ClassVar[BtfKind] = BtfKind.TYPEDEF
+    name: str
+    type: int
+
+
+@dataclass
+class Volatile:
+    kind: ClassVar[BtfKind] = BtfKind.VOLATILE
+    type: int
+    name: str = ""
+
+
+@dataclass
+class Const:
+    kind: ClassVar[BtfKind] = BtfKind.CONST
+    type: int
+    name: str = ""
+
+
+@dataclass
+class Restrict:
+    kind: ClassVar[BtfKind] = BtfKind.RESTRICT
+    type: int
+    name: str = ""
+
+
+@dataclass
+class TypeTag:
+    kind: ClassVar[BtfKind] = BtfKind.TYPE_TAG
+    name: str
+    type: int
+    kflag: bool = False   # newer kernels: an attribute rather than a tag
+
+
+@dataclass
+class Func:
+    kind: ClassVar[BtfKind] = BtfKind.FUNC
+    name: str
+    type: int
+    linkage: int = 0      # 0 static, 1 global, 2 extern
+
+
+@dataclass
+class Param:
+    name: str
+    type: int
+
+
+@dataclass
+class FuncProto:
+    kind: ClassVar[BtfKind] = BtfKind.FUNC_PROTO
+    ret_type: int
+    params: List[Param] = field(default_factory=list)
+    name: str = ""
+
+
+@dataclass
+class Var:
+    kind: ClassVar[BtfKind] = BtfKind.VAR
+    name: str
+    type: int
+    linkage: int = 0
+
+
+@dataclass
+class VarSecInfo:
+    type: int
+    offset: int
+    size: int
+
+
+@dataclass
+class Datasec:
+    kind: ClassVar[BtfKind] = BtfKind.DATASEC
+    name: str
+    size: int
+    vars: List[VarSecInfo] = field(default_factory=list)
+
+
+@dataclass
+class Float:
+    kind: ClassVar[BtfKind] = BtfKind.FLOAT
+    name: str
+    size: int
+
+
+@dataclass
+class DeclTag:
+    kind: ClassVar[BtfKind] = BtfKind.DECL_TAG
+    name: str
+    type: int
+    component_idx: int = -1
+    kflag: bool = False
+
+
+BtfType = typing.Union[Void, Int, Ptr, Array, Struct, Union, Enum, Enum64, Fwd, Typedef, Volatile,
+                Const, Restrict, TypeTag, Func, FuncProto, Var, Datasec, Float, DeclTag]
+
+_MODIFIERS = (BtfKind.TYPEDEF, BtfKind.VOLATILE, BtfKind.CONST, BtfKind.RESTRICT, BtfKind.TYPE_TAG)
+
+# Words (u32) after the 3-word common header: a fixed part and a part per vlen entry.
+_FIXED_WORDS = [None] * 32
+_VLEN_WORDS = [0] * 32
+for _k in BtfKind:
+    _FIXED_WORDS[_k] = 3
+_FIXED_WORDS[BtfKind.UNKN] = None
+_FIXED_WORDS[BtfKind.INT] = 4
+_FIXED_WORDS[BtfKind.ARRAY] = 6
+_FIXED_WORDS[BtfKind.VAR] = 4
+_FIXED_WORDS[BtfKind.DECL_TAG] = 4
+for _k, _n in ((BtfKind.STRUCT, 3), (BtfKind.UNION, 3), (BtfKind.ENUM, 2), (BtfKind.FUNC_PROTO, 2),
+               (BtfKind.DATASEC, 3), (BtfKind.ENUM64, 3)):
+    _VLEN_WORDS[_k] = _n
+
+
+def _s32(v: int) -> int:
+    return v - (1 << 32) if v & 0x80000000 else v
+
+
+class _StringTable:
+    """Keeps an existing string section byte for byte (so every old offset stays
+    valid, e.g. those in .BTF.ext) and appends new strings after it."""
+
+    def __init__(self, initial: bytes, base_len: int) -> None:
+        self.data = bytearray(initial if initial else b"\0")
+        self.base_len = base_len
+        self.index: Dict[str, int] = {"": 0}
+
+    def add(self, text: str) -> int:
+        off = self.index.get(text)
+        if off is not None:
+            return off
+        raw = text.encode()
+        pos = self.data.find(raw + b"\0")
+        if pos < 0 or b"\0" in raw:
+            pos = len(self.data)
+            self.data += raw + b"\0"
+        off = self.base_len + pos
+        self.index[text] = off
+        return off
+
+
+class _Types(Sequence):
+    """`btf.types`: a read-only, lazily decoded list indexed by type id."""
+
+    def __init__(self, btf: "Btf") -> None:
+        self._btf = btf
+
+    def __len__(self) -> int:
+        return len(self._btf)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self._btf.type(j) for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        return self._btf.type(i)
+
+
+class Btf:
+    """A set of BTF types. `Btf()` is empty (only void) and can be built with add_type."""
+
+    def __init__(self, base: Optional["Btf"] = None) -> None:
+        self.base = base
+        self._first_id = len(base) if base is not None else 1
+        self._str_base = base._str_end if base is not None else 0
+        self._words: List[int] = []       # raw type section as native u32 words
+        self._offsets: List[int] = []     # word index of each raw type
+        self._strings = b"\0" if base is None else b""
+        self._cache: Dict[int, BtfType] = {}
+        self._replaced: Dict[int, BtfType] = {}
+        self._added: List[BtfType] = []
+        self._name_index: Optional[Dict[int, List[int]]] = None
+        self.types = _Types(self)
+
+    # ------------------------------------------------------------------ parsing
+    @classmethod
+    def parse(cls, data: bytes, base: Optional["Btf"] = None) -> "Btf":
+        """Parse raw BTF (the .BTF section or /sys/kernel/btf/* contents)."""
+        btf = cls(base)
+        data = bytes(data)
+        if len(data) < HEADER_SIZE:
+            raise BTFError(f"BTF too short: {len(data)} bytes, header needs {HEADER_SIZE}")
+        magic = int.from_bytes(data[0:2], sys.byteorder)
+        if magic == BTF_MAGIC:
+            swap = False
+        elif magic == 0x9FEB:
+            swap = True
+        else:
+            raise BTFError(f"bad BTF magic 0x{magic:04x}")
+        hdr = array("I")
+        hdr.frombytes(data[4:HEADER_SIZE])
+        if swap:
+            hdr.byteswap()
+        hdr_len, type_off, type_len, str_off, str_len = hdr
+        if data[2] != 1:
+            raise BTFError(f"unsupported BTF version {data[2]}")
+        if hdr_len < HEADER_SIZE or hdr_len > len(data):
+            raise BTFError(f"bad BTF header length {hdr_len}")
+        body = len(data) - hdr_len
+        if type_off % 4 or type_len % 4:
+            raise BTFError("BTF type section is not 4-byte aligned")
+        if type_off + type_len > body or str_off + str_len > body:
+            raise BTFError(f"BTF sections exceed the data ({len(data)} bytes): truncated?")
+        strings = data[hdr_len + str_off:hdr_len + str_off + str_len]
+        if base is None and (not strings or strings[0] != 0):
+            raise BTFError("BTF string section must start with an empty string")
+        if strings and strings[-1] != 0:
+            raise BTFError("BTF string section is not NUL-terminated")
+        btf._strings = strings
+        words = array("I")
+        words.frombytes(data[hdr_len + type_off:hdr_len + type_off + type_len])
+        if swap:
+            words.byteswap()
+        btf._words = words.tolist()
+        btf._offsets = btf._scan(btf._words)
+        return btf
+
+    def _scan(self, w: List[int]) -> List[int]:
+        """Record the start of every type; validates kinds and lengths."""
+        offsets: List[int] = []
+        append = offsets.append
+        fixed, per = _FIXED_WORDS, _VLEN_WORDS
+        n = len(w)
+        i = 0
+        while i < n:
+            if i + 3 > n:
+                raise BTFError(f"BTF type {self._first_id + len(offsets)} is truncated")
+            append(i)
+            info = w[i + 1]
+            kind = (info >> 24) & 0x1F
+            step = fixed[kind]
+            if step is None:
+                raise BTFError(f"BTF type {self._first_id + len(offsets) - 1} has unknown kind {kind}")
+            i += step + per[kind] * (info & 0xFFFF)
+        if i != n:
+            raise BTFError(f"BTF type {self._first_id + len(offsets) - 1} runs past the type section")
+        if self._first_id + len(offsets) > _MAX_TYPES:
+            raise BTFError("too many BTF types")
+        return offsets
+
+    @classmethod
+    def load_kernel(cls, path: Optional[str] = None) -> "Btf":
+        """The running kernel's BTF, or that of a file: raw BTF or an ELF (vmlinux) with .BTF."""
+        path = path or KERNEL_BTF_PATH
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise BTFError(f"cannot read kernel BTF from {path}: {e.strerror or e}") from e
+        if data[:4] == b"\x7fELF":
+            data = btf_section_from_elf(data, path)
+        try:
+            return cls.parse(data)
+        except BTFError as e:
+            raise BTFError(f"{path}: {e}") from e
+
+    # ------------------------------------------------------------------ strings
+    @property
+    def _str_end(self) -> int:
+        return self._str_base + len(self._strings)
+
+    def string(self, offset: int) -> str:
+        """The string at `offset` of the (base + own) string table."""
+        if offset < self._str_base:
+            assert self.base is not None
+            return self.base.string(offset)
+        local = offset - self._str_base
+        if local >= len(self._strings):
+            raise BTFError(f"BTF string offset {offset} out of range")
+        end = self._strings.find(b"\0", local)
+        return self._strings[local:end].decode("utf-8", "replace")
+
+    def _string_offsets(self, name: str) -> List[int]:
+        """Every offset at which the string table holds exactly `name`."""
+        out = self.base._string_offsets(name) if self.base is not None else []
+        pat = name.encode() + b"\0"
+        s = self._strings
+        pos = s.find(pat)
+        while pos >= 0:
+            out.append(self._str_base + pos)
+            pos = s.find(pat, pos + 1)
+        return out
+
+    # ------------------------------------------------------------------ types
+    def __len__(self) -> int:
+        return self._first_id + len(self._offsets) + len(self._added)
+
+    def __iter__(self) -> Iterator[BtfType]:
+        return iter(self.types)
+
+    def type(self, type_id: int) -> BtfType:
+        if type_id < 0 or type_id >= len(self):
+            raise BTFError(f"BTF type id {type_id} out of range (0..{len(self) - 1})")
+        if type_id < self._first_id:
+            if self.base is None:
+                return Void()
+            return self.base.type(type_id)
+        t = self._replaced.get(type_id)
+        if t is not None:
+            return t
+        local = type_id - self._first_id
+        if local >= len(self._offsets):
+            return self._added[local - len(self._offsets)]
+        t = self._cache.get(type_id)
+        if t is None:
+            t = self._decode(self._offsets[local])
+            self._cache[type_id] = t
+        return t
+
+    def _decode(self, i: int) -> BtfType:
+        w = self._words
+        name = self.string(w[i])
+        info, st = w[i + 1], w[i + 2]
+        kind = (info >> 24) & 0x1F
+        vlen = info & 0xFFFF
+        kflag = bool(info >> 31)
+        j = i + 3
+        if kind == BtfKind.INT:
+            enc = w[j]
+            return Int(name, st, (enc >> 24) & 0xF, (enc >> 16) & 0xFF, enc & 0xFF)
+        if kind == BtfKind.PTR:
+            return Ptr(st, name)
+        if kind == BtfKind.ARRAY:
+            return Array(w[j], w[j + 1], w[j + 2], name)
+        if kind in (BtfKind.STRUCT, BtfKind.UNION):
+            members = []
+            for k in range(j, j + 3 * vlen, 3):
+                off = w[k + 2]
+                if kflag:
+                    members.append(Member(self.string(w[k]), w[k + 1], off & 0xFFFFFF, off >> 24))
+                else:
+                    members.append(Member(self.string(w[k]), w[k + 1], off, 0))
+            cls = Struct if kind == BtfKind.STRUCT else Union
+            return cls(name, st, members)
+        if kind == BtfKind.ENUM:
+            conv = _s32 if kflag else int
+            vals = [EnumValue(self.string(w[k]), conv(w[k + 1])) for k in range(j, j + 2 * vlen, 2)]
+            return Enum(name, st, kflag, vals)
+        if kind == BtfKind.ENUM64:
+            vals = []
+            for k in range(j, j + 3 * vlen, 3):
+                v = w[k + 1] | (w[k + 2] << 32)
+                if kflag and v >> 63:
+                    v -= 1 << 64
+                vals.append(EnumValue(self.string(w[k]), v))
+            return Enum64(name, st, kflag, vals)
+        if kind == BtfKind.FWD:
+            return Fwd(name, kflag)
+        if kind == BtfKind.TYPEDEF:
+            return Typedef(name, st)
+        if kind == BtfKind.VOLATILE:
+            return Volatile(st, name)
+        if kind == BtfKind.CONST:
+            return Const(st, name)
+        if kind == BtfKind.RESTRICT:
+            return Restrict(st, name)
+        if kind == BtfKind.FUNC:
+            return Func(name, st, vlen)
+        if kind == BtfKind.FUNC_PROTO:
+            params = [Param(self.string(w[k]), w[k + 1]) for k in range(j, j + 2 * vlen, 2)]
+            return FuncProto(st, params, name)
+        if kind == BtfKind.VAR:
+            return Var(name, st, w[j])
+        if kind == BtfKind.DATASEC:
+            return Datasec(name, st, [VarSecInfo(w[k], w[k + 1], w[k + 2]) for k in range(j, j + 3 * vlen, 3)])
+        if kind == BtfKind.FLOAT:
+            return Float(name, st)
+        if kind == BtfKind.DECL_TAG:
+            return DeclTag(name, st, _s32(w[j]), kflag)
+        if kind == BtfKind.TYPE_TAG:
+            return TypeTag(name, st, kflag)
+        raise BTFError(f"unknown BTF kind {kind}")  # _scan rejects these; kept for safety
+
+    def find(self, name: str, kind: Optional[BtfKind] = None) -> List[int]:
+        """All type ids named `name` (optionally of one kind), in id order."""
+        if not name:
+            return []
+        ids: List[int] = []
+        if self.base is not None:
+            ids.extend(self.base.find(name, kind))
+        if self._name_index is None:
+            index: Dict[int, List[int]] = {}
+            w, first = self._words, self._first_id
+            for n, i in enumerate(self._offsets):
+                off = w[i]
+                if off:
+                    lst = index.get(off)
+                    if lst is None:
+                        index[off] = [first + n]
+                    else:
+                        lst.append(first + n)
+            self._name_index = index
+        own: List[int] = []
+        for off in self._string_offsets(name):
+            own.extend(self._name_index.get(off, ()))
+        own = [i for i in own if i not in self._replaced]
+        for tid, t in self._replaced.items():
+            if t.name == name:
+                own.append(tid)
+        start = self._first_id + len(self._offsets)
+        own.extend(start + n for n, t in enumerate(self._added) if t.name == name)
+        for tid in sorted(set(own)):
+            if kind is None or self.type(tid).kind == kind:
+                ids.append(tid)
+        return ids
+
+    def resolve(self, type_id: int) -> int:
+        """Follow typedef/volatile/const/restrict/type_tag to the underlying type id."""
+        for _ in range(_MAX_CHAIN):
+            t = self.type(type_id)
+            if t.kind not in _MODIFIERS:
+                return type_id
+            type_id = t.type  # type: ignore[union-attr]
+        raise BTFError(f"BTF modifier chain too long or cyclic at type {type_id}")
+
+    def sizeof(self, type_id: int) -> int:
+        """Size in bytes of a type (pointers are 8 bytes: BPF is a 64-bit target)."""
+        total = 1
+        for _ in range(_MAX_CHAIN):
+            t = self.type(type_id)
+            k = t.kind
+            if k in (BtfKind.INT, BtfKind.STRUCT, BtfKind.UNION, BtfKind.ENUM, BtfKind.ENUM64,
+                     BtfKind.FLOAT, BtfKind.DATASEC):
+                return total * t.size  # type: ignore[union-attr]
+            if k == BtfKind.PTR:
+                return total * 8
+            if k == BtfKind.ARRAY:
+                total *= t.nelems  # type: ignore[union-attr]
+                type_id = t.type  # type: ignore[union-attr]
+            elif k in _MODIFIERS or k == BtfKind.VAR:
+                type_id = t.type  # type: ignore[union-attr]
+            else:
+                raise BTFError(f"BTF type {type_id} ({k.name}) has no size")
+        raise BTFError(f"BTF type chain too long or cyclic at type {type_id}")
+
+    def enum_values(self, enum_name: str) -> Dict[str, int]:
+        """Name -> value of the first ENUM or ENUM64 called `enum_name`."""
+        for tid in self.find(enum_name):
+            t = self.type(tid)
+            if t.kind in (BtfKind.ENUM, BtfKind.ENUM64):
+                return {v.name: v.value for v in t.values}  # type: ignore[union-attr]
+        raise BTFError(f"no enum named {enum_name!r} in BTF")
+
+    # ------------------------------------------------------------------ editing
+    def add_type(self, t: BtfType) -> int:
+        """Append a type; returns its id."""
+        if isinstance(t, Void):
+            raise BTFError("cannot add a void type")
+        self._added.append(t)
+        return len(self) - 1
+
+    def replace(self, type_id: int, t: BtfType) -> None:
+        """Replace a type in place, keeping every id stable."""
+        if type_id < self._first_id or type_id >= len(self):
+            raise BTFError(f"cannot replace BTF type {type_id}: not part of this BTF")
+        local = type_id - self._first_id
+        if local >= len(self._offsets):
+            self._added[local - len(self._offsets)] = t
+        else:
+            self._replaced[type_id] = t
+
+    # ------------------------------------------------------------------ encoding
+    def to_bytes(self) -> bytes:
+        """Raw BTF in native byte order. Unmodified types and the original string
+        section are kept verbatim, so offsets referenced from .BTF.ext stay valid."""
+        strtab = _StringTable(self._strings, self._str_base)
+        out = array("I")
+        w = self._words
+        n_raw = len(self._offsets)
+        for local in range(n_raw):
+            tid = self._first_id + local
+            t = self._replaced.get(tid)
+            if t is None:
+                start = self._offsets[local]
+                end = self._offsets[local + 1] if local + 1 < n_raw else len(w)
+                out.extend(w[start:end])
+            else:
+                out.extend(_encode(t, strtab))
+        for t in self._added:
+            out.extend(_encode(t, strtab))
+        types = out.tobytes()
+        strings = bytes(strtab.data)
+        hdr = array("I", [HEADER_SIZE, 0, len(types), len(types), len(strings)]).tobytes()
+        magic = BTF_MAGIC.to_bytes(2, sys.byteorder)
+        return magic + bytes([1, 0]) + hdr + types + strings
+
+
+def _info(kind: int, vlen: int = 0, kflag: bool = False) -> int:
+    if vlen > 0xFFFF:
+        raise BTFError(f"too many members ({vlen}) for one BTF type")
+    return (int(kflag) << 31) | (kind << 24) | vlen
+
+
+def _encode(t: BtfType, st: _StringTable) -> List[int]:
+    """One type as u32 words."""
+    k = t.kind
+    name = st.add(t.name)
+    if k == BtfKind.INT:
+        return [name, _info(k), t.size, (t.encoding << 24) | (t.bits_offset << 16) | t.nr_bits]
+    if k in (BtfKind.PTR, BtfKind.VOLATILE, BtfKind.CONST, BtfKind.RESTRICT, BtfKind.TYPEDEF):
+        return [name, _info(k), t.type]
+    if k == BtfKind.ARRAY:
+        return [name, _info(k), 0, t.type, t.index_type, t.nelems]
+    if k in (BtfKind.STRUCT, BtfKind.UNION):
+        kflag = any(m.bitfield_size for m in t.members)
+        words = [name, _info(k, len(t.members), kflag), t.size]
+        for m in t.members:
+            off = (m.bitfield_size << 24) | m.bit_offset if kflag else m.bit_offset
+            words += [st.add(m.name), m.type, off]
+        return words
+    if k == BtfKind.ENUM:
+        words = [name, _info(k, len(t.values), t.signed), t.size]
+        for v in t.values:
+            words += [st.add(v.name), v.value & 0xFFFFFFFF]
+        return words
+    if k == BtfKind.ENUM64:
+        words = [name, _info(k, len(t.values), t.signed), t.size]
+        for v in t.values:
+            u = v.value & 0xFFFFFFFFFFFFFFFF
+            words += [st.add(v.name), u & 0xFFFFFFFF, u >> 32]
+        return words
+    if k == BtfKind.FWD:
+        return [name, _info(k, 0, t.is_union), 0]
+    if k == BtfKind.TYPE_TAG:
+        return [name, _info(k, 0, t.kflag), t.type]
+    if k == BtfKind.FUNC:
+        return [name, _info(k, t.linkage), t.type]
+    if k == BtfKind.FUNC_PROTO:
+        words = [name, _info(k, len(t.params)), t.ret_type]
+        for p in t.params:
+            words += [st.add(p.name), p.type]
+        return words
+    if k == BtfKind.VAR:
+        return [name, _info(k), t.type, t.linkage]
+    if k == BtfKind.DATASEC:
+        words = [name, _info(k, len(t.vars)), t.size]
+        for v in t.vars:
+            words += [v.type, v.offset, v.size]
+        return words
+    if k == BtfKind.FLOAT:
+        return [name, _info(k), t.size]
+    if k == BtfKind.DECL_TAG:
+        return [name, _info(k, 0, t.kflag), t.type, t.component_idx & 0xFFFFFFFF]
+    raise BTFError(f"cannot encode BTF kind {k!r}")
+
+
+def btf_section_from_elf(data: bytes, what: str = "ELF file") -> bytes:
+    """The raw .BTF section of an ELF file (a vmlinux, or a BPF object)."""
+    import io
+
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
+    try:
+        elf = ELFFile(io.BytesIO(data))
+        sec = elf.get_section_by_name(".BTF")
+        if sec is None:
+            raise BTFError(f"{what} has no .BTF section")
+        return sec.data()
+    except BTFError:
+        raise
+    except (ELFError, ValueError, EOFError, OSError, KeyError, IndexError) as e:
+        raise BTFError(f"{what}: cannot read ELF: {e}") from e
+
+
+FEATURES = frozenset({"func", "func_global", "datasec", "qmark_datasec", "float", "decl_tag",
+                      "type_tag", "enum64"})
+
+
+def sanitize(btf: Btf, features) -> Btf:
+    """A copy of `btf` the running kernel accepts, given the BTF `features` it
+    supports (names from FEATURES). Unsupported kinds are rewritten in place
+    as libbpf does, so every type id (used by func_info, line_info, maps and
+    CO-RE) keeps its meaning; at most one type is appended."""
+    feats = set(features)
+    unknown = feats - FEATURES
+    if unknown:
+        raise ValueError(f"unknown BTF features: {sorted(unknown)}")
+    out = Btf.parse(btf.to_bytes(), base=btf.base)
+    has = feats.__contains__
+    placeholder = 0
+    first = len(btf.base) if btf.base is not None else 1
+    for tid in range(first, len(out)):
+        t = out.type(tid)
+        k = t.kind
+        new: Optional[BtfType] = None
+        if (k == BtfKind.VAR and not has("datasec")) or (k == BtfKind.DECL_TAG and not has("decl_tag")):
+            # size 1: a bigger int could exceed a small variable and fail validation
+            new = Int(t.name, 1, 0, 0, 8)
+        elif k == BtfKind.DATASEC and not has("datasec"):
+            name = t.name.replace(".", "_").replace("?", "_")
+            members = [Member(out.type(v.type).name, v.type, v.offset * 8) for v in t.vars]
+            new = Struct(name, t.size, members)
+        elif k == BtfKind.DATASEC and not has("qmark_datasec") and t.name.startswith("?"):
+            new = Datasec("_" + t.name[1:], t.size, list(t.vars))
+        elif k == BtfKind.FUNC_PROTO and not has("func"):
+            new = Enum(t.name, 4, False, [EnumValue(p.name, p.type) for p in t.params])
+        elif k == BtfKind.FUNC and not has("func"):
+            new = Typedef(t.name, t.type)
+        elif k == BtfKind.FUNC and not has("func_global"):
+            new = Func(t.name, t.type, 0)
+        elif k == BtfKind.FLOAT and not has("float"):
+            new = Struct("", t.size, [])
+        elif k == BtfKind.TYPE_TAG and not has("type_tag"):
+            new = Const(t.type)
+        elif k == BtfKind.ENUM and not has("enum64") and t.signed:
+            new = Enum(t.name, t.size, False, list(t.values))
+        elif k == BtfKind.ENUM64 and not has("enum64"):
+            if not placeholder:
+                placeholder = out.add_type(Int("enum64_placeholder", 1, 0, 0, 8))
+            new = Union(t.name, t.size, [Member(v.name, placeholder, 0) for v in t.values])
+        if new is not None:
+            out.replace(tid, new)
+    return out
