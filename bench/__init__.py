@@ -1,0 +1,1 @@
+"""NetBee benchmarks (issue 8); run them with bench/run_all.sh."""

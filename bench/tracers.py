@@ -1,0 +1,140 @@
+"""Start and stop the tracers under test as separate processes: netbee's command and bpftrace.
+
+A tracer counts as ready when netbee prints its `netbee: tracing` line, or, for
+either tool, when its first event line appears on stdout (startup.py sends a
+steady trickle of packets so that an attached probe fires within a few ms).
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import IO, List, Optional, Sequence
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BT_DIR = pathlib.Path(__file__).resolve().parent / "bpftrace"
+TRACEFS = "/sys/kernel/tracing"
+
+
+def netbee_argv(args: Sequence[str]) -> List[str]:
+    return [sys.executable, "-m", "netbee"] + list(args)
+
+
+def bpftrace_argv(script: str) -> List[str]:
+    # -B none: unbuffered output, so a pipe sees each event when it happens.
+    return ["bpftrace", "-B", "none", str(BT_DIR / script)]
+
+
+def ensure_tracefs() -> None:
+    """bpftrace's tracepoint probes need tracefs; it is not mounted by default on this machine.
+
+    Mounted if absent and left mounted (unmounting could pull it from under another user)."""
+    if not os.path.exists(os.path.join(TRACEFS, "events")):
+        subprocess.run(["mount", "-t", "tracefs", "nodev", TRACEFS], check=True)
+
+
+class Tracer:
+    """One tracer process with its output collected by background threads and timestamps taken."""
+
+    def __init__(self, argv: Sequence[str], stdout_to_null: bool = False,
+                 env: Optional[dict] = None) -> None:
+        self.argv = list(argv)
+        self.t_launch = time.monotonic()
+        full_env = dict(os.environ)
+        full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL if stdout_to_null else subprocess.PIPE,
+                                     stderr=subprocess.PIPE, env=full_env, cwd=str(ROOT))
+        self.stderr_lines: List[str] = []
+        self.stdout_lines = 0
+        self.t_tracing: Optional[float] = None      # `netbee: tracing` seen
+        self.t_first_event: Optional[float] = None  # first stdout line seen
+        self._ready = threading.Event()
+        self._threads = [threading.Thread(target=self._read_err, args=(self.proc.stderr,), daemon=True)]
+        if not stdout_to_null:
+            self._threads.append(threading.Thread(target=self._read_out, args=(self.proc.stdout,), daemon=True))
+        for t in self._threads:
+            t.start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _read_err(self, f: IO[bytes]) -> None:
+        for raw in f:
+            line = raw.decode(errors="replace").rstrip("\n")
+            if self.t_tracing is None and line.startswith("netbee: tracing"):
+                self.t_tracing = time.monotonic()
+                self._ready.set()
+            self.stderr_lines.append(line)
+        self._ready.set()
+
+    def _read_out(self, f: IO[bytes]) -> None:
+        for _ in f:
+            if self.t_first_event is None:
+                self.t_first_event = time.monotonic()
+                self._ready.set()
+            self.stdout_lines += 1
+        self._ready.set()
+
+    def wait_ready(self, timeout: float = 20.0, need: str = "tracing") -> float:
+        """Seconds from launch to readiness: need="tracing" (netbee's line) or "event" (first event)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            t = self.t_tracing if need == "tracing" else self.t_first_event
+            if t is not None:
+                return t - self.t_launch
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.argv[:4]} exited with {self.proc.returncode}:\n"
+                                   + "\n".join(self.stderr_lines[-15:]))
+            self._ready.wait(0.005)
+            self._ready.clear()
+        self.kill()
+        raise RuntimeError(f"{self.argv[:4]} not ready ({need}) within {timeout}s:\n"
+                           + "\n".join(self.stderr_lines[-15:]))
+
+    def interrupt(self, timeout: float = 20.0) -> float:
+        """Ctrl-C (SIGINT); returns seconds until the process has exited."""
+        t0 = time.monotonic()
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise RuntimeError(f"{self.argv[:4]} did not exit within {timeout}s of SIGINT")
+        dt = time.monotonic() - t0
+        for t in self._threads:
+            t.join(timeout=5)
+        return dt
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> "Tracer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+
+def peak_rss_kb(pid: int) -> int:
+    """VmHWM (peak resident set) of a live process, in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
