@@ -1,0 +1,135 @@
+"""Resolvers: kallsyms, OUI vendors, ifnames, drop reasons (fixtures, no root)."""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import zlib
+
+import pytest
+
+from netbee.resolvers import drop_reasons, ifnames, kallsyms, oui
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+KALLSYMS = """\
+ffffffffc0a01000 t nft_do_chain\t[nf_tables]
+ffffffff81000000 T _stext
+ffffffff81a00000 T ip_rcv
+ffffffff81a00100 t ip_rcv_core
+ffffffff81b00000 D some_data
+ffffffff81a00080 W weak_thing
+ffffffffc0a01400 T nft_other\t[nf_tables]
+0000000000000000 T hidden
+garbage line
+"""
+
+
+def test_kallsyms_sorted_by_us_and_resolves_with_modules():
+    ks = kallsyms.Kallsyms(f=io.StringIO(KALLSYMS))
+    assert len(ks) == 5  # text only: t/T, zero addresses dropped
+    assert ks.resolve(0xFFFFFFFF81A00000) == "ip_rcv+0x0"
+    assert ks.resolve(0xFFFFFFFF81A0001C) == "ip_rcv+0x1c"
+    assert ks.resolve(0xFFFFFFFF81A00105) == "ip_rcv_core+0x5"
+    assert ks.resolve(0xFFFFFFFFC0A0103A) == "nft_do_chain+0x3a [nf_tables]"
+    assert ks.resolve(0xFFFFFFFFC0A01400) == "nft_other+0x0 [nf_tables]"
+    assert ks.resolve(0x1000) == "0x1000"
+    assert ks.resolve(0xFFFFFFFF81A00100 + kallsyms.MAX_OFFSET + 1) == \
+        f"0x{0xFFFFFFFF81A00100 + kallsyms.MAX_OFFSET + 1:x}"
+
+
+def test_kallsyms_is_lazy_and_reads_the_real_file():
+    ks = kallsyms.Kallsyms()
+    assert ks._addrs is None
+    with open("/proc/kallsyms") as f:
+        for line in f:
+            addr, typ, name = line.split()[:3]
+            if typ == "T" and name == "ip_rcv" and int(addr, 16):
+                assert ks.resolve(int(addr, 16) + 4) == "ip_rcv+0x4"
+                break
+        else:
+            pytest.fail("ip_rcv not in /proc/kallsyms with an address (run as root)")
+
+
+def test_oui_db_generated_from_ieee_data_matches_committed(tmp_path):
+    out = tmp_path / "oui.db"
+    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "gen_oui.py"), "--out", str(out)],
+                   check=True, capture_output=True)
+    with open(os.path.join(ROOT, "netbee", "resolvers", "oui.db"), "rb") as f:
+        committed = f.read()
+    assert out.read_bytes() == committed
+    assert len(committed) < 600_000
+
+
+def test_oui_longest_prefix_and_marks(tmp_path):
+    db = tmp_path / "mini.db"
+    db.write_bytes(zlib.compress(b"70B3D5\tIEEE Registration Authority\n"
+                                 b"70B3D57\tSome MA-M\n70B3D5F2F\tTELEPLATFORMS\n001B21\tIntel\n"))
+    r = oui.OuiResolver(str(db))
+    assert r.vendor(bytes.fromhex("70b3d5f2f001")) == "TELEPLATFORMS"
+    assert r.vendor(bytes.fromhex("70b3d5712345")) == "Some MA-M"
+    assert r.vendor(bytes.fromhex("70b3d5012345")) == "IEEE Registration Authority"
+    assert r.describe(bytes.fromhex("001b21aabbcc")) == "Intel"
+    assert r.describe(bytes.fromhex("00aaaa000000")) is None
+    assert r.describe(b"\xff" * 6) == "broadcast"
+    assert r.describe(bytes.fromhex("01005e000001")) == "multicast"
+    assert r.describe(bytes.fromhex("333300000001")) == "multicast"
+    assert r.describe(bytes.fromhex("021b21aabbcc")) == "locally administered"
+    assert r.vendor(bytes.fromhex("021b21aabbcc")) is None
+
+
+def test_oui_packaged_db_real_vendors():
+    r = oui.OuiResolver()
+    assert r._tables is None  # loaded on first use
+    assert r.vendor(bytes.fromhex("3c22fb000001")) == "Apple, Inc."
+    assert r.vendor(bytes.fromhex("70b3d5f2f000")) == "TELEPLATFORMS"  # MA-S beats MA-L
+    assert len(r._tables[24]) > 30000 and r._tables[28] and r._tables[36]
+
+
+def test_oui_bad_file_is_a_usage_error(tmp_path):
+    from netbee.loader.errors import UsageError
+    r = oui.OuiResolver(str(tmp_path / "nope.db"))
+    with pytest.raises(UsageError, match="cannot read OUI database"):
+        r.check()
+
+
+def test_ifnames_cache_refresh_and_fallback():
+    calls = []
+    now = [0.0]
+    tables = {1: {1: "lo", 2: "eth0"}, 2: {1: "lo", 5: "veth-b"}}
+
+    def lister(ns):
+        calls.append(ns)
+        return dict(tables[ns]) if ns in tables else None
+
+    names = ifnames.IfNames(lister=lister, clock=lambda: now[0], interval=1.0)
+    assert names.name(1, 2) == "eth0" and names.name(2, 5) == "veth-b"
+    assert names.name(1, 2) == "eth0" and calls == [1, 2]  # cached
+    tables[1][7] = "new0"
+    assert names.name(1, 7) == "7"  # within the interval: no relisting
+    now[0] = 2.0
+    assert names.name(1, 7) == "new0" and calls == [1, 2, 1]
+    assert names.name(3, 4) == "4"  # namespace we cannot see
+    assert names.name(1, 0) == "-"
+
+
+def test_ifnames_current_namespace():
+    import socket
+    idx = socket.if_nametoindex("lo")
+    from netbee import netns
+    assert ifnames.IfNames().name(netns.current().inode, idx) == "lo"
+
+
+def test_drop_reasons_from_enum_values():
+    dr = drop_reasons.DropReasons(loader=lambda: {"SKB_DROP_REASON_NOT_SPECIFIED": 2,
+                                                  "SKB_DROP_REASON_NO_SOCKET": 3,
+                                                  "SKB_DROP_REASON_MAX": 99})
+    assert dr.name(3) == "NO_SOCKET" and dr.name(2) == "NOT_SPECIFIED"
+    assert dr.name(99) == "99" and dr.name(1234) == "1234"
+
+
+def test_drop_reasons_from_running_kernel_btf():
+    dr = drop_reasons.DropReasons()
+    names = {dr.name(v) for v in range(0, 40)}
+    assert {"NOT_SPECIFIED", "NO_SOCKET", "NETFILTER_DROP"} <= names
