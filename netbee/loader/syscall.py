@@ -19,8 +19,8 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True
 _libc.syscall.restype = ctypes.c_long
 
 _NR = {
-    "x86_64": {"bpf": 321, "perf_event_open": 298, "ioctl": 16, "setns": 308},
-    "aarch64": {"bpf": 280, "perf_event_open": 241, "ioctl": 29, "setns": 268},
+    "x86_64": {"bpf": 321, "perf_event_open": 298, "ioctl": 16, "setns": 308, "mount": 165},
+    "aarch64": {"bpf": 280, "perf_event_open": 241, "ioctl": 29, "setns": 268, "mount": 40},
 }
 _MACHINE = platform.machine()
 if _MACHINE not in _NR:  # pragma: no cover - we only ship for these two
@@ -29,6 +29,7 @@ NR_BPF = _NR[_MACHINE]["bpf"]
 NR_PERF_EVENT_OPEN = _NR[_MACHINE]["perf_event_open"]
 NR_IOCTL = _NR[_MACHINE]["ioctl"]
 NR_SETNS = _NR[_MACHINE]["setns"]
+NR_MOUNT = _NR[_MACHINE]["mount"]
 
 u32 = ctypes.c_uint32
 s32 = ctypes.c_int32
@@ -238,6 +239,15 @@ def setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
         door(NR_SETNS, fd, nstype)
     except OSError as e:
         raise SyscallError("setns", e.errno or 0) from None
+
+
+def mount(source: str, target: str, fstype: str, flags: int = 0) -> None:
+    """mount(2) without data (used to mount tracefs when nobody has)."""
+    bufs = [ctypes.create_string_buffer(x.encode()) for x in (source, target, fstype)]
+    try:
+        door(NR_MOUNT, *[ctypes.addressof(b) for b in bufs], flags, 0)
+    except OSError as e:
+        raise SyscallError("mount", e.errno or 0, f"{fstype} on {target}") from None
 
 
 def setrlimit_memlock(limit: int) -> None:
