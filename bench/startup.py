@@ -1,0 +1,103 @@
+"""Benchmark 1: launch to ready, and Ctrl-C to exit, netbee against bpftrace.
+
+netbee is ready at its `netbee: tracing` line (every hook of the backend
+attached). bpftrace prints nothing once attached, so it is ready at its first
+event line: a ping every 2 ms between the benchmark's namespaces makes an
+attached probe fire within a few ms. Each round launches the tools in turn,
+the same way (taskset to CPU 1, from the init netns; netbee gets --netns), and the medians are compared.
+
+    python3 -m bench.startup [--rounds N]
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from typing import Dict, List
+
+from bench import report, tracers
+from bench.lab import Pair
+from bench.traffic import OTHER_CPU
+
+TARGET_RATIO = 1.2
+TARGET_READY_S = 0.6
+TARGET_EXIT_S = 0.2
+
+
+def _python_floor() -> float:
+    """Seconds for the interpreter alone to start and exit: part of any Python tool's startup."""
+    t0 = time.monotonic()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    return time.monotonic() - t0
+
+
+def pin(argv: List[str]) -> List[str]:
+    return ["taskset", "-c", str(OTHER_CPU)] + argv
+
+
+def main(argv: List[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--tools", default="netbee,bt1,bt5", help="comma list of: netbee, bt1, bt5")
+    args = ap.parse_args(argv)
+    tracers.ensure_tracefs()
+    samples: Dict[str, Dict[str, List[float]]] = {}
+    with Pair() as pair:
+        trickle = subprocess.Popen(pair.cmd(pair.tx, ["ping", "-q", "-i", "0.002", pair.rx_ip]),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            tools = {  # bpftrace stays in the init netns: `ip netns exec` remounts /sys without tracefs
+                "netbee": ("netbee (tracepoint backend, all hooks)",
+                    pin(tracers.netbee_argv(["--netns", pair.tx, "--json"])), "tracing"),
+                "bt1": ("bpftrace, 1 tracepoint",
+                        pin(tracers.bpftrace_argv("startup_one.bt")), "event"),
+                "bt5": ("bpftrace, netbee's 5 tracepoints",
+                        pin(tracers.bpftrace_argv("startup_all.bt")), "event"),
+            }
+            wanted = args.tools.split(",")
+            unknown = set(wanted) - set(tools)
+            if unknown:
+                ap.error(f"unknown tools: {sorted(unknown)}")
+            for _ in range(args.rounds):
+                for key in wanted:
+                    name, cmd, need = tools[key]
+                    with tracers.Tracer(cmd) as t:
+                        ready = t.wait_ready(need=need)
+                        time.sleep(0.3)  # let it settle into its steady loop before Ctrl-C
+                        exit_s = t.interrupt()
+                    s = samples.setdefault(name, {"ready": [], "exit": []})
+                    s["ready"].append(ready)
+                    s["exit"].append(exit_s)
+                    if need == "tracing" and t.t_first_event is not None:
+                        s.setdefault("first_event", []).append(t.t_first_event - t.t_launch)
+            py = report.median(_python_floor() for _ in range(5))
+        finally:
+            trickle.kill()
+            trickle.wait()
+
+    report.header("1. Startup and exit", ["python3", "-m", "bench.startup", "--rounds", str(args.rounds)])
+    rows = []
+    for name, s in samples.items():
+        fe = f"{report.median(s['first_event']):.3f}" if s.get("first_event") else "-"
+        rows.append([name, f"{report.median(s['ready']):.3f}", report.spread(s["ready"]), fe,
+                     f"{report.median(s['exit']):.3f}", report.spread(s["exit"])])
+    print(report.table(["tool", "ready s (median)", "ready min..max", "first event s", "Ctrl-C to exit s",
+                        "exit min..max"], rows))
+    print(f"\nRounds: {args.rounds}. Python interpreter start+exit alone: {py:.3f} s.")
+    names = {key: tools[key][0] for key in wanted}
+    if "netbee" not in names or "bt1" not in names:
+        print("(targets need both netbee and bt1)\n")
+        return 0
+    nb, one = report.median(samples[names["netbee"]]["ready"]), report.median(samples[names["bt1"]]["ready"])
+    nb_exit = report.median(samples[names["netbee"]]["exit"])
+    print(f"netbee ready / bpftrace 1-tracepoint ready = {nb / one:.2f}x (target <= {TARGET_RATIO}x): "
+          f"{report.verdict(nb / one <= TARGET_RATIO)}")
+    print(f"netbee ready {nb:.3f} s (target <= {TARGET_READY_S} s): {report.verdict(nb <= TARGET_READY_S)}")
+    print(f"netbee Ctrl-C to exit {nb_exit:.3f} s (target <= {TARGET_EXIT_S} s): "
+          f"{report.verdict(nb_exit <= TARGET_EXIT_S)}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
