@@ -1,0 +1,176 @@
+"""output.py: table and JSON renderers on synthetic events (no kernel)."""
+from __future__ import annotations
+
+import io
+import ipaddress
+import json
+import types
+
+import pytest
+
+from netbee import output
+from netbee.resolvers.drop_reasons import DropReasons
+from netbee.resolvers.ifnames import IfNames
+from netbee.resolvers.kallsyms import Kallsyms
+from netbee.resolvers.oui import OuiResolver
+
+FIELDS = dict(ts_ns=1_000_000_000, skb=0xFFFF888012345678, hook=3, func="ip_rcv", cpu=1, pid=42,
+              comm="ping", netns=4026531999, ifindex=5, family=4, proto=1,
+              saddr=ipaddress.ip_address("10.201.1.1"), daddr=ipaddress.ip_address("10.201.1.2"),
+              sport=None, dport=None, ttl=64, ip_len=84, skb_len=84,
+              smac=bytes.fromhex("3c22fb000001"), dmac=bytes.fromhex("021122334455"),
+              ethertype=0x0800, tcp_flags=None, tcp_state=None, seq=None, ack=None, window=None,
+              payload_len=None, udp_len=None, icmp_type=8, icmp_code=0, icmp_id=7, icmp_seq=1,
+              inner=None, nf_hook=None, verdict=None, drop_reason=None, location=None, stack=None,
+              flags=0)
+
+
+def event(**kw):
+    """A stand-in with exactly the fields of decode.Event (contracts.txt)."""
+    try:
+        from netbee.decode import Event
+    except ImportError:
+        Event = None
+    values = dict(FIELDS, **kw)
+    if Event is not None:
+        return Event(**values)
+    return types.SimpleNamespace(**values)
+
+
+KALLSYMS = "ffffffff81000000 T sk_skb_reason_drop\nffffffffc0a01000 t nft_do_chain\t[nf_tables]\n"
+
+
+@pytest.fixture
+def res():
+    return output.Resolvers(
+        ifnames=IfNames(lister=lambda ns: {5: "veth-a", 6: "evil\x1b[2Jname"}),
+        oui=OuiResolver(),
+        drops=DropReasons(loader=lambda: {"SKB_DROP_REASON_NO_SOCKET": 2,
+                                          "SKB_DROP_REASON_NETFILTER_DROP": 12}),
+        kallsyms=Kallsyms(f=io.StringIO(KALLSYMS)))
+
+
+class FixedClock(output.Clock):
+    def __init__(self):
+        self.offset = 1_700_000_000.0
+
+
+def test_json_has_exactly_the_documented_keys(res):
+    r = output.JsonRenderer(res, FixedClock())
+    obj = json.loads(r.render(event()))
+    assert tuple(obj) == output.JSON_KEYS
+    assert obj["time"] == pytest.approx(1_700_000_001.0)
+    assert obj["func"] == "ip_rcv" and obj["iface"] == "veth-a" and obj["ifindex"] == 5
+    assert obj["proto"] == "icmp" and obj["saddr"] == "10.201.1.1" and obj["daddr"] == "10.201.1.2"
+    assert obj["sport"] is None and obj["dport"] is None and obj["ttl"] == 64 and obj["len"] == 84
+    assert obj["smac"] == "3c:22:fb:00:00:01" and obj["smac_vendor"] == "Apple, Inc."
+    assert obj["dmac_vendor"] == "locally administered"
+    assert obj["icmp_type"] == "echo request" and obj["icmp_code"] is None
+    assert obj["tcp_flags"] is None and obj["seq"] is None and obj["stack"] is None
+    assert obj["skb"] == "0xffff888012345678" and obj["pid"] == 42 and obj["comm"] == "ping"
+    assert obj["nf_hook"] is None and obj["verdict"] is None and obj["drop_reason"] is None
+
+
+def test_json_tcp_drop_stack_nf(res):
+    r = output.JsonRenderer(res, FixedClock())
+    ev = event(proto=6, sport=40000, dport=80, tcp_flags=0x12, tcp_state=2, seq=1, ack=2,
+               window=100, payload_len=0, icmp_type=None, icmp_code=None, icmp_id=None,
+               icmp_seq=None, hook=15, func="kfree_skb", drop_reason=12,
+               location=0xFFFFFFFFC0A0103A, stack=[0xFFFFFFFF81000010, 0xFFFFFFFFC0A01004, 0x10],
+               nf_hook=1, verdict=0, smac=None, dmac=None, ifindex=0)
+    obj = json.loads(r.render(ev))
+    assert tuple(obj) == output.JSON_KEYS
+    assert obj["tcp_flags"] == "S." and obj["tcp_state"] == "SYN_SENT"
+    assert obj["seq"] == 1 and obj["ack"] == 2 and obj["sport"] == 40000 and obj["dport"] == 80
+    assert obj["drop_reason"] == "NETFILTER_DROP"
+    assert obj["stack"] == ["sk_skb_reason_drop+0x10", "nft_do_chain+0x4 [nf_tables]", "0x10"]
+    assert obj["nf_hook"] == "LOCAL_IN" and obj["verdict"] == "DROP"
+    assert obj["iface"] is None and obj["smac"] is None and obj["smac_vendor"] is None
+    assert obj["icmp_type"] is None
+
+
+def test_json_ipv6_icmp6_unreachable_and_unknown_reason(res):
+    r = output.JsonRenderer(res, FixedClock())
+    ev = event(family=6, proto=58, saddr=ipaddress.ip_address("fd00:201::1"),
+               daddr=ipaddress.ip_address("fd00:201::2"), icmp_type=1, icmp_code=4,
+               drop_reason=999, hook=15)
+    obj = json.loads(r.render(ev))
+    assert obj["proto"] == "icmp6" and obj["saddr"] == "fd00:201::1"
+    assert obj["icmp_type"] == "destination unreachable" and obj["icmp_code"] == "port unreachable"
+    assert obj["drop_reason"] == "999"
+
+
+def test_control_characters_escaped_in_both_renderers(res):
+    ev = event(comm="a\x1b]0;pwn\x07b", ifindex=6)
+    line = output.JsonRenderer(res, FixedClock()).render(ev)
+    obj = json.loads(line)
+    assert obj["comm"] == "a\\x1b]0;pwn\\x07b" and obj["iface"] == "evil\\x1b[2Jname"
+    table = output.TableRenderer(res, color=False, clock=FixedClock()).render(ev)
+    assert "\x1b" not in table and "\x07" not in table
+    assert "a\\x1b]0;pwn\\x07b" in table and "evil\\x1b[2Jname" in table
+    assert output.escape("ok") == "ok" and output.escape("\x9b") == "\\x9b"
+
+
+def test_table_line_contents(res):
+    t = output.TableRenderer(res, color=False, clock=FixedClock())
+    line = t.render(event())
+    assert "veth-a" in line and "ip_rcv" in line and "icmp" in line
+    assert "10.201.1.1 > 10.201.1.2" in line and "echo request id 7 seq 1" in line
+    assert "3c:22:fb:00:00:01 (Apple, Inc.) > 02:11:22:33:44:55 (locally administered)" in line
+    assert "pid 42 (ping)" in line
+    assert "\x1b" not in line
+    tcp = t.render(event(proto=6, sport=40000, dport=80, tcp_flags=0x11, seq=5, ack=6, window=9,
+                         payload_len=0, tcp_state=1, icmp_type=None,
+                         family=6, saddr=ipaddress.ip_address("fd00::1"),
+                         daddr=ipaddress.ip_address("fd00::2")))
+    assert "[fd00::1]:40000 > [fd00::2]:80" in tcp and "[F.] seq 5 ack 6 win 9 len 0" in tcp
+    assert "state ESTABLISHED" in tcp
+    udp = t.render(event(proto=17, sport=5, dport=53, udp_len=40, icmp_type=None))
+    assert "10.201.1.1:5 > 10.201.1.2:53" in udp and "length 32" in udp
+    unreach = t.render(event(icmp_type=3, icmp_code=3, inner=types.SimpleNamespace(
+        proto=17, saddr=ipaddress.ip_address("10.201.1.2"),
+        daddr=ipaddress.ip_address("10.201.1.1"), sport=999, dport=5000)))
+    assert "destination unreachable (port unreachable) for udp 10.201.1.2:999 > 10.201.1.1:5000" in unreach
+    ttl = t.render(event(icmp_type=11, icmp_code=0))
+    assert "time exceeded (ttl exceeded in transit)" in ttl
+
+
+def test_table_columns_align(res):
+    t = output.TableRenderer(res, color=False, clock=FixedClock())
+    a = t.render(event())
+    b = t.render(event(func="__dev_queue_xmit", proto=17, sport=1, dport=2, udp_len=8,
+                       icmp_type=None))
+    head = t.header()
+    for col in ("IFACE", "HOOK", "PROTO", "FLOW", "DETAILS"):
+        pos = head.index(col)
+        assert a[pos - 1] == " " and b[pos - 1] == " " and a[pos] != " " and b[pos] != " ", col
+
+
+def test_table_drop_with_stack_and_colour(res):
+    t = output.TableRenderer(res, color=True, clock=FixedClock())
+    out = t.render(event(hook=15, func="kfree_skb", drop_reason=2, location=0xFFFFFFFF81000004,
+                         stack=[0xFFFFFFFF81000004, 0xFFFFFFFFC0A01010]))
+    lines = out.split("\n")
+    assert "DROP NO_SOCKET at sk_skb_reason_drop+0x4" in lines[0] and output.RED in lines[0]
+    assert lines[1].endswith("#0  sk_skb_reason_drop+0x4" + output.RESET)
+    assert "nft_do_chain+0x10 [nf_tables]" in lines[2]
+    nf = t.render(event(hook=14, func="nf:LOCAL_IN", nf_hook=1, verdict=1))
+    assert f"nf LOCAL_IN {output.GREEN}ACCEPT{output.RESET}" in nf
+
+
+def test_use_color():
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+    assert output.use_color(Tty(), {}) is True
+    assert output.use_color(Tty(), {"NO_COLOR": ""}) is False
+    assert output.use_color(io.StringIO(), {}) is False
+
+
+def test_non_ip_event(res):
+    ev = event(family=0, proto=None, saddr=None, daddr=None, ttl=None, ip_len=None, skb_len=60,
+               ethertype=0x0806, icmp_type=None, icmp_code=None)
+    obj = json.loads(output.JsonRenderer(res, FixedClock()).render(ev))
+    assert obj["proto"] is None and obj["saddr"] is None and obj["len"] == 60
+    line = output.TableRenderer(res, clock=FixedClock()).render(ev)
+    assert "ethertype 0x0806" in line
