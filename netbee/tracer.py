@@ -1,0 +1,492 @@
+"""The tracer: choose a backend, fill nb_config, load and attach the programs, yield decoded events.
+
+The pieces that need no kernel (backend choice, kallsyms lookup, netfilter bracket priorities, blind
+spots from `nft -j list chains`) are plain functions so they can be tested on their own.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+from netbee import netns as _netns
+from netbee.loader.errors import AttachError, NetBeeError, NotSupportedError, SyscallError
+
+BACKENDS = ("fentry", "kprobe", "tracepoint")
+PF_INET = 2
+PF_INET6 = 10
+NF_HOOKS = ("PRE_ROUTING", "LOCAL_IN", "FORWARD", "LOCAL_OUT", "POST_ROUTING")
+NF_HOOK_BY_NFT_NAME = {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 4}
+INT_MIN = -(1 << 31)
+INT_MAX = (1 << 31) - 1
+# The kernel refuses INT_MIN/INT_MAX themselves (ERANGE); these are the outermost usable slots.
+BRACKET_ENTRY_PRIO = INT_MIN + 1
+BRACKET_EXIT_PRIO = INT_MAX - 1
+BRACKET_MAX_STEPS = 64
+DEFAULT_RINGBUF_BYTES = 1 << 22
+KALLSYMS = "/proc/kallsyms"
+
+
+# --- backend choice ------------------------------------------------------------------------------
+def choose_backend(requested: str, fentry_ok: bool, kprobe_ok: bool) -> str:
+    """auto: fentry where the kernel lets it attach, else kprobe, else tracepoint; or the forced one."""
+    if requested not in ("auto",) + BACKENDS:
+        raise NotSupportedError(f"backend {requested!r}", "choose auto, fentry, kprobe or tracepoint")
+    if requested == "auto":
+        return "fentry" if fentry_ok else "kprobe" if kprobe_ok else "tracepoint"
+    if requested == "fentry" and not fentry_ok:
+        raise NotSupportedError("the fentry backend", "this kernel refuses fentry/fexit programs")
+    if requested == "kprobe" and not kprobe_ok:
+        raise NotSupportedError("the kprobe backend", "no kprobe PMU and no tracefs kprobe_events")
+    return requested
+
+
+# --- kallsyms ------------------------------------------------------------------------------------
+class Kallsyms:
+    """Which text symbols exist, from one read of /proc/kallsyms (about 40 ms), searched with find().
+
+    Only a handful of names are looked up per run, so no index is built.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    @classmethod
+    def load(cls, path: str = KALLSYMS) -> "Kallsyms":
+        with open(path, "rb") as f:
+            return cls(f.read())
+
+    def lookup(self, name: str) -> str | None:
+        """The symbol to attach to for name: name itself, else a compiler clone (name.constprop.0 ...)."""
+        key = name.encode()
+        for tag in (b" T ", b" t ", b" W ", b" w "):
+            for end in (b"\n", b"\t"):
+                if self.data.find(tag + key + end) >= 0:
+                    return name
+        for tag in (b" T ", b" t "):
+            i = self.data.find(tag + key + b".")
+            if i >= 0:
+                start = i + len(tag)
+                stop = min(j for j in (self.data.find(b"\n", start), self.data.find(b"\t", start), len(self.data))
+                           if j >= 0)
+                return self.data[start:stop].decode()
+        return None
+
+
+# --- netfilter bracket ---------------------------------------------------------------------------
+def bracket_attach(attach: Callable[[int], object], start: int, step: int,
+                   max_steps: int = BRACKET_MAX_STEPS) -> tuple[object, int]:
+    """Call attach(priority) from start, stepping by step while the slot is taken (EBUSY).
+
+    Returns (link, priority used). Any error other than EBUSY is raised at once.
+    """
+    prio = start
+    last: Exception | None = None
+    for _ in range(max_steps):
+        try:
+            return attach(prio), prio
+        except SyscallError as e:
+            if e.errno != errno.EBUSY:
+                raise
+            last = e
+        except AttachError as e:
+            cause = e.__cause__
+            if not (isinstance(cause, SyscallError) and cause.errno == errno.EBUSY):
+                raise
+            last = e
+        prio += step
+    raise AttachError(f"netfilter priority {start}", f"{max_steps} priorities in a row are taken: {last}")
+
+
+@dataclass(frozen=True)
+class NftChain:
+    family: str
+    table: str
+    name: str
+    hook: str
+    prio: int
+
+
+def parse_nft_chains(text: str) -> list[NftChain]:
+    """Base chains from `nft -j list chains` (regular chains have no hook and are skipped)."""
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        raise NetBeeError(f"cannot parse `nft -j list chains` output: {e}") from e
+    out = []
+    for item in doc.get("nftables", []):
+        c = item.get("chain") if isinstance(item, dict) else None
+        if not c or "hook" not in c:
+            continue
+        out.append(NftChain(c.get("family", "?"), c.get("table", "?"), c.get("name", "?"),
+                            c["hook"], int(c.get("prio", 0))))
+    return out
+
+
+def blind_spots(chains: Iterable[NftChain], brackets: dict[tuple[int, int], tuple[int, int]],
+                ns_name: str) -> list[str]:
+    """Chains the bracket cannot see around: outside [entry, exit] of their hook, or on a hook that
+    cannot be bracketed at all (netdev ingress/egress, bridge, arp)."""
+    fams = {"ip": (PF_INET,), "ip6": (PF_INET6,), "inet": (PF_INET, PF_INET6)}
+    out = []
+    for c in chains:
+        where = f"netns {ns_name}: nft chain {c.family} {c.table} {c.name} (hook {c.hook}, priority {c.prio})"
+        hook = NF_HOOK_BY_NFT_NAME.get(c.hook)
+        if c.family not in fams or hook is None:
+            out.append(f"{where}: hook not bracketed by netbee")
+            continue
+        for pf in fams[c.family]:
+            rng = brackets.get((pf, hook))
+            if rng is None:
+                out.append(f"{where}: no bracket attached at {NF_HOOKS[hook]} pf {pf}")
+            elif not rng[0] < c.prio < rng[1]:
+                side = "before the entry" if c.prio <= rng[0] else "after the exit"
+                out.append(f"{where}: runs {side} probe (bracket {rng[0]}..{rng[1]}), verdicts there are unseen")
+                break
+    return out
+
+
+def nft_chains_in(ns: "_netns.Netns") -> list[NftChain] | None:
+    """Base chains of ns, or None when nft is not installed (it is optional at run time)."""
+    nft = shutil.which("nft")
+    if nft is None:
+        return None
+    # fork() copies the calling thread's namespaces, so nft runs inside ns.
+    with _netns.entered(ns):
+        res = subprocess.run([nft, "-j", "list", "chains"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, timeout=10)
+    if res.returncode != 0:
+        raise NetBeeError(f"nft -j list chains in netns {ns.name} failed: {res.stderr.strip()}")
+    return parse_nft_chains(res.stdout)
+
+
+# --- options, reports, counters ------------------------------------------------------------------
+@dataclass
+class TraceOptions:
+    backend: str = "auto"
+    netns: list[str] | None = None           # NAME | PATH | "all"; None = the current namespace
+    rules: list = field(default_factory=list)  # netbee.filter.Rule, postfix
+    want_stack: bool = False
+    btf_path: str | None = None
+    ringbuf_bytes: int = DEFAULT_RINGBUF_BYTES
+    object_path: str | None = None           # None: the prebuilt object shipped with netbee
+    wakeup_bytes: int = 0                    # 0: a quarter of the ring buffer
+    verbose: bool = False                    # keep verifier logs
+
+
+@dataclass
+class StartReport:
+    backend: str
+    attached: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    blind_spots: list[str] = field(default_factory=list)
+    netns: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)   # phase -> seconds
+    brackets: dict[str, dict[tuple[int, int], tuple[int, int]]] = field(default_factory=dict)
+
+
+@dataclass
+class Counters:
+    seen: int = 0
+    filtered: int = 0
+    submitted: int = 0
+    lost: int = 0
+    received: int = 0
+    per_hook: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Planned:
+    """One program to load and attach: which hook it serves and where it goes."""
+
+    prog: str          # program name in the object
+    hook: str          # hook display name (for reports and per-hook counts)
+    kind: str          # elf kind: fentry, fexit, kprobe, kretprobe, tracepoint, tp_btf, raw_tp, netfilter
+    target: str        # kernel symbol or "category/name" tracepoint; "" for netfilter
+
+
+@dataclass
+class _NsLinks:
+    ns: "_netns.Netns"
+    links: list = field(default_factory=list)
+    brackets: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
+
+
+class Tracer:
+    """Load, attach, read. Every fd and link is released by close(), also after a failed start()."""
+
+    def __init__(self, opts: TraceOptions | None = None) -> None:
+        self.opts = opts or TraceOptions()
+        self.report: StartReport | None = None
+        self._coll = None
+        self._links: list = []                 # global (namespace-independent) links
+        self._ns: dict[int, _NsLinks] = {}     # netns inode -> its netfilter links
+        self._nf_progs: list[tuple[str, object]] = []  # (role "entry"/"exit", program)
+        self._watcher: _netns.NetnsWatcher | None = None
+        self._reader = None
+        self._received = 0
+        self._per_hook: dict[str, int] = {}
+        self._closed = False
+
+    # -- context manager ---------------------------------------------------------------------------
+    def __enter__(self) -> "Tracer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release links first (they pin programs and namespaces), then the reader, maps, programs."""
+        if self._closed:
+            return
+        self._closed = True
+        for nsl in list(self._ns.values()):
+            self._close_links(nsl.links)
+        self._ns.clear()
+        self._close_links(self._links)
+        for obj in (self._reader, self._coll):
+            if obj is not None:
+                try:
+                    obj.close()
+                except Exception:
+                    pass
+        self._reader = self._coll = None
+
+    @staticmethod
+    def _close_links(links: list) -> None:
+        while links:
+            link = links.pop()
+            try:
+                link.close()
+            except Exception:
+                pass
+
+    # -- start -------------------------------------------------------------------------------------
+    def start(self) -> StartReport:
+        try:
+            return self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> StartReport:
+        from netbee.loader.btf import Btf
+        from netbee.loader.elf import ObjectSpec
+
+        timings: dict[str, float] = {}
+        t0 = last = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal last
+            now = time.perf_counter()
+            timings[name] = timings.get(name, 0.0) + (now - last)
+            last = now
+
+        kbtf = Btf.load_kernel(self.opts.btf_path)
+        kbtf.find("sk_buff")  # builds the lazy name index: part of the BTF cost, measured here
+        lap("kernel_btf")
+        backend = self._choose_backend()
+        lap("features")
+        spec = ObjectSpec.from_path(self.opts.object_path or default_object_path())
+        lap("object_parse")
+        plan, skipped = self._plan(spec, backend, kbtf)
+        nf_names = [name for name, p in spec.programs.items() if p.kind == "netfilter"] \
+            if backend == "tracepoint" else []
+        lap("plan")
+        spec.set_global("cfg", self._config_bytes())
+        coll, load_skipped = self._load(spec, kbtf, [p.prog for p in plan] + nf_names, plan)
+        self._coll = coll
+        for key, val in getattr(coll, "timings", {}).items():
+            timings[key] = timings.get(key, 0.0) + val
+        lap("load_total")
+        skipped += load_skipped
+        loaded = [p for p in plan if p.prog in coll.programs]
+        attached: list[str] = []
+        for p in loaded:
+            try:
+                self._links.append(self._attach_one(coll.programs[p.prog], p))
+            except NetBeeError as e:
+                skipped.append((p.hook, _reason(e)))
+                continue
+            if p.hook not in attached:
+                attached.append(p.hook)
+        self._nf_progs = [(_nf_role(n), coll.programs[n]) for n in nf_names if n in coll.programs]
+        report = StartReport(backend=backend, attached=attached, skipped=skipped, timings=timings)
+        self.report = report
+        if self._nf_progs:
+            self._watcher = _netns.NetnsWatcher(self.opts.netns)
+            for ns in self._watcher.current.values():
+                self._attach_netns(ns, report)
+            if any(nsl.links for nsl in self._ns.values()):
+                attached.append("NF_BRACKET")
+        lap("attach")
+        if not attached:
+            raise AttachError("every hook", "; ".join(f"{h}: {r}" for h, r in skipped) or "nothing to attach")
+        self._reader = self._open_reader(coll)
+        lap("ringbuf")
+        for nsl in self._ns.values():
+            report.blind_spots += self._blind_spots(nsl)
+        lap("blind_spots")
+        timings["total"] = time.perf_counter() - t0
+        return report
+
+    # -- netfilter bracket per namespace -----------------------------------------------------------
+    def _attach_netns(self, ns: "_netns.Netns", report: StartReport) -> None:
+        """Entry and exit programs on every (pf, hook) of ns; a failure skips this namespace only."""
+        from netbee.loader import links
+
+        nsl = _NsLinks(ns)
+        try:
+            with _netns.entered(ns):
+                for pf in (PF_INET, PF_INET6):
+                    for hook in range(len(NF_HOOKS)):
+                        used = {}
+                        for role, prog in self._nf_progs:
+                            start, step = (BRACKET_ENTRY_PRIO, 1) if role == "entry" else (BRACKET_EXIT_PRIO, -1)
+                            link, prio = bracket_attach(
+                                lambda p, prog=prog, pf=pf, hook=hook: links.attach_netfilter(prog, pf, hook, p),
+                                start, step)
+                            nsl.links.append(link)
+                            used[role] = prio
+                        nsl.brackets[(pf, hook)] = (used.get("entry", BRACKET_ENTRY_PRIO),
+                                                    used.get("exit", BRACKET_EXIT_PRIO))
+        except NetBeeError as e:
+            self._close_links(nsl.links)
+            report.skipped.append((f"NF_BRACKET netns {ns.name}", _reason(e)))
+            return
+        self._ns[ns.inode] = nsl
+        report.netns.append(str(ns))
+        report.brackets[str(ns)] = dict(nsl.brackets)
+
+    def _detach_netns(self, inode: int) -> None:
+        nsl = self._ns.pop(inode, None)
+        if nsl is None:
+            return
+        self._close_links(nsl.links)
+        if self.report is not None:
+            name = str(nsl.ns)
+            if name in self.report.netns:
+                self.report.netns.remove(name)
+            self.report.brackets.pop(name, None)
+
+    def _blind_spots(self, nsl: _NsLinks) -> list[str]:
+        try:
+            chains = nft_chains_in(nsl.ns)
+        except (NetBeeError, OSError, subprocess.SubprocessError) as e:
+            return [f"netns {nsl.ns.name}: cannot list nftables chains ({e}); chains outside the bracket unknown"]
+        if chains is None:
+            return [f"netns {nsl.ns.name}: nft not installed, nftables chains outside the bracket unknown"]
+        # iptables-legacy tables register at fixed priorities (-300 .. 300): always inside the bracket.
+        return blind_spots(chains, nsl.brackets, nsl.ns.name)
+
+    def poll_netns(self) -> tuple[list[str], list[str]]:
+        """Follow namespaces that appeared or went away; returns their names (added, removed).
+
+        Called from events(); closing the links of a vanished namespace lets the kernel free it.
+        """
+        if self._watcher is None or self.report is None:
+            return [], []
+        added, removed = self._watcher.poll()
+        for ns in removed:
+            self._detach_netns(ns.inode)
+        for ns in added:
+            self._attach_netns(ns, self.report)
+            nsl = self._ns.get(ns.inode)
+            if nsl is not None:
+                self.report.blind_spots += self._blind_spots(nsl)
+        return [ns.name for ns in added], [ns.name for ns in removed]
+
+    def netns_links(self) -> dict[int, int]:
+        """netns inode -> number of netfilter links held there (for tests and --probe output)."""
+        return {ino: len(nsl.links) for ino, nsl in self._ns.items()}
+
+    # -- reading -----------------------------------------------------------------------------------
+    def _open_reader(self, coll) -> object:
+        from netbee.loader.ringbuf import RingBufReader
+
+        return RingBufReader(coll.maps["events"])
+
+    def events(self, timeout: float = 0.1) -> Iterator[object]:
+        """Decoded events as they come; returns once nothing arrived within timeout seconds.
+
+        Wakeups are batched in the kernel (wakeup_bytes), so the wait may end by timeout while
+        records are queued: they are read then all the same.
+        """
+        from netbee.decode import decode_event
+
+        if self._reader is None:
+            raise NetBeeError("tracer is not started")
+        while True:
+            self.poll_netns()
+            batch = self._reader.read(timeout=timeout)
+            if not batch:
+                return
+            for raw in batch:
+                ev = decode_event(raw)
+                self._received += 1
+                name = ev.func
+                self._per_hook[name] = self._per_hook.get(name, 0) + 1
+                yield ev
+
+    def counters(self) -> Counters:
+        """Kernel per-CPU counters summed, plus what userspace received (per hook by display name)."""
+        vals = [0] * 4
+        if self._coll is not None:
+            cmap = self._coll.maps["counters"]
+            for i in range(4):
+                per_cpu = cmap.lookup_percpu(i) or []
+                vals[i] = sum(int.from_bytes(v[:8], "little") for v in per_cpu)
+        return Counters(seen=vals[0], filtered=vals[1], submitted=vals[2], lost=vals[3],
+                        received=self._received, per_hook=dict(self._per_hook))
+
+    # -- configuration -----------------------------------------------------------------------------
+    def _config_bytes(self) -> bytes:
+        """struct nb_config: filter_len, want_stack, wakeup_bytes, self_pid, rules[NB_MAX_RULES]."""
+        import struct
+
+        from netbee.filter import NB_MAX_RULES, encode_rules
+
+        rules = list(self.opts.rules or [])
+        if len(rules) > NB_MAX_RULES:
+            raise NetBeeError(f"filter has {len(rules)} operations, at most {NB_MAX_RULES}")
+        blob = encode_rules(rules)
+        rule_size = len(encode_rules(rules[:1])) if rules else None
+        if rule_size is None:
+            from netbee.filter import Rule
+
+            rule_size = len(encode_rules([Rule(op=0)]))
+        blob += bytes(rule_size * NB_MAX_RULES - len(blob))
+        wakeup = self.opts.wakeup_bytes or min(64 << 10, self.opts.ringbuf_bytes // 8)
+        return struct.pack("=IIII", len(rules), int(self.opts.want_stack), wakeup, os.getpid()) + blob
+
+    def _choose_backend(self) -> str:
+        if self.opts.backend not in ("auto",) + BACKENDS:
+            raise NotSupportedError(f"backend {self.opts.backend!r}", "choose auto, fentry, kprobe or tracepoint")
+        from netbee.loader import features
+
+        fentry_ok = bool(features.probe("fentry")) if self.opts.backend in ("auto", "fentry") else False
+        kprobe_ok = bool(features.probe("kprobe")) if self.opts.backend in ("auto", "kprobe") else False
+        return choose_backend(self.opts.backend, fentry_ok, kprobe_ok)
+
+
+def _reason(e: BaseException) -> str:
+    return getattr(e, "reason", None) or str(e)
+
+
+def _nf_role(prog_name: str) -> str:
+    return "exit" if "exit" in prog_name else "entry"
+
+
+def default_object_path() -> str:
+    """The prebuilt object: bpf/prebuilt/ in a source tree, netbee/bpf/ when installed."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for cand in (os.path.join(here, "bpf", "netbee.bpf.o"),
+                 os.path.join(os.path.dirname(here), "bpf", "prebuilt", "netbee.bpf.o")):
+        if os.path.exists(cand):
+            return cand
+    raise NetBeeError("prebuilt BPF object netbee.bpf.o not found (run scripts/build_bpf.sh)")

@@ -1,0 +1,115 @@
+"""The tracer's kernel-free decisions: backend choice, kallsyms lookup, bracket priorities, blind spots."""
+from __future__ import annotations
+
+import errno
+import json
+
+import pytest
+
+from netbee import tracer
+from netbee.loader.errors import AttachError, NotSupportedError, SyscallError
+
+
+@pytest.mark.parametrize("fentry,kprobe,want", [
+    (True, True, "fentry"), (False, True, "kprobe"), (False, False, "tracepoint"), (True, False, "fentry")])
+def test_auto_backend_prefers_fentry_then_kprobe(fentry, kprobe, want):
+    assert tracer.choose_backend("auto", fentry, kprobe) == want
+
+
+def test_forced_backend_refused_when_impossible():
+    with pytest.raises(NotSupportedError, match="fentry"):
+        tracer.choose_backend("fentry", False, True)
+    with pytest.raises(NotSupportedError, match="kprobe"):
+        tracer.choose_backend("kprobe", True, False)
+    assert tracer.choose_backend("tracepoint", True, True) == "tracepoint"
+    with pytest.raises(NotSupportedError):
+        tracer.choose_backend("ebpf", True, True)
+
+
+KALLSYMS = b"""ffffffff81e634f0 T __dev_queue_xmit
+ffffffff81e64e60 t __netif_receive_skb_core.constprop.0
+ffffffff81ff6a80 T ip_rcv
+ffffffff81ff6b00 T ip_rcv_core
+ffffffffc0a01000 t nft_do_chain\t[nf_tables]
+"""
+
+
+def test_kallsyms_lookup_exact_clone_and_module():
+    ks = tracer.Kallsyms(KALLSYMS)
+    assert ks.lookup("ip_rcv") == "ip_rcv"           # not fooled by ip_rcv_core
+    assert ks.lookup("ip_rcv_co") is None
+    assert ks.lookup("__netif_receive_skb_core") == "__netif_receive_skb_core.constprop.0"
+    assert ks.lookup("nft_do_chain") == "nft_do_chain"
+    assert ks.lookup("kfree_skb_reason") is None
+
+
+def test_kallsyms_real_file():
+    ks = tracer.Kallsyms.load()
+    assert ks.lookup("nf_hook_slow") == "nf_hook_slow"
+
+
+def _busy() -> SyscallError:
+    return SyscallError("BPF_LINK_CREATE", errno.EBUSY)
+
+
+def test_bracket_steps_inward_on_ebusy():
+    tried = []
+
+    def attach(prio):
+        tried.append(prio)
+        if len(tried) < 3:
+            raise AttachError("nf", "busy") from _busy()
+        return "link"
+    assert tracer.bracket_attach(attach, tracer.BRACKET_ENTRY_PRIO, 1) == ("link", tracer.INT_MIN + 3)
+    assert tried == [tracer.INT_MIN + 1, tracer.INT_MIN + 2, tracer.INT_MIN + 3]
+    tried.clear()
+    assert tracer.bracket_attach(attach, tracer.BRACKET_EXIT_PRIO, -1)[1] == tracer.INT_MAX - 3
+
+
+def test_bracket_other_errors_are_raised_at_once():
+    def attach(prio):
+        raise SyscallError("BPF_LINK_CREATE", errno.EPERM)
+    with pytest.raises(SyscallError):
+        tracer.bracket_attach(attach, 0, 1)
+
+
+def test_bracket_gives_up_after_max_steps():
+    def attach(prio):
+        raise _busy()
+    with pytest.raises(AttachError, match="taken"):
+        tracer.bracket_attach(attach, 0, 1, max_steps=4)
+
+
+NFT_JSON = json.dumps({"nftables": [
+    {"metainfo": {"version": "1.0.6"}},
+    {"chain": {"family": "inet", "table": "t", "name": "early", "hook": "input", "prio": -2147483647}},
+    {"chain": {"family": "ip", "table": "t", "name": "filt", "hook": "input", "prio": 0}},
+    {"chain": {"family": "ip6", "table": "t", "name": "late", "hook": "postrouting", "prio": 2147483647}},
+    {"chain": {"family": "netdev", "table": "n", "name": "ing", "hook": "ingress", "prio": 0}},
+    {"chain": {"family": "ip", "table": "t", "name": "regular"}},
+]})
+
+
+def test_parse_nft_chains_keeps_base_chains():
+    chains = tracer.parse_nft_chains(NFT_JSON)
+    assert [c.name for c in chains] == ["early", "filt", "late", "ing"]
+    assert chains[0].prio == tracer.INT_MIN + 1
+
+
+def test_blind_spots_outside_bracket():
+    chains = tracer.parse_nft_chains(NFT_JSON)
+    # The bracket had to step inward at LOCAL_IN because "early" holds INT_MIN+1.
+    brackets = {(pf, h): (tracer.BRACKET_ENTRY_PRIO, tracer.BRACKET_EXIT_PRIO)
+                for pf in (2, 10) for h in range(5)}
+    brackets[(2, 1)] = brackets[(10, 1)] = (tracer.INT_MIN + 2, tracer.BRACKET_EXIT_PRIO)
+    spots = tracer.blind_spots(chains, brackets, "x")
+    assert len(spots) == 3
+    assert "early" in spots[0] and "before the entry" in spots[0]
+    assert "late" in spots[1] and "after the exit" in spots[1]
+    assert "ing" in spots[2] and "not bracketed" in spots[2]
+    assert not any("filt" in s for s in spots)
+
+
+def test_bad_nft_output_is_an_error():
+    with pytest.raises(tracer.NetBeeError):
+        tracer.parse_nft_chains("not json")
