@@ -32,7 +32,7 @@ def count(m: M.Map) -> int:
 
 
 def rename_self(times: int = 3) -> None:
-    """Fires task:task_rename in this thread (writes our own comm)."""
+    """Fires task:task_rename times + 1 times in this thread (renames, then restores the name)."""
     path = f"/proc/self/task/{threading.get_native_id()}/comm"
     with open(path) as f:
         old = f.read().strip()
