@@ -1,0 +1,568 @@
+"""ELF BPF object -> ObjectSpec: programs (linked with their subprograms), maps, global data.
+
+Pure: reads bytes, returns editable specs; nothing here touches the kernel. Every
+malformed input ends as ObjectFileError (or BTFError for a bad .BTF), converted
+at one boundary in ObjectSpec.from_bytes.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from netbee.loader import insn as I
+from netbee.loader.btf import Btf, BtfKind, Datasec, VarSecInfo
+from netbee.loader.btf_ext import BtfExt, CoreRelo, FuncInfo, LineInfo
+from netbee.loader.errors import NetBeeError, ObjectFileError
+
+EM_BPF = 247
+SHF_EXECINSTR = 0x4
+SHF_COMPRESSED = 0x800
+R_BPF_64_64 = 1        # ld_imm64
+R_BPF_64_32 = 10       # call
+
+MAP_TYPE_ARRAY = 2
+BPF_F_RDONLY_PROG = 0x80
+
+# section prefix -> program kind; longest prefixes first (kprobe.multi before kprobe)
+_SECTION_KINDS: List[Tuple[str, str]] = [
+    ("kprobe.multi", "kprobe.multi"),
+    ("kretprobe.multi", "kretprobe.multi"),
+    ("kprobe", "kprobe"),
+    ("kretprobe", "kretprobe"),
+    ("fentry", "fentry"),
+    ("fexit", "fexit"),
+    ("tp_btf", "tp_btf"),
+    ("raw_tracepoint", "raw_tp"),
+    ("raw_tp", "raw_tp"),
+    ("tracepoint", "tracepoint"),
+    ("tp", "tracepoint"),
+    ("netfilter", "netfilter"),
+    ("socket", "socket"),
+]
+
+# The members a BTF-defined map may have in SEC(".maps"); others are refused.
+_MAP_INT_FIELDS = ("type", "max_entries", "map_flags", "key_size", "value_size", "numa_node",
+                   "pinning", "map_extra")
+
+
+@dataclass
+class MapReloc:
+    """An ld_imm64 that must receive a map: its fd (PSEUDO_MAP_FD) or the address
+    of `offset` inside its value (PSEUDO_MAP_VALUE; the offset is already in the
+    second slot's imm, as the kernel wants)."""
+    insn_index: int
+    map_name: str
+    src: int = I.BPF_PSEUDO_MAP_FD
+    offset: int = 0
+
+
+@dataclass
+class MapSpec:
+    name: str
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int = 0
+    data: Optional[bytes] = None          # global data maps: the initial value
+    btf_key_type_id: int = 0
+    btf_value_type_id: int = 0
+    section: str = ".maps"
+    pinning: int = 0                      # parsed, ignored by NetBee
+    numa_node: int = 0
+    map_extra: int = 0
+
+
+@dataclass
+class ProgramSpec:
+    name: str
+    section: str
+    kind: str
+    attach_target: str
+    insns: bytearray
+    map_relocs: List[MapReloc] = field(default_factory=list)
+    func_info: List[FuncInfo] = field(default_factory=list)    # insn_off: bytes from program start
+    line_info: List[LineInfo] = field(default_factory=list)
+    core_relos: List[CoreRelo] = field(default_factory=list)
+    license: str = ""
+    subprograms: List[str] = field(default_factory=list)       # appended, in order
+
+    @property
+    def insn_count(self) -> int:
+        return len(self.insns) // I.INSN_SIZE
+
+
+@dataclass
+class _Func:
+    name: str
+    sec: int
+    start: int      # instruction index within the section
+    end: int
+    is_program: bool
+
+
+@dataclass
+class _Reloc:
+    type: int
+    sym_name: str
+    sym_type: str
+    sym_shndx: int
+    sym_value: int
+
+
+def section_kind(section: str) -> Optional[Tuple[str, str]]:
+    """(kind, attach_target) for a program section name, or None."""
+    head, _, target = section.partition("/")
+    for prefix, kind in _SECTION_KINDS:
+        if head == prefix:
+            return kind, target
+    return None
+
+
+class ObjectSpec:
+    """A parsed BPF object. Edit (set_global, programs' insns) before loading."""
+
+    def __init__(self) -> None:
+        self.programs: Dict[str, ProgramSpec] = {}
+        self.maps: Dict[str, MapSpec] = {}
+        self.license = ""
+        self.btf: Optional[Btf] = None
+        self.btf_ext: Optional[BtfExt] = None
+        self.globals: Dict[str, Tuple[str, int, int]] = {}   # name -> (map name, offset, size)
+        self.kern_version = 0
+
+    @classmethod
+    def from_path(cls, path: str) -> "ObjectSpec":
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise ObjectFileError(f"cannot read BPF object {path}: {e.strerror or e}") from e
+        return cls.from_bytes(data, what=str(path))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, what: str = "BPF object") -> "ObjectSpec":
+        try:
+            return _Parser(bytes(data), what).parse()
+        except NetBeeError:
+            raise
+        except RecursionError as e:
+            raise ObjectFileError(f"{what}: malformed object (nesting too deep)") from e
+        except Exception as e:  # the one boundary for pyelftools/construct/struct failures
+            raise ObjectFileError(f"{what}: malformed ELF object: {type(e).__name__}: {e}") from e
+
+    def set_global(self, name: str, value: bytes) -> None:
+        """Write a global variable's initial value (e.g. a `const volatile` config) before load."""
+        where = self.globals.get(name)
+        if where is None:
+            known = ", ".join(sorted(self.globals)) or "none"
+            raise ObjectFileError(f"no global variable {name!r} in the object (known: {known})")
+        map_name, offset, size = where
+        value = bytes(value)
+        if len(value) != size:
+            raise ObjectFileError(f"global {name!r} is {size} bytes, got a value of {len(value)}")
+        spec = self.maps[map_name]
+        data = bytearray(spec.data if spec.data is not None else bytes(spec.value_size))
+        data[offset:offset + size] = value
+        spec.data = bytes(data)
+
+    def get_global(self, name: str) -> bytes:
+        map_name, offset, size = self.globals[name]
+        data = self.maps[map_name].data or bytes(self.maps[map_name].value_size)
+        return data[offset:offset + size]
+
+
+class _Parser:
+    def __init__(self, data: bytes, what: str) -> None:
+        from elftools.elf.elffile import ELFFile
+
+        self.data = data
+        self.what = what
+        if data[:4] != b"\x7fELF":
+            raise ObjectFileError(f"{what}: not an ELF file")
+        self.elf = ELFFile(io.BytesIO(data))
+        self.spec = ObjectSpec()
+
+    def fail(self, msg: str) -> ObjectFileError:
+        return ObjectFileError(f"{self.what}: {msg}")
+
+    # ------------------------------------------------------------------ top level
+    def parse(self) -> ObjectSpec:
+        elf = self.elf
+        if elf.elfclass != 64 or not elf.little_endian:
+            raise self.fail("only 64-bit little-endian BPF objects are supported")
+        if elf["e_machine"] not in ("EM_BPF", EM_BPF):
+            raise self.fail(f"not a BPF object (machine {elf['e_machine']})")
+        self._check_sections()
+        self._read_symbols()
+        spec = self.spec
+        lic = self._section_by_name("license")
+        if lic is not None:
+            spec.license = lic.data().split(b"\0", 1)[0].decode("utf-8", "replace")
+        ver = self._section_by_name("version")
+        if ver is not None and len(ver.data()) >= 4:
+            spec.kern_version = int.from_bytes(ver.data()[:4], "little")
+        btf_sec = self._section_by_name(".BTF")
+        if btf_sec is not None:
+            spec.btf = Btf.parse(btf_sec.data())
+            self._fixup_datasecs()
+            ext = self._section_by_name(".BTF.ext")
+            if ext is not None:
+                spec.btf_ext = BtfExt.parse(ext.data(), spec.btf)
+        self._read_maps()
+        self._read_global_data()
+        self._read_functions()
+        self._read_relocations()
+        self._link_programs()
+        return spec
+
+    def _check_sections(self) -> None:
+        self.sections = []
+        n = self.elf.num_sections()
+        if n > 0xFFFF:
+            raise self.fail(f"too many sections ({n})")
+        size = len(self.data)
+        for idx in range(n):
+            sec = self.elf.get_section(idx)
+            if sec["sh_type"] != "SHT_NOBITS" and sec["sh_size"] and (
+                    sec["sh_offset"] > size or sec["sh_size"] > size - sec["sh_offset"]):
+                raise self.fail(f"section {idx} ({sec.name!r}) lies beyond the end of the file")
+            if sec["sh_flags"] & SHF_COMPRESSED:
+                raise self.fail(f"section {sec.name!r} is compressed (unsupported)")
+            self.sections.append(sec)
+        self.by_name = {s.name: i for i, s in enumerate(self.sections)}
+
+    def _section_by_name(self, name: str):
+        idx = self.by_name.get(name)
+        return None if idx is None else self.sections[idx]
+
+    def _read_symbols(self) -> None:
+        self.symbols: List[Tuple[str, str, str, int, int, int]] = []   # name, type, bind, shndx, value, size
+        symtab = self._section_by_name(".symtab")
+        if symtab is None or symtab["sh_type"] != "SHT_SYMTAB":
+            raise self.fail("no symbol table (.symtab): was the object stripped?")
+        if symtab["sh_entsize"] != 24:
+            raise self.fail(f"bad symbol entry size {symtab['sh_entsize']}")
+        for sym in symtab.iter_symbols():
+            shndx = sym["st_shndx"]
+            if not isinstance(shndx, int):
+                shndx = {"SHN_UNDEF": 0}.get(shndx, -1)
+            self.symbols.append((sym.name, sym["st_info"]["type"], sym["st_info"]["bind"],
+                                 shndx, sym["st_value"], sym["st_size"]))
+
+    # ------------------------------------------------------------------ BTF fixups
+    def _fixup_datasecs(self) -> None:
+        """clang leaves DATASEC sizes and variable offsets at 0; the ELF knows them."""
+        btf = self.spec.btf
+        assert btf is not None
+        offsets: Dict[Tuple[int, str], int] = {}
+        for name, typ, _bind, shndx, value, _size in self.symbols:
+            if typ == "STT_OBJECT" and shndx > 0:
+                offsets[(shndx, name)] = value
+        for tid in range(1, len(btf)):
+            t = btf.type(tid)
+            if t.kind != BtfKind.DATASEC:
+                continue
+            idx = self.by_name.get(t.name)
+            if idx is None:
+                continue   # .kconfig/.ksyms externs: nothing to fix here
+            sec = self.sections[idx]
+            new_vars = []
+            for v in t.vars:
+                var = btf.type(v.type)
+                off = offsets.get((idx, var.name))
+                if off is None:
+                    raise self.fail(f"BTF variable {var.name!r} of {t.name!r} has no symbol")
+                new_vars.append(VarSecInfo(v.type, off, v.size))
+            btf.replace(tid, Datasec(t.name, sec["sh_size"], new_vars))
+
+    def _datasec_id(self, name: str) -> int:
+        btf = self.spec.btf
+        if btf is None:
+            return 0
+        ids = btf.find(name, BtfKind.DATASEC)
+        return ids[0] if ids else 0
+
+    # ------------------------------------------------------------------ maps
+    def _read_maps(self) -> None:
+        idx = self.by_name.get(".maps")
+        if idx is None:
+            if self.by_name.get("maps") is not None:
+                raise self.fail("legacy SEC(\"maps\") map definitions are not supported; use SEC(\".maps\")")
+            return
+        btf = self.spec.btf
+        if btf is None:
+            raise self.fail("SEC(\".maps\") needs BTF (.BTF section missing)")
+        sec_id = self._datasec_id(".maps")
+        if not sec_id:
+            raise self.fail("no DATASEC '.maps' in the object's BTF")
+        self.map_at: Dict[int, str] = {}
+        for v in btf.type(sec_id).vars:
+            var = btf.type(v.type)
+            if var.kind != BtfKind.VAR:
+                raise self.fail(f".maps entry {v.type} is not a variable")
+            m = self._map_from_btf(var.name, var.type)
+            self.spec.maps[m.name] = m
+            self.map_at[v.offset] = m.name
+
+    def _map_from_btf(self, name: str, type_id: int) -> MapSpec:
+        btf = self.spec.btf
+        assert btf is not None
+        st = btf.type(btf.resolve(type_id))
+        if st.kind != BtfKind.STRUCT:
+            raise self.fail(f"map {name!r}: definition is not a struct")
+        ints: Dict[str, int] = {}
+        key_id = value_id = 0
+        for m in st.members:
+            mt = btf.type(btf.resolve(m.type))
+            if m.name in _MAP_INT_FIELDS:
+                # __uint(name, val) is `int (*name)[val]`: the value is the array length
+                arr = btf.type(btf.resolve(mt.type)) if mt.kind == BtfKind.PTR else None
+                if arr is None or arr.kind != BtfKind.ARRAY:
+                    raise self.fail(f"map {name!r}: field {m.name!r} is not __uint()")
+                ints[m.name] = arr.nelems
+            elif m.name in ("key", "value"):
+                if mt.kind != BtfKind.PTR:
+                    raise self.fail(f"map {name!r}: field {m.name!r} is not __type()")
+                if m.name == "key":
+                    key_id = mt.type
+                else:
+                    value_id = mt.type
+            elif m.name == "values":
+                raise self.fail(f"map {name!r}: map-in-map (values) is not supported")
+            else:
+                raise self.fail(f"map {name!r}: unknown field {m.name!r}")
+        if "type" not in ints:
+            raise self.fail(f"map {name!r}: no map type")
+        key_size = btf.sizeof(key_id) if key_id else ints.get("key_size", 0)
+        value_size = btf.sizeof(value_id) if value_id else ints.get("value_size", 0)
+        for what, explicit, got in (("key", ints.get("key_size"), key_size),
+                                    ("value", ints.get("value_size"), value_size)):
+            if explicit is not None and explicit != got:
+                raise self.fail(f"map {name!r}: {what}_size {explicit} disagrees with its type ({got})")
+        return MapSpec(name, ints["type"], key_size, value_size, ints.get("max_entries", 0),
+                       ints.get("map_flags", 0), None, key_id, value_id, ".maps",
+                       ints.get("pinning", 0), ints.get("numa_node", 0), ints.get("map_extra", 0))
+
+    # ------------------------------------------------------------------ global data
+    def _read_global_data(self) -> None:
+        self.data_maps: Dict[int, str] = {}
+        for idx, sec in enumerate(self.sections):
+            name = sec.name
+            if not _is_data_section(name) or not sec["sh_flags"] & 0x2:  # SHF_ALLOC
+                continue
+            size = sec["sh_size"]
+            if size == 0:
+                continue
+            if sec["sh_type"] == "SHT_NOBITS":
+                data = bytes(size) if size <= len(self.data) * 64 + (1 << 20) else None
+                if data is None:
+                    raise self.fail(f"section {name!r} is implausibly large ({size} bytes)")
+            else:
+                data = sec.data()
+            flags = BPF_F_RDONLY_PROG if name.startswith(".rodata") else 0
+            self.spec.maps[name] = MapSpec(name, MAP_TYPE_ARRAY, 4, size, 1, flags, data, 0,
+                                           self._datasec_id(name), name)
+            self.data_maps[idx] = name
+        for name, typ, _bind, shndx, value, size in self.symbols:
+            if typ == "STT_OBJECT" and shndx in self.data_maps and size:
+                m = self.spec.maps[self.data_maps[shndx]]
+                if value + size > m.value_size:
+                    raise self.fail(f"global {name!r} lies outside its section")
+                self.spec.globals[name] = (m.name, value, size)
+
+    # ------------------------------------------------------------------ code
+    def _read_functions(self) -> None:
+        self.code: Dict[int, bytes] = {}
+        for idx, sec in enumerate(self.sections):
+            if sec["sh_type"] == "SHT_PROGBITS" and sec["sh_flags"] & SHF_EXECINSTR and sec["sh_size"]:
+                if sec["sh_size"] % I.INSN_SIZE:
+                    raise self.fail(f"section {sec.name!r} is not a whole number of instructions")
+                self.code[idx] = sec.data()
+        per_sec: Dict[int, List[Tuple[int, int, str, str]]] = {}
+        for name, typ, bind, shndx, value, size in self.symbols:
+            if typ != "STT_FUNC" or shndx not in self.code:
+                continue
+            if value % I.INSN_SIZE or size % I.INSN_SIZE:
+                raise self.fail(f"function {name!r} is not instruction-aligned")
+            per_sec.setdefault(shndx, []).append((value // 8, size // 8, name, bind))
+        self.funcs: Dict[int, List[_Func]] = {}
+        for idx, entries in per_sec.items():
+            entries.sort()
+            n = len(self.code[idx]) // 8
+            sec_name = self.sections[idx].name
+            out = []
+            for k, (start, size, name, bind) in enumerate(entries):
+                end = start + size if size else (entries[k + 1][0] if k + 1 < len(entries) else n)
+                if end > n or start >= n:
+                    raise self.fail(f"function {name!r} runs past section {sec_name!r}")
+                is_prog = sec_name != ".text" and bind in ("STB_GLOBAL", "STB_WEAK")
+                out.append(_Func(name, idx, start, end, is_prog))
+            self.funcs[idx] = out
+
+    def _func_at(self, sec: int, insn: int) -> Optional[_Func]:
+        for f in self.funcs.get(sec, ()):
+            if f.start <= insn < f.end:
+                return f
+        return None
+
+    def _read_relocations(self) -> None:
+        self.relocs: Dict[int, Dict[int, _Reloc]] = {}
+        for sec in self.sections:
+            if sec["sh_type"] != "SHT_REL":
+                continue
+            target = sec["sh_info"]
+            if target not in self.code:
+                continue   # relocations of .BTF, .BTF.ext, debug info: not ours to apply
+            if sec["sh_entsize"] != 16:
+                raise self.fail(f"bad relocation entry size in {sec.name!r}")
+            table: Dict[int, _Reloc] = {}
+            for rel in sec.iter_relocations():
+                off, sym_idx = rel["r_offset"], rel["r_info_sym"]
+                if sym_idx >= len(self.symbols):
+                    raise self.fail(f"relocation in {sec.name!r} names symbol {sym_idx}, which does not exist")
+                name, typ, _bind, shndx, value, _size = self.symbols[sym_idx]
+                if off % 8 or off >= len(self.code[target]):
+                    raise self.fail(f"relocation at offset {off} of {self.sections[target].name!r} "
+                                    f"against {name!r} is not on an instruction")
+                table[off // 8] = _Reloc(rel["r_info_type"], name, typ, shndx, value)
+            self.relocs[target] = table
+
+    # ------------------------------------------------------------------ linking
+    def _link_programs(self) -> None:
+        ext = self.spec.btf_ext
+        for idx, funcs in self.funcs.items():
+            sec_name = self.sections[idx].name
+            progs = [f for f in funcs if f.is_program]
+            if not progs:
+                continue
+            kind = section_kind(sec_name)
+            if kind is None:
+                raise self.fail(f"section {sec_name!r}: unknown program type")
+            for f in progs:
+                if f.name in self.spec.programs:
+                    raise self.fail(f"two programs are named {f.name!r}")
+                self.spec.programs[f.name] = _Linker(self, f, ext).link(sec_name, kind[0], kind[1])
+
+
+class _Linker:
+    """Builds one program: its own code, then every subprogram it reaches, appended
+    depth-first in the order libbpf uses, with calls and relocations rebased."""
+
+    def __init__(self, parser: _Parser, main: _Func, ext: Optional[BtfExt]) -> None:
+        self.p = parser
+        self.ext = ext
+        self.insns = bytearray()
+        self.placed: Dict[Tuple[int, int], int] = {}   # (section, function start) -> program index
+        self.spec = ProgramSpec(main.name, "", "", "", self.insns, license=parser.spec.license)
+        self.main = main
+
+    def link(self, section: str, kind: str, target: str) -> ProgramSpec:
+        s = self.spec
+        s.section, s.kind, s.attach_target = section, kind, target
+        self._append(self.main)
+        s.map_relocs.sort(key=lambda r: r.insn_index)
+        return s
+
+    def _append(self, f: _Func) -> None:
+        base = len(self.insns) // 8
+        self.placed[(f.sec, f.start)] = base
+        if f is not self.main:
+            self.spec.subprograms.append(f.name)
+        self.insns += self.p.code[f.sec][f.start * 8:f.end * 8]
+        self._carry_ext(f, base)
+        relocs = self.p.relocs.get(f.sec, {})
+        for i in range(f.start, f.end):
+            self._fix(f, base, i, relocs.get(i))
+
+    def _carry_ext(self, f: _Func, base: int) -> None:
+        if self.ext is None:
+            return
+        sec = self.p.sections[f.sec].name
+        lo, hi = f.start * 8, f.end * 8
+        shift = (base - f.start) * 8
+        for src, dst, cls in ((self.ext.func_info.get(sec, ()), self.spec.func_info, FuncInfo),
+                              (self.ext.line_info.get(sec, ()), self.spec.line_info, LineInfo),
+                              (self.ext.core_relos.get(sec, ()), self.spec.core_relos, CoreRelo)):
+            for r in src:
+                if lo <= r.insn_off < hi:
+                    d = dict(r.__dict__)
+                    d["insn_off"] = r.insn_off + shift
+                    dst.append(cls(**d))
+
+    def _fix(self, f: _Func, base: int, i: int, rel: Optional[_Reloc]) -> None:
+        pos = base + (i - f.start)
+        ins = I.decode(self.insns, pos)
+        if rel is None:
+            if ins.is_pseudo_call:
+                # a call clang resolved itself: to a function of the same section
+                self._call(f, pos, f.sec, i + ins.imm + 1, "call")
+            elif ins.is_pseudo_func or ins.src in (I.BPF_PSEUDO_MAP_FD, I.BPF_PSEUDO_MAP_VALUE) and ins.is_ld_imm64:
+                raise self.p.fail(f"{self._where(f, i)}: ld_imm64 with src {ins.src} but no relocation")
+            return
+        where = f"{self._where(f, i)} (relocation against {rel.sym_name or 'section'!r})"
+        if ins.is_call and rel.type == R_BPF_64_32:
+            if ins.src != I.BPF_PSEUDO_CALL:
+                raise self.p.fail(f"{where}: relocated call is not a BPF-to-BPF call")
+            self._check_code_sym(rel, where)
+            self._call(f, pos, rel.sym_shndx, rel.sym_value // 8 + ins.imm + 1, where)
+            return
+        if not ins.is_ld_imm64 or rel.type != R_BPF_64_64:
+            raise self.p.fail(f"{where}: unsupported relocation type {rel.type} on opcode 0x{ins.opcode:02x}")
+        if i + 1 >= f.end:
+            raise self.p.fail(f"{where}: ld_imm64 cut off at the end of the function")
+        shndx = rel.sym_shndx
+        if shndx <= 0:
+            raise self.p.fail(f"{where}: extern symbols (.kconfig/.ksyms) are not supported")
+        if shndx in self.p.code:
+            self._check_code_sym(rel, where)
+            if ins.imm % 8:
+                raise self.p.fail(f"{where}: function address not instruction-aligned")
+            I.set_src(self.insns, pos, I.BPF_PSEUDO_FUNC)
+            self._call(f, pos, shndx, (rel.sym_value + ins.imm) // 8, where)
+            return
+        if shndx == self.p.by_name.get(".maps"):
+            name = self.p.map_at.get(rel.sym_value) if rel.sym_type != "STT_SECTION" else None
+            if name is None:
+                raise self.p.fail(f"{where}: no map at offset {rel.sym_value} of .maps")
+            I.set_src(self.insns, pos, I.BPF_PSEUDO_MAP_FD)
+            I.set_imm(self.insns, pos, 0)
+            self.spec.map_relocs.append(MapReloc(pos, name, I.BPF_PSEUDO_MAP_FD, 0))
+            return
+        data = self.p.data_maps.get(shndx)
+        if data is not None:
+            offset = ins.imm + rel.sym_value
+            if not 0 <= offset <= self.p.spec.maps[data].value_size:
+                raise self.p.fail(f"{where}: offset {offset} outside {data!r}")
+            I.set_src(self.insns, pos, I.BPF_PSEUDO_MAP_VALUE)
+            I.set_imm(self.insns, pos, 0)
+            I.set_imm(self.insns, pos + 1, offset)
+            self.spec.map_relocs.append(MapReloc(pos, data, I.BPF_PSEUDO_MAP_VALUE, offset))
+            return
+        raise self.p.fail(f"{where}: relocation into section {self.p.sections[shndx].name!r} is not supported")
+
+    def _check_code_sym(self, rel: _Reloc, where: str) -> None:
+        if rel.sym_shndx not in self.p.code or rel.sym_type not in ("STT_FUNC", "STT_SECTION", "STT_NOTYPE"):
+            raise self.p.fail(f"{where}: target is not code")
+
+    def _call(self, f: _Func, pos: int, sec: int, target: int, where: str) -> None:
+        callee = self.p._func_at(sec, target)
+        if callee is None:
+            raise self.p.fail(f"{where}: call target {target} in section "
+                              f"{self.p.sections[sec].name!r} is not inside a function")
+        key = (callee.sec, callee.start)
+        if key not in self.placed:
+            self._append(callee)
+        dest = self.placed[key] + (target - callee.start)
+        I.set_imm(self.insns, pos, dest - pos - 1)
+
+    def _where(self, f: _Func, i: int) -> str:
+        return f"program {self.main.name!r}, function {f.name!r} in {self.p.sections[f.sec].name!r} insn {i}"
+
+
+def _is_data_section(name: str) -> bool:
+    for base in (".rodata", ".data", ".bss"):
+        if name == base or name.startswith(base + "."):
+            return True
+    return False
