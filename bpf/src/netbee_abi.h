@@ -53,6 +53,8 @@ enum nb_hook {
 #define NB_F_STACK      0x0040   /* stack_depth frames follow the record */
 #define NB_F_TCP_STATE  0x0080   /* tcp_state valid */
 #define NB_F_NONLINEAR  0x0100   /* transport header was not in the linear area */
+#define NB_F_FROM_SOCK  0x0200   /* family/addresses/ports taken from the socket:
+                                    the headers were not built yet (transmit) */
 
 /* nb_event.verdict: the kernel's NF_* values, plus one of ours. */
 #define NB_VERDICT_DROP    0

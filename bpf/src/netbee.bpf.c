@@ -1,0 +1,722 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * NetBee's kernel programs: one source, three backends (kprobe, fentry,
+ * tracepoint + netfilter), sharing the parse / filter / emit code.
+ *
+ * Program names are <backend>_<hook>: kp_* kprobes, kr_* kretprobes, fe_*
+ * fentry, fx_* fexit, tp_* tp_btf, nf_entry/nf_exit netfilter. Section names
+ * carry the generic kernel function; the tracer replaces it with the symbol
+ * that exists on the running kernel (netbee/hooks.py lists the candidates).
+ *
+ * Counters: every event candidate counts SEEN, then exactly one of FILTERED,
+ * SUBMITTED or LOST (LOST also when no scratch slot is free).
+ *
+ * cfg.self_pid is applied on transmit hooks only: on receive, softirq work
+ * runs in whatever task it interrupted, so netbee's own pid there says
+ * nothing about the packet. (It does not hide sshd sending netbee's output;
+ * a filter does that.)
+ */
+#include "kernel_types.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+#include "netbee_abi.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+const volatile struct nb_config cfg = {};
+
+/* Never read: they put these types into the object's BTF for netbee/abi.py's tests. */
+const volatile enum nb_hook abi_hook_type = NB_HOOK_MAX;
+const volatile enum nb_counter abi_counter_type = NB_CNT_MAX;
+
+#include "nb_parse.h"
+#include "nb_filter.h"
+
+#define NB_NEST 4               /* program nesting depth on one CPU (task, softirq, hardirq, nmi) */
+#define NB_NF_DEPTH 8           /* netfilter hooks in flight on one CPU */
+#define NB_NF_STALE_NS 10000000 /* an entry older than this on its CPU has left unseen */
+
+struct nb_record {
+	struct nb_event ev;
+	__u64 stack[NB_MAX_STACK];      /* sent right after ev when NB_F_STACK */
+	__u32 fst;                      /* filter stack, see nb_filter_match */
+	__u32 pad;
+};
+
+struct nb_scratch {
+	__u32 depth;
+	__u32 pad;
+	struct nb_record rec[NB_NEST];
+};
+
+struct nb_flight {
+	__u64 skb;
+	__u64 ts;
+	__u32 match;
+	__u32 fst;
+	struct nb_event ev;
+};
+
+struct nb_flight_stack {
+	__u32 depth;
+	__u32 pad;
+	struct nb_flight e[NB_NF_DEPTH];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22);   /* the loader sets the real size */
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, NB_CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nb_scratch);
+} scratch SEC(".maps");
+
+/* Netfilter packets in flight: entry/exit bracket, or nf_hook_slow entry/return. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nb_flight_stack);
+} nf_flight SEC(".maps");
+
+static __always_inline void nb_count(__u32 which)
+{
+	__u64 *c = bpf_map_lookup_elem(&counters, &which);
+
+	if (c)
+		__sync_fetch_and_add(c, 1);
+}
+
+static __always_inline __u32 nb_hook_hints(__u32 hook)
+{
+	switch (hook) {
+	case NB_HOOK_NETIF_RX:
+	case NB_HOOK_NETIF_RECEIVE_SKB:
+	case NB_HOOK_IP_RCV:
+	case NB_HOOK_IPV6_RCV:
+		return HK_RX_EARLY;
+	case NB_HOOK_TCP_TRANSMIT_SKB:
+		return HK_TX | HK_SOCK | HK_NO_L4HDR;
+	case NB_HOOK_IP_QUEUE_XMIT:
+	case NB_HOOK_IP6_XMIT:
+		return HK_TX | HK_SOCK;
+	case NB_HOOK_IP_OUTPUT:
+	case NB_HOOK_IP6_OUTPUT:
+	case NB_HOOK_DEV_QUEUE_XMIT:
+	case NB_HOOK_NET_DEV_START_XMIT:
+		return HK_TX;
+	}
+	return 0;
+}
+
+static __always_inline __u8 nb_hook_family(__u32 hook)
+{
+	switch (hook) {
+	case NB_HOOK_IP_RCV:
+	case NB_HOOK_IP_LOCAL_DELIVER:
+	case NB_HOOK_IP_FORWARD:
+	case NB_HOOK_TCP_V4_RCV:
+	case NB_HOOK_UDP_RCV:
+	case NB_HOOK_ICMP_RCV:
+	case NB_HOOK_IP_QUEUE_XMIT:
+	case NB_HOOK_IP_OUTPUT:
+		return 4;
+	case NB_HOOK_IPV6_RCV:
+	case NB_HOOK_IP6_INPUT:
+	case NB_HOOK_IP6_FORWARD:
+	case NB_HOOK_TCP_V6_RCV:
+	case NB_HOOK_UDPV6_RCV:
+	case NB_HOOK_ICMPV6_RCV:
+	case NB_HOOK_IP6_XMIT:
+	case NB_HOOK_IP6_OUTPUT:
+		return 6;
+	}
+	return 0;
+}
+
+/* Extra facts a backend knows beyond the skb. */
+struct nb_extra {
+	__u64 location;
+	__u32 drop_reason;
+	__u32 netns;            /* 0: from the skb */
+	__u32 ifindex;          /* 0: from the skb */
+	__u16 flags;            /* NB_F_NF / NB_F_DROP */
+	__u8 nf_hook;
+	__u8 verdict;
+	__u8 family;            /* 0: from the hook or skb->protocol */
+	__u8 stack;             /* capture a call stack (if cfg.want_stack) */
+	struct sock *sk;
+};
+
+static __always_inline __u32 nb_netns_of_dev(struct net_device *dev)
+{
+	return BPF_CORE_READ(dev, nd_net.net, ns.inum);
+}
+
+/* Fill ev completely (zeroed first). Returns whether the filter matched. */
+static __always_inline bool nb_build(struct nb_event *ev, struct sk_buff *skb, __u32 hook,
+				     const struct nb_extra *x, __u32 *fst)
+{
+	struct net_device *dev;
+	__u64 id = bpf_get_current_pid_tgid();
+	__u8 family = x->family ? x->family : nb_hook_family(hook);
+
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->ts_ns = bpf_ktime_get_ns();
+	ev->skb = (__u64)skb;
+	ev->hook = hook;
+	ev->cpu = bpf_get_smp_processor_id();
+	ev->pid = id >> 32;
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+
+	nb_parse_skb(ev, skb, nb_hook_hints(hook), family, x->sk);
+
+	dev = BPF_CORE_READ(skb, dev);
+	ev->ifindex = x->ifindex;
+	ev->netns = x->netns;
+	if (dev) {
+		if (!ev->ifindex)
+			ev->ifindex = BPF_CORE_READ(dev, ifindex);
+		if (!ev->netns)
+			ev->netns = nb_netns_of_dev(dev);
+	}
+	if (!ev->ifindex)
+		ev->ifindex = BPF_CORE_READ(skb, skb_iif);
+	if (!ev->netns || ev->ip_proto == IPPROTO_TCP) {
+		struct sock *sk = x->sk ? x->sk : BPF_CORE_READ(skb, sk);
+
+		if (sk) {
+			if (!ev->netns)
+				ev->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+			if (ev->ip_proto == IPPROTO_TCP) {
+				ev->tcp_state = BPF_CORE_READ(sk, __sk_common.skc_state);
+				ev->flags |= NB_F_TCP_STATE;
+			}
+		}
+	}
+	ev->flags |= x->flags;
+	ev->nf_hook = x->nf_hook;
+	ev->verdict = x->verdict;
+	ev->drop_reason = x->drop_reason;
+	ev->location = x->location;
+	return nb_filter_match(ev, fst);
+}
+
+static __always_inline __u64 nb_wakeup_flags(void)
+{
+	__u32 want = cfg.wakeup_bytes;
+
+	if (!want)
+		return 0;       /* the kernel's own policy: wake when the reader caught up */
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= want ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+}
+
+static __always_inline void nb_output(void *data, __u64 size)
+{
+	if (bpf_ringbuf_output(&events, data, size, nb_wakeup_flags()))
+		nb_count(NB_CNT_LOST);
+	else
+		nb_count(NB_CNT_SUBMITTED);
+}
+
+/* The common path of every hook: count, build, filter, emit. */
+static __always_inline int nb_handle(void *ctx, struct sk_buff *skb, __u32 hook, const struct nb_extra *x)
+{
+	struct nb_scratch *s;
+	struct nb_record *r;
+	__u32 zero = 0, d;
+	__u64 size = sizeof(struct nb_event);
+
+	if (!skb)
+		return 0;
+	nb_count(NB_CNT_SEEN);
+	if ((nb_hook_hints(hook) & HK_TX) && cfg.self_pid &&
+	    (bpf_get_current_pid_tgid() >> 32) == cfg.self_pid) {
+		nb_count(NB_CNT_FILTERED);
+		return 0;
+	}
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!s)
+		return 0;
+	d = s->depth;
+	if (d >= NB_NEST) {
+		nb_count(NB_CNT_LOST);
+		return 0;
+	}
+	s->depth = d + 1;
+	barrier_var(d);
+	r = &s->rec[d & (NB_NEST - 1)];
+	if (!nb_build(&r->ev, skb, hook, x, &r->fst)) {
+		nb_count(NB_CNT_FILTERED);
+		goto out;
+	}
+	if (x->stack && cfg.want_stack) {
+		long n = bpf_get_stack(ctx, r->stack, sizeof(r->stack), 0);
+
+		if (n > 0) {
+			r->ev.stack_depth = n / sizeof(__u64);
+			r->ev.flags |= NB_F_STACK;
+			size += n & (sizeof(r->stack) - 8);
+			if (n >= sizeof(r->stack))
+				size = sizeof(r->ev) + sizeof(r->stack);
+		}
+	}
+	nb_output(r, size);
+out:
+	s->depth = d;
+	return 0;
+}
+
+static __always_inline int nb_on_skb(void *ctx, struct sk_buff *skb, __u32 hook)
+{
+	struct nb_extra x = {};
+
+	return nb_handle(ctx, skb, hook, &x);
+}
+
+static __always_inline int nb_on_skb_sk(void *ctx, struct sk_buff *skb, struct sock *sk, __u32 hook)
+{
+	struct nb_extra x = { .sk = sk };
+
+	return nb_handle(ctx, skb, hook, &x);
+}
+
+static __always_inline int nb_on_drop(void *ctx, struct sk_buff *skb, __u32 reason, __u64 location)
+{
+	struct nb_extra x = {
+		.location = location, .drop_reason = reason, .flags = NB_F_DROP, .stack = 1,
+	};
+
+	return nb_handle(ctx, skb, NB_HOOK_KFREE_SKB, &x);
+}
+
+/* ------------------------------------------------------------------------
+ * Netfilter packets in flight (per CPU, LIFO: hooks nest only by interrupt
+ * or by packets created inside a hook, like an nft reject's reply).
+ */
+
+static __always_inline struct nb_flight_stack *nb_flights(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&nf_flight, &zero);
+}
+
+static __always_inline void nb_flight_emit(struct nb_flight_stack *st, __u32 i, __u8 verdict,
+					   __u32 reason, __u64 location)
+{
+	struct nb_flight *f;
+
+	if (i >= NB_NF_DEPTH)
+		return;
+	barrier_var(i);
+	f = &st->e[i & (NB_NF_DEPTH - 1)];
+	if (!f->match)
+		return;         /* counted FILTERED at entry */
+	f->ev.verdict = verdict;
+	if (verdict == NB_VERDICT_DROP && location) {
+		f->ev.drop_reason = reason;
+		f->ev.location = location;
+		f->ev.flags |= NB_F_DROP;
+	}
+	nb_output(&f->ev, sizeof(f->ev));
+}
+
+/* Struct assignment would become a memmove call, which BPF lacks. */
+static __always_inline void nb_flight_copy(struct nb_flight *dst, const struct nb_flight *src)
+{
+	__u64 *d = (__u64 *)dst;
+	const __u64 *s = (const __u64 *)src;
+	int k;
+
+#pragma clang loop unroll(full)
+	for (k = 0; k < sizeof(*dst) / 8; k++)
+		d[k] = s[k];
+}
+
+/* Remove entry i, reporting it with verdict; entries above slide down. */
+static __always_inline void nb_flight_remove(struct nb_flight_stack *st, __u32 i, __u8 verdict)
+{
+	__u32 j, d = st->depth;
+
+	nb_flight_emit(st, i, verdict, 0, 0);
+#pragma clang loop unroll(full)
+	for (j = 0; j < NB_NF_DEPTH - 1; j++) {
+		if (j < i)
+			continue;
+		if (j + 1 >= d)
+			break;
+		nb_flight_copy(&st->e[j], &st->e[j + 1]);
+	}
+	if (d > 0)
+		st->depth = d - 1;
+}
+
+/* Index of skb in the stack, NB_NF_DEPTH if absent (searched from the top). */
+static __always_inline __u32 nb_flight_find(struct nb_flight_stack *st, __u64 skb)
+{
+	__u32 d = st->depth;
+	int i;
+
+#pragma clang loop unroll(full)
+	for (i = NB_NF_DEPTH - 1; i >= 0; i--) {
+		if (i < d && st->e[i].skb == skb)
+			return i;
+	}
+	return NB_NF_DEPTH;
+}
+
+/* Pop everything above index i as STOLEN (entered after it, never left). */
+static __always_inline void nb_flight_unwind_to(struct nb_flight_stack *st, __u32 i)
+{
+	int j;
+
+#pragma clang loop unroll(full)
+	for (j = NB_NF_DEPTH - 1; j >= 0; j--) {
+		if (j > i && j < st->depth) {
+			nb_flight_emit(st, j, NB_VERDICT_STOLEN, 0, 0);
+			st->depth = j;
+		}
+	}
+}
+
+/* Resolve entry i with verdict and pop it together with what sits above. */
+static __always_inline void nb_flight_resolve(struct nb_flight_stack *st, __u32 i, __u8 verdict,
+					      __u32 reason, __u64 location)
+{
+	if (i >= NB_NF_DEPTH)
+		return;
+	nb_flight_unwind_to(st, i);
+	nb_flight_emit(st, i, verdict, reason, location);
+	st->depth = i;
+}
+
+/* Push a packet entering a hook; x describes the hook. */
+static __always_inline void nb_flight_push(struct sk_buff *skb, __u32 hook, const struct nb_extra *x, bool tidy)
+{
+	struct nb_flight_stack *st = nb_flights();
+	struct nb_flight *f;
+	__u64 now = bpf_ktime_get_ns();
+	__u32 d, i;
+
+	if (!st)
+		return;
+	nb_count(NB_CNT_SEEN);
+	if (tidy) {
+		int j;
+
+		/* the same skb again: its previous hook kept it (queue/steal) and reinjected it */
+		i = nb_flight_find(st, (__u64)skb);
+		if (i < NB_NF_DEPTH)
+			nb_flight_remove(st, i, NB_VERDICT_STOLEN);
+		/* stale tops left their hook unseen long ago */
+#pragma clang loop unroll(full)
+		for (j = NB_NF_DEPTH - 1; j >= 0; j--) {
+			if (j < st->depth && now - st->e[j].ts > NB_NF_STALE_NS) {
+				nb_flight_emit(st, j, NB_VERDICT_STOLEN, 0, 0);
+				st->depth = j;
+			}
+		}
+	}
+	if (st->depth >= NB_NF_DEPTH)
+		nb_flight_remove(st, 0, NB_VERDICT_STOLEN);
+	d = st->depth;
+	if (d >= NB_NF_DEPTH)
+		return;
+	barrier_var(d);
+	f = &st->e[d & (NB_NF_DEPTH - 1)];
+	/* reserve the slot before building: an interrupt may push above it meanwhile */
+	f->skb = (__u64)skb;
+	f->ts = now;
+	f->match = 0;
+	st->depth = d + 1;
+	f->match = nb_build(&f->ev, skb, hook, x, &f->fst);
+	if (!f->match)
+		nb_count(NB_CNT_FILTERED);
+}
+
+/* ---------------------------------------------------------------- kprobe */
+
+#define KP_ARG1(fn, hook)                                                        \
+	SEC("kprobe/" #fn) int kp_##fn(struct pt_regs *ctx)                      \
+	{ return nb_on_skb(ctx, (struct sk_buff *)PT_REGS_PARM1(ctx), hook); }
+
+KP_ARG1(netif_rx, NB_HOOK_NETIF_RX)
+KP_ARG1(ip_rcv, NB_HOOK_IP_RCV)
+KP_ARG1(ip_local_deliver, NB_HOOK_IP_LOCAL_DELIVER)
+KP_ARG1(ip_forward, NB_HOOK_IP_FORWARD)
+KP_ARG1(tcp_v4_rcv, NB_HOOK_TCP_V4_RCV)
+KP_ARG1(udp_rcv, NB_HOOK_UDP_RCV)
+KP_ARG1(icmp_rcv, NB_HOOK_ICMP_RCV)
+KP_ARG1(dev_queue_xmit, NB_HOOK_DEV_QUEUE_XMIT)
+KP_ARG1(ipv6_rcv, NB_HOOK_IPV6_RCV)
+KP_ARG1(ip6_input, NB_HOOK_IP6_INPUT)
+KP_ARG1(ip6_forward, NB_HOOK_IP6_FORWARD)
+KP_ARG1(tcp_v6_rcv, NB_HOOK_TCP_V6_RCV)
+KP_ARG1(udpv6_rcv, NB_HOOK_UDPV6_RCV)
+KP_ARG1(icmpv6_rcv, NB_HOOK_ICMPV6_RCV)
+
+/* (sk, skb, ...) */
+#define KP_SK_SKB(fn, hook)                                                      \
+	SEC("kprobe/" #fn) int kp_##fn(struct pt_regs *ctx)                      \
+	{ return nb_on_skb_sk(ctx, (struct sk_buff *)PT_REGS_PARM2(ctx),         \
+			      (struct sock *)PT_REGS_PARM1(ctx), hook); }
+
+KP_SK_SKB(tcp_transmit_skb, NB_HOOK_TCP_TRANSMIT_SKB)
+KP_SK_SKB(ip_queue_xmit, NB_HOOK_IP_QUEUE_XMIT)
+KP_SK_SKB(ip6_xmit, NB_HOOK_IP6_XMIT)
+
+/* (net, sk, skb) */
+#define KP_ARG3(fn, hook)                                                        \
+	SEC("kprobe/" #fn) int kp_##fn(struct pt_regs *ctx)                      \
+	{ return nb_on_skb(ctx, (struct sk_buff *)PT_REGS_PARM3(ctx), hook); }
+
+KP_ARG3(ip_output, NB_HOOK_IP_OUTPUT)
+KP_ARG3(ip6_output, NB_HOOK_IP6_OUTPUT)
+
+/* At function entry the return address is on top of the stack: the caller that freed it. */
+static __always_inline __u64 kp_return_address(struct pt_regs *ctx)
+{
+	__u64 ret = 0;
+
+	bpf_probe_read_kernel(&ret, sizeof(ret), (void *)PT_REGS_SP(ctx));
+	return ret;
+}
+
+SEC("kprobe/kfree_skb_reason")
+int kp_kfree_skb_reason(struct pt_regs *ctx)
+{
+	return nb_on_drop(ctx, (struct sk_buff *)PT_REGS_PARM1(ctx), (__u32)PT_REGS_PARM2(ctx),
+			  kp_return_address(ctx));
+}
+
+/* 6.12+: sk_skb_reason_drop(sk, skb, reason) */
+SEC("kprobe/sk_skb_reason_drop")
+int kp_sk_skb_reason_drop(struct pt_regs *ctx)
+{
+	return nb_on_drop(ctx, (struct sk_buff *)PT_REGS_PARM2(ctx), (__u32)PT_REGS_PARM3(ctx),
+			  kp_return_address(ctx));
+}
+
+static __always_inline void nb_nf_slow_entry(struct sk_buff *skb, const struct nf_hook_state *state)
+{
+	struct nb_extra x = { .flags = NB_F_NF };
+	struct net_device *dev;
+	__u8 pf = BPF_CORE_READ(state, pf);
+
+	x.nf_hook = BPF_CORE_READ(state, hook);
+	x.family = pf == 2 ? 4 : pf == 10 ? 6 : 0;
+	x.netns = BPF_CORE_READ(state, net, ns.inum);
+	dev = BPF_CORE_READ(state, in);
+	if (!dev)
+		dev = BPF_CORE_READ(state, out);
+	if (dev)
+		x.ifindex = BPF_CORE_READ(dev, ifindex);
+	nb_flight_push(skb, NB_HOOK_NF_HOOK_SLOW, &x, false);
+}
+
+/* nf_hook_slow's return value: 1 accept, 0 stolen or queued, <0 (-EPERM) drop. */
+static __always_inline __u8 nb_nf_verdict(int ret)
+{
+	if (ret == 1)
+		return NB_VERDICT_ACCEPT;
+	if (ret < 0)
+		return NB_VERDICT_DROP;
+	return NB_VERDICT_STOLEN;
+}
+
+SEC("kprobe/nf_hook_slow")
+int kp_nf_hook_slow(struct pt_regs *ctx)
+{
+	nb_nf_slow_entry((struct sk_buff *)PT_REGS_PARM1(ctx), (const struct nf_hook_state *)PT_REGS_PARM2(ctx));
+	return 0;
+}
+
+/* A kretprobe has no arguments: the innermost call on this CPU is the one returning. */
+SEC("kretprobe/nf_hook_slow")
+int kr_nf_hook_slow(struct pt_regs *ctx)
+{
+	struct nb_flight_stack *st = nb_flights();
+	__u32 d;
+
+	if (!st || st->depth == 0)
+		return 0;
+	d = st->depth - 1;
+	nb_flight_resolve(st, d, nb_nf_verdict((int)PT_REGS_RC(ctx)), 0, 0);
+	return 0;
+}
+
+/* ---------------------------------------------------------------- fentry */
+
+#define FE_ARG1(fn, hook)                                                        \
+	SEC("fentry/" #fn) int BPF_PROG(fe_##fn, struct sk_buff *skb)             \
+	{ return nb_on_skb(ctx, skb, hook); }
+
+FE_ARG1(netif_rx, NB_HOOK_NETIF_RX)
+FE_ARG1(ip_rcv, NB_HOOK_IP_RCV)
+FE_ARG1(ip_local_deliver, NB_HOOK_IP_LOCAL_DELIVER)
+FE_ARG1(ip_forward, NB_HOOK_IP_FORWARD)
+FE_ARG1(tcp_v4_rcv, NB_HOOK_TCP_V4_RCV)
+FE_ARG1(udp_rcv, NB_HOOK_UDP_RCV)
+FE_ARG1(icmp_rcv, NB_HOOK_ICMP_RCV)
+FE_ARG1(dev_queue_xmit, NB_HOOK_DEV_QUEUE_XMIT)
+FE_ARG1(ipv6_rcv, NB_HOOK_IPV6_RCV)
+FE_ARG1(ip6_input, NB_HOOK_IP6_INPUT)
+FE_ARG1(ip6_forward, NB_HOOK_IP6_FORWARD)
+FE_ARG1(tcp_v6_rcv, NB_HOOK_TCP_V6_RCV)
+FE_ARG1(udpv6_rcv, NB_HOOK_UDPV6_RCV)
+FE_ARG1(icmpv6_rcv, NB_HOOK_ICMPV6_RCV)
+
+#define FE_SK_SKB(fn, hook)                                                      \
+	SEC("fentry/" #fn) int BPF_PROG(fe_##fn, struct sock *sk, struct sk_buff *skb) \
+	{ return nb_on_skb_sk(ctx, skb, sk, hook); }
+
+FE_SK_SKB(tcp_transmit_skb, NB_HOOK_TCP_TRANSMIT_SKB)
+FE_SK_SKB(ip_queue_xmit, NB_HOOK_IP_QUEUE_XMIT)
+FE_SK_SKB(ip6_xmit, NB_HOOK_IP6_XMIT)
+
+#define FE_ARG3(fn, hook)                                                        \
+	SEC("fentry/" #fn) int BPF_PROG(fe_##fn, void *net, struct sock *sk, struct sk_buff *skb) \
+	{ return nb_on_skb(ctx, skb, hook); }
+
+FE_ARG3(ip_output, NB_HOOK_IP_OUTPUT)
+FE_ARG3(ip6_output, NB_HOOK_IP6_OUTPUT)
+
+SEC("fentry/nf_hook_slow")
+int BPF_PROG(fe_nf_hook_slow, struct sk_buff *skb, const struct nf_hook_state *state)
+{
+	nb_nf_slow_entry(skb, state);
+	return 0;
+}
+
+/* fexit knows the skb: resolve exactly its entry (not merely the innermost). */
+SEC("fexit/nf_hook_slow")
+int BPF_PROG(fx_nf_hook_slow, struct sk_buff *skb, const struct nf_hook_state *state, void *e,
+	     unsigned int s, int ret)
+{
+	struct nb_flight_stack *st = nb_flights();
+
+	if (st)
+		nb_flight_resolve(st, nb_flight_find(st, (__u64)skb), nb_nf_verdict(ret), 0, 0);
+	return 0;
+}
+
+/*
+ * The fentry backend takes drops from tp_btf/kfree_skb (below): it exists on
+ * every kernel that allows fentry and gives the freeing location, which an
+ * fentry program cannot read.
+ */
+
+/* ------------------------------------------------------------ tracepoint */
+
+SEC("tp_btf/netif_receive_skb")
+int BPF_PROG(tp_netif_receive_skb, struct sk_buff *skb)
+{
+	return nb_on_skb(ctx, skb, NB_HOOK_NETIF_RECEIVE_SKB);
+}
+
+SEC("tp_btf/netif_rx")
+int BPF_PROG(tp_netif_rx, struct sk_buff *skb)
+{
+	return nb_on_skb(ctx, skb, NB_HOOK_NETIF_RX);
+}
+
+SEC("tp_btf/net_dev_queue")
+int BPF_PROG(tp_net_dev_queue, struct sk_buff *skb)
+{
+	return nb_on_skb(ctx, skb, NB_HOOK_DEV_QUEUE_XMIT);
+}
+
+SEC("tp_btf/net_dev_start_xmit")
+int BPF_PROG(tp_net_dev_start_xmit, struct sk_buff *skb)
+{
+	return nb_on_skb(ctx, skb, NB_HOOK_NET_DEV_START_XMIT);
+}
+
+/*
+ * kfree_skb(skb, location, reason[, rx_sk]). A packet freed while it is in
+ * flight in a netfilter hook on this CPU did not leave that hook: the
+ * bracket reports it there with verdict DROP (nftables and iptables drops
+ * carry reason NETFILTER_DROP; a failed NFQUEUE frees with NOT_SPECIFIED,
+ * also a drop at that hook). Every free is also reported on its own.
+ * Known false positive, passed on unmarked for the application to judge:
+ * ping echo replies are freed at ping_rcv with a non-consumed reason.
+ */
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(tp_kfree_skb, struct sk_buff *skb, void *location, unsigned int reason)
+{
+	struct nb_flight_stack *st = nb_flights();
+
+	if (st && st->depth)
+		nb_flight_resolve(st, nb_flight_find(st, (__u64)skb), NB_VERDICT_DROP, reason,
+				  (__u64)location);
+	return nb_on_drop(ctx, skb, reason, (__u64)location);
+}
+
+/* A packet in flight that is consumed was taken by its hook (defragmentation, queue). */
+SEC("tp_btf/consume_skb")
+int BPF_PROG(tp_consume_skb, struct sk_buff *skb)
+{
+	struct nb_flight_stack *st = nb_flights();
+	__u32 i;
+
+	if (!st || !st->depth)
+		return 0;
+	i = nb_flight_find(st, (__u64)skb);
+	if (i < NB_NF_DEPTH)
+		nb_flight_remove(st, i, NB_VERDICT_STOLEN);
+	return 0;
+}
+
+/* ------------------------------------------------------------- netfilter */
+
+static __always_inline void nb_nf_extra(struct nb_extra *x, const struct nf_hook_state *state)
+{
+	struct net_device *dev;
+	__u8 pf = state->pf;
+
+	x->flags = NB_F_NF;
+	x->nf_hook = state->hook;
+	x->family = pf == 2 ? 4 : pf == 10 ? 6 : 0;
+	x->netns = BPF_CORE_READ(state, net, ns.inum);
+	dev = state->in;
+	if (!dev)
+		dev = state->out;
+	if (dev)
+		x->ifindex = BPF_CORE_READ(dev, ifindex);
+}
+
+/* Attached at priority INT_MIN+1 of each hook: the packet enters the hook. */
+SEC("netfilter")
+int nf_entry(struct bpf_nf_ctx *ctx)
+{
+	struct nb_extra x = {};
+
+	nb_nf_extra(&x, ctx->state);
+	nb_flight_push(ctx->skb, NB_HOOK_NF_BRACKET, &x, true);
+	return 1;       /* NF_ACCEPT: observe, never decide */
+}
+
+/* Attached at priority INT_MAX-1: the packet got through every chain. */
+SEC("netfilter")
+int nf_exit(struct bpf_nf_ctx *ctx)
+{
+	struct nb_flight_stack *st = nb_flights();
+
+	if (st && st->depth)
+		nb_flight_resolve(st, nb_flight_find(st, (__u64)ctx->skb), NB_VERDICT_ACCEPT, 0, 0);
+	return 1;
+}
