@@ -1,0 +1,67 @@
+"""Feature probes against the running kernel, cross-checked with the harness's independent probes."""
+from __future__ import annotations
+
+import pytest
+
+from netbee.loader import features as F
+from tests import kernel_features
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.mark.parametrize("feature", ["kprobe", "tracefs_kprobe", "fentry", "kprobe_multi"])
+def test_agrees_with_independent_probe(feature: str) -> None:
+    ours = F.has(feature)
+    theirs = kernel_features.CHECKS[feature]()  # the harness's own ctypes/sysfs check, not ours
+    assert ours[0] == theirs[0], (ours, theirs)
+    assert ours[1]
+
+
+def test_things_this_project_relies_on_everywhere() -> None:
+    for name in ("tp_btf", "raw_tp", "tracepoint", "ringbuf", "btf"):
+        ok, why = F.has(name)
+        assert ok, f"{name}: {why}"
+
+
+def test_helper_probe_says_no_when_the_verifier_does() -> None:
+    assert F.helper("ringbuf_output")[0] is True
+    ok, why = F.helper("skb_load_bytes", "raw_tp")
+    assert ok is False and ("func" in why or "helper" in why), why
+
+
+def test_table_rows_and_cache() -> None:
+    rows = F.probe_table()
+    names = [r[0] for r in rows]
+    assert len(names) == len(set(names))
+    assert all(isinstance(ok, bool) and detail for _, ok, detail in rows)
+    table = dict((n, ok) for n, ok, _ in rows)
+    assert table["attach: kprobe (any way)"] == F.has("kprobe")[0]
+    assert table["program type: tracing (fentry)"] == F.has("fentry")[0]
+    assert table["map type: ringbuf"] and table["program type: netfilter"]
+    assert F.probe_table() == rows  # cached: same answers, no new probing
+
+
+def test_btf_features_drive_sanitize() -> None:
+    from netbee.loader.btf import FEATURES
+    feats = F.btf_features()
+    assert feats <= FEATURES and "func" in feats and "datasec" in feats
+
+
+def test_memlock_not_needed_with_memcg_accounting() -> None:
+    # every kernel we run on (6.1, 6.12, this one) has memcg accounting; nothing to raise
+    assert F.memcg_accounting() is True
+    assert F.ensure_memlock().startswith("not needed")
+
+
+def test_memlock_failure_message_is_clear(monkeypatch) -> None:
+    from netbee.loader import syscall as sc
+    from netbee.loader.errors import NotSupportedError, SyscallError
+
+    monkeypatch.setattr(F, "memcg_accounting", lambda: False)
+
+    def refuse(limit: int) -> None:
+        raise SyscallError("setrlimit(RLIMIT_MEMLOCK)", 1)
+    monkeypatch.setattr(sc, "setrlimit_memlock", refuse)
+    with pytest.raises(NotSupportedError) as ei:
+        F.ensure_memlock()
+    assert "RLIMIT_MEMLOCK" in str(ei.value) and "ulimit -l" in str(ei.value)
