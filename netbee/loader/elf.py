@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Tuple
 from netbee.loader import insn as I
 from netbee.loader.btf import Btf, BtfKind, Datasec, VarSecInfo
 from netbee.loader.btf_ext import BtfExt, CoreRelo, FuncInfo, LineInfo
-from netbee.loader.errors import NetBeeError, ObjectFileError
+from netbee.loader.errors import BTFError, NetBeeError, ObjectFileError
 
 EM_BPF = 247
 SHF_EXECINSTR = 0x4
@@ -205,11 +205,14 @@ class _Parser:
             spec.kern_version = int.from_bytes(ver.data()[:4], "little")
         btf_sec = self._section_by_name(".BTF")
         if btf_sec is not None:
-            spec.btf = Btf.parse(btf_sec.data())
-            self._fixup_datasecs()
-            ext = self._section_by_name(".BTF.ext")
-            if ext is not None:
-                spec.btf_ext = BtfExt.parse(ext.data(), spec.btf)
+            try:
+                spec.btf = Btf.parse(btf_sec.data())
+                self._fixup_datasecs()
+                ext = self._section_by_name(".BTF.ext")
+                if ext is not None:
+                    spec.btf_ext = BtfExt.parse(ext.data(), spec.btf)
+            except BTFError as e:
+                raise BTFError(f"{self.what}: {e}") from e
         self._read_maps()
         self._read_global_data()
         self._read_functions()

@@ -31,7 +31,9 @@ struct {
 	__type(value, struct val);
 	__uint(max_entries, 128);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
+#ifndef ELF_NO_PIN
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
+#endif
 } flows SEC(".maps");
 
 struct {
