@@ -1,0 +1,331 @@
+"""The netbee command: options -> filter + tracer -> live table or JSON lines.
+
+Every NetBeeError becomes one line `netbee: <message>` on stderr and exit status 2; an unexpected
+error is one line too (exit 1), with a traceback only under -v.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from typing import Any, List, Optional, Sequence, TextIO
+
+from netbee import __version__
+from netbee.loader.errors import NetBeeError, UsageError
+
+PROG = "netbee"
+CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+FLUSH_INTERVAL = 0.1
+
+EXAMPLES = """\
+examples:
+  why is my packet dropped? (drop reason and kernel call stack for pings to 10.0.0.7)
+    sudo netbee --stack -p icmp -H 10.0.0.7
+  does my firewall rule match? (netfilter hooks with verdicts for TCP port 22)
+    sudo netbee -p tcp -P 22
+  follow a TCP handshake between two hosts, tcpdump-style expression
+    sudo netbee 'tcp and host 10.0.0.7 and port 443'
+  one interface of another network namespace, 20 events as JSON lines
+    sudo netbee --netns blue -i veth0 -c 20 --json
+  which kernel features and backends are available here
+    sudo netbee --probe
+
+Options of one kind are ORed (-p icmp -p udp, or -p icmp,udp); different options and the
+expression are ANDed. The expression is tcpdump's syntax for: host, src/dst host, net CIDR,
+port, src/dst port, portrange A-B, tcp, udp, icmp, icmp6, proto N, ip, ip6, and, or, not,
+parentheses; as in tcpdump, `and' and `or' have equal precedence, left to right.
+Without --netns, events of every network namespace are shown and netfilter verdicts are
+taken in the current one; --netns NAME restricts both to NAME. TCP flags use tcpdump's letters
+(S SYN, F FIN, P PSH, R RST, U URG, E ECE, W CWR, "." ACK). Colour only on a terminal and
+never with NO_COLOR set. Exit status: 0 done, 2 bad usage or a kernel/tool error, 1 a bug.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # argparse prints usage + message on two lines; we promise one line.
+        raise UsageError(f"{message} (see netbee --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                description="Show, live, each packet passing the kernel's network hooks\n"
+                            "(receive, IP, TCP/UDP/ICMP, netfilter with verdicts, transmit)\n"
+                            "and where and why it was dropped.",
+                epilog=EXAMPLES)
+    f = p.add_argument_group("filter")
+    f.add_argument("expression", nargs="*", metavar="EXPRESSION",
+                   help="tcpdump-style filter expression (words are joined with spaces)")
+    f.add_argument("-p", "--protocol", action="append", default=[], metavar="PROTO",
+                   help="tcp, udp, icmp, icmp6, sctp or a number; a comma list or repeated")
+    f.add_argument("-H", "--host", action="append", default=[], metavar="ADDR",
+                   help="source or destination address or CIDR (IPv4 or IPv6)")
+    f.add_argument("--src-host", action="append", default=[], metavar="ADDR",
+                   help="source address or CIDR")
+    f.add_argument("--dst-host", action="append", default=[], metavar="ADDR",
+                   help="destination address or CIDR")
+    f.add_argument("-P", "--port", action="append", default=[], metavar="PORT",
+                   help="source or destination port or range A-B (TCP, UDP, SCTP)")
+    f.add_argument("--src-port", action="append", default=[], metavar="PORT",
+                   help="source port or range A-B")
+    f.add_argument("--dst-port", action="append", default=[], metavar="PORT",
+                   help="destination port or range A-B")
+    f.add_argument("-i", "--interface", action="append", default=[], metavar="IFACE",
+                   help="interface name (or index) in the traced namespace")
+    f.add_argument("--netns", action="append", default=[], metavar="NS",
+                   help="network namespace NAME (ip netns), PATH (/proc/PID/ns/net) or 'all'")
+    t = p.add_argument_group("tracing")
+    t.add_argument("--backend", choices=("auto", "fentry", "kprobe", "tracepoint"),
+                   default="auto", help="hook mechanism (default: auto, the best this kernel has)")
+    t.add_argument("--btf", metavar="PATH",
+                   help="kernel BTF to use instead of /sys/kernel/btf/vmlinux")
+    t.add_argument("--stack", action="store_true",
+                   help="show the kernel call stack under each drop event")
+    t.add_argument("--ringbuf-size", metavar="BYTES", default="4M",
+                   help="ring buffer size, a power of two, K/M suffixes allowed (default: 4M)")
+    o = p.add_argument_group("output")
+    o.add_argument("-c", "--count", type=int, metavar="N",
+                   help="stop after N events")
+    o.add_argument("--json", action="store_true",
+                   help="one JSON object per line (keys: see the man page)")
+    o.add_argument("--oui-db", metavar="FILE",
+                   help="MAC vendor database (default: the one shipped with netbee)")
+    o.add_argument("-v", "--verbose", action="store_true",
+                   help="verifier logs, the compiled filter, tracebacks for internal errors")
+    o.add_argument("--probe", action="store_true",
+                   help="print the kernel feature table and exit")
+    o.add_argument("--version", action="version", version=f"netbee {__version__}")
+    return p
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def parse_size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().rstrip("b")
+    mult = 1
+    if t and t[-1] in units:
+        mult, t = units[t[-1]], t[:-1]
+    if not t.isdigit():
+        raise UsageError(f"bad --ringbuf-size {text!r}: expected a number of bytes (e.g. 4M)")
+    size = int(t) * mult
+    if size < 4096 or size & (size - 1):
+        raise UsageError(f"bad --ringbuf-size {text!r}: must be a power of two >= 4096")
+    return size
+
+
+def has_privileges(status_text: str) -> bool:
+    """CAP_BPF + CAP_PERFMON, or CAP_SYS_ADMIN, in the effective set (/proc/self/status)."""
+    for line in status_text.splitlines():
+        if line.startswith("CapEff:"):
+            eff = int(line.split()[1], 16)
+            if eff & (1 << CAP_SYS_ADMIN):
+                return True
+            return bool(eff & (1 << CAP_BPF)) and bool(eff & (1 << CAP_PERFMON))
+    return os.geteuid() == 0
+
+
+def check_privileges() -> None:
+    try:
+        with open("/proc/self/status") as f:
+            ok = has_privileges(f.read())
+    except OSError:
+        ok = os.geteuid() == 0
+    if not ok:
+        raise UsageError("needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN): run it with sudo")
+
+
+def resolve_interfaces(names: Sequence[str], ns_specs: Sequence[str]) -> tuple:
+    """-i values -> (ifindexes, netns inode they belong to)."""
+    from netbee import netns
+
+    specs = [s for s in ns_specs]
+    if "all" in specs or len(specs) > 1:
+        raise UsageError("-i needs a single --netns (an interface index means different "
+                         "devices in different namespaces)")
+    ns = netns.resolve_one(specs[0]) if specs else netns.current()
+    found: List[int] = []
+
+    def lookup() -> None:
+        for name in names:
+            if name.isdigit():
+                found.append(int(name))
+                continue
+            try:
+                found.append(socket.if_nametoindex(name))
+            except OSError:
+                where = "" if not specs else f" in network namespace {specs[0]}"
+                raise UsageError(f"no interface {name!r}{where}") from None
+
+    if specs and ns.inode != netns.current().inode:
+        with netns.entered(ns):
+            lookup()
+    else:
+        lookup()
+    return found, ns.inode
+
+
+def netns_inodes(specs: Sequence[str]) -> List[int]:
+    from netbee import netns
+
+    if not specs or "all" in specs:
+        return []
+    return [ns.inode for ns in netns.resolve(specs)]
+
+
+def start_line(report: Any) -> str:
+    parts = [f"netbee: tracing with the {report.backend} backend; attached: "
+             + (", ".join(report.attached) or "nothing")]
+    if report.skipped:
+        parts.append("skipped: " + ", ".join(f"{h} ({why})" for h, why in report.skipped))
+    if getattr(report, "blind_spots", None):
+        parts.append("blind spots: " + "; ".join(report.blind_spots))
+    if getattr(report, "netns", None):
+        parts.append("netfilter in: " + ", ".join(report.netns))
+    return "; ".join(parts).replace("\n", " ")
+
+
+def summary_line(shown: int, counters: Any) -> str:
+    hooks = ", ".join(f"{k} {v}" for k, v in sorted(counters.per_hook.items(),
+                                                     key=lambda kv: (-kv[1], kv[0])))
+    return (f"netbee: {shown} events shown, {counters.filtered} filtered in the kernel, "
+            f"{counters.lost} lost; per hook: {hooks or 'none'}")
+
+
+def format_probe(table: Any) -> str:
+    if isinstance(table, str):
+        return table.rstrip("\n")
+    rows = [tuple(str(c) for c in row) for row in table]
+    if not rows:
+        return ""
+    widths = [max(len(r[i]) for r in rows if i < len(r)) for i in range(max(map(len, rows)))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+class _Stop(Exception):
+    """Raised by the SIGTERM handler to leave the event loop like Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Stop()
+
+
+# ----------------------------------------------------------------------------- main
+
+def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from netbee import filter as nbfilter
+    from netbee import output
+
+    expression = " ".join(args.expression) or None
+    ns_specs = list(args.netns)
+    ifindexes: List[int] = []
+    inodes: List[int] = []
+    if args.count is not None and args.count <= 0:
+        raise UsageError(f"bad --count {args.count}: must be at least 1")
+    ringbuf = parse_size(args.ringbuf_size)
+    if args.oui_db and not os.path.isfile(args.oui_db):
+        raise UsageError(f"cannot read OUI database {args.oui_db}: no such file")
+    if args.probe:
+        check_privileges()
+        from netbee.loader import features
+        print(format_probe(features.probe_table()), file=out)
+        return 0
+    # Input first (bad input is reported even without privileges), then privileges.
+    rules = nbfilter.compile_filter(expression, protocols=args.protocol, hosts=args.host,
+                                    src_hosts=args.src_host, dst_hosts=args.dst_host,
+                                    ports=args.port, src_ports=args.src_port,
+                                    dst_ports=args.dst_port)
+    check_privileges()
+    if args.interface:
+        ifindexes, ns_inode = resolve_interfaces(args.interface, ns_specs)
+        inodes = [ns_inode]
+    else:
+        inodes = netns_inodes(ns_specs)
+    rules = nbfilter.compile_filter(expression, protocols=args.protocol, hosts=args.host,
+                                    src_hosts=args.src_host, dst_hosts=args.dst_host,
+                                    ports=args.port, src_ports=args.src_port,
+                                    dst_ports=args.dst_port, ifindexes=ifindexes,
+                                    netns_inodes=inodes)
+    if args.verbose:
+        print(f"netbee: filter program ({len(rules)} rules): {rules}", file=err)
+
+    res = output.Resolvers(oui_db=args.oui_db, btf_path=args.btf)
+    res.oui.check()
+    renderer: Any
+    if args.json:
+        renderer = output.JsonRenderer(res)
+    else:
+        renderer = output.TableRenderer(res, color=output.use_color(out))
+
+    from netbee.tracer import TraceOptions, Tracer
+
+    opts = TraceOptions(backend=args.backend, netns=ns_specs or None, rules=rules,
+                        want_stack=args.stack, btf_path=args.btf, ringbuf_bytes=ringbuf,
+                        verbose=args.verbose)
+    shown = 0
+    old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+    tracer = Tracer(opts)
+    try:
+        report = tracer.start()
+        print(start_line(report), file=err, flush=True)
+        if not args.json:
+            print(renderer.header(), file=out, flush=True)
+        write = out.write
+        render = renderer.render
+        last_flush = time.monotonic()
+        try:
+            while args.count is None or shown < args.count:
+                for ev in tracer.events(timeout=0.1):
+                    write(render(ev) + "\n")
+                    shown += 1
+                    if args.count is not None and shown >= args.count:
+                        break
+                    now = time.monotonic()
+                    if now - last_flush >= FLUSH_INTERVAL:
+                        out.flush()
+                        last_flush = now
+                out.flush()
+                last_flush = time.monotonic()
+        except (KeyboardInterrupt, _Stop):
+            pass
+        try:
+            out.flush()
+        except BrokenPipeError:
+            pass
+        print(summary_line(shown, tracer.counters()), file=err, flush=True)
+    except BrokenPipeError:
+        # The reader went away (| head): stop quietly, keep Python from complaining at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())
+    finally:
+        tracer.close()
+        signal.signal(signal.SIGTERM, old_term)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    verbose = False
+    try:
+        args = build_parser().parse_args(argv)
+        verbose = args.verbose
+        return run(args, sys.stdout, sys.stderr)
+    except NetBeeError as e:
+        text = str(e) if verbose else str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"netbee: {text}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    except Exception as e:  # a bug: one line unless -v asks for the traceback
+        if verbose:
+            traceback.print_exc()
+        print(f"netbee: internal error: {type(e).__name__}: {e} (run with -v for details)"
+              .replace("\n", " "), file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

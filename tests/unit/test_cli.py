@@ -1,0 +1,195 @@
+"""cli.py without a kernel: parsing, one-line errors with exit 2, lifecycle with a fake tracer."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import types
+
+import pytest
+
+from netbee import cli
+from netbee.loader.errors import AttachError, UsageError
+from tests.unit.test_output import event
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "netbee", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=60, env=env)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-H", "300.1.1.1"], "netbee: bad host '300.1.1.1'"),
+    (["-P", "70000"], "netbee: bad port '70000': must be 0-65535"),
+    (["-p", "foo"], "netbee: bad protocol 'foo'"),
+    (["host and"], "netbee: bad filter: expected an address after 'host'"),
+    (["host", "and"], "netbee: bad filter: expected an address after 'host'"),
+    (["--src-port", "1-99999"], "netbee: bad port '99999'"),
+    (["--bogus"], "netbee: unrecognized arguments: --bogus"),
+    (["--backend", "magic"], "netbee: argument --backend: invalid choice"),
+    (["-c", "0"], "netbee: bad --count 0"),
+    (["--ringbuf-size", "3000"], "netbee: bad --ringbuf-size '3000'"),
+    (["--oui-db", "/nonexistent/oui.db"], "netbee: cannot read OUI database"),
+])
+def test_bad_input_one_line_exit_2(args, message):
+    res = run_cli(*args)
+    assert res.returncode == 2, res
+    assert res.stderr.startswith(message), res.stderr
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+    assert res.stdout == ""
+
+
+def test_unknown_interface_exit_2():
+    res = run_cli("-i", "nosuchif0")
+    assert res.returncode == 2 and res.stderr == "netbee: no interface 'nosuchif0'\n"
+
+
+def test_version_and_help():
+    res = run_cli("--version")
+    assert res.returncode == 0 and res.stdout.startswith("netbee ")
+    res = run_cli("--help")
+    assert res.returncode == 0
+    for text in ("why is my packet dropped", "does my firewall rule match",
+                 "follow a TCP handshake", "--stack", "--json", "--netns", "--probe"):
+        assert text in res.stdout, text
+
+
+def test_privileges_from_capeff():
+    def status(caps):
+        return f"Name:\tx\nCapEff:\t{caps:016x}\n"
+    assert cli.has_privileges(status(1 << 21))
+    assert cli.has_privileges(status((1 << 38) | (1 << 39)))
+    assert not cli.has_privileges(status(1 << 39))
+    assert not cli.has_privileges(status(0))
+
+
+def test_not_root_is_refused_before_the_kernel():
+    res = subprocess.run(["setpriv", "--inh-caps=-all", "--bounding-set=-all", sys.executable,
+                          "-m", "netbee", "-p", "icmp"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)
+    assert res.returncode == 2, res
+    assert res.stderr == ("netbee: needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN): "
+                          "run it with sudo\n")
+
+
+def test_parse_size():
+    assert cli.parse_size("4M") == 4 << 20 and cli.parse_size("65536") == 65536
+    assert cli.parse_size("256k") == 256 << 10
+    for bad in ("3000", "x", "1023", "4Q"):
+        with pytest.raises(UsageError):
+            cli.parse_size(bad)
+
+
+def test_format_probe():
+    assert cli.format_probe("a b\n") == "a b"
+    assert cli.format_probe([("feature", "ok"), ("kprobe", "no: CONFIG_KPROBES off")]) == \
+        "feature  ok\nkprobe   no: CONFIG_KPROBES off"
+
+
+class FakeTracer:
+    """Stands in for netbee.tracer.Tracer: records options, yields given batches."""
+
+    instances = []
+
+    def __init__(self, opts):
+        self.opts = opts
+        self.closed = False
+        self.batches = list(FakeTracer.batches)
+        FakeTracer.instances.append(self)
+
+    def start(self):
+        return types.SimpleNamespace(backend="tracepoint", attached=["ip_rcv", "kfree_skb"],
+                                     skipped=[("ip_forward", "no tracepoint")], blind_spots=[],
+                                     netns=["current (net:[1])"])
+
+    def events(self, timeout=0.1):
+        if not self.batches:
+            signal.raise_signal(signal.SIGTERM)
+            return
+        yield from self.batches.pop(0)
+
+    def counters(self):
+        return types.SimpleNamespace(seen=10, filtered=7, submitted=3, lost=0, received=3,
+                                     per_hook={"ip_rcv": 2, "kfree_skb": 1})
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    import netbee.tracer
+    monkeypatch.setattr(netbee.tracer, "Tracer", FakeTracer)
+    monkeypatch.setattr(cli, "check_privileges", lambda: None)
+    FakeTracer.instances = []
+    FakeTracer.batches = [[event(), event(func="icmp_rcv")], [event(func="kfree_skb", hook=15,
+                                                                    drop_reason=None)]]
+    return FakeTracer
+
+
+def run_main(argv, capsys):
+    rc = cli.main(argv)
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def test_json_run_with_count_and_lifecycle_lines(fake, capsys):
+    rc, out, err = run_main(["--json", "-c", "2", "-p", "icmp", "--stack", "--backend",
+                             "tracepoint", "--ringbuf-size", "1M"], capsys)
+    assert rc == 0
+    lines = out.splitlines()
+    assert len(lines) == 2 and [json.loads(x)["func"] for x in lines] == ["ip_rcv", "icmp_rcv"]
+    e = err.splitlines()
+    assert e[0] == ("netbee: tracing with the tracepoint backend; attached: ip_rcv, kfree_skb; "
+                    "skipped: ip_forward (no tracepoint); netfilter in: current (net:[1])")
+    assert e[1] == ("netbee: 2 events shown, 7 filtered in the kernel, 0 lost; per hook: "
+                    "ip_rcv 2, kfree_skb 1")
+    t = fake.instances[0]
+    assert t.closed and t.opts.backend == "tracepoint" and t.opts.want_stack
+    assert t.opts.ringbuf_bytes == 1 << 20 and [(r.op, r.field) for r in t.opts.rules] == [(0, 1), (0, 2), (1, 0)]
+
+
+def test_table_run_until_sigterm(fake, capsys):
+    rc, out, err = run_main(["icmp"], capsys)
+    assert rc == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("TIME") and len(lines) == 4
+    assert "kfree_skb" in lines[3] and "\x1b" not in out
+    assert err.splitlines()[-1].startswith("netbee: 3 events shown")
+    assert fake.instances[0].closed
+
+
+def test_netbee_error_from_tracer_is_one_line(fake, capsys, monkeypatch):
+    def boom(self):
+        raise AttachError("ip_rcv", "EBUSY\nsecond line")
+    monkeypatch.setattr(FakeTracer, "start", boom)
+    rc, out, err = run_main(["-p", "tcp"], capsys)
+    assert rc == 2 and err == "netbee: cannot attach to ip_rcv: EBUSY\n"
+    assert fake.instances[0].closed
+
+
+def test_internal_error_one_line_unless_verbose(fake, capsys, monkeypatch):
+    def bug(self):
+        raise KeyError("oops")
+    monkeypatch.setattr(FakeTracer, "start", bug)
+    rc, out, err = run_main([], capsys)
+    assert rc == 1 and err.count("\n") == 1 and "internal error: KeyError" in err
+    rc, out, err = run_main(["-v"], capsys)
+    assert rc == 1 and "Traceback" in err
+
+
+def test_interface_and_netns_become_filter_terms(fake, capsys):
+    from netbee import netns
+    rc, out, err = run_main(["--json", "-c", "1", "-i", "lo"], capsys)
+    assert rc == 0
+    rules = fake.instances[0].opts.rules
+    import socket
+    assert any(r.field == 9 and r.value == socket.if_nametoindex("lo") for r in rules)
+    assert any(r.field == 10 and r.value == netns.current().inode for r in rules)
+    rc, out, err = run_main(["-i", "lo", "--netns", "all"], capsys)
+    assert rc == 2 and err.startswith("netbee: -i needs a single --netns")
