@@ -199,7 +199,8 @@ def summary_line(shown: int, counters: Any) -> str:
 def format_probe(table: Any) -> str:
     if isinstance(table, str):
         return table.rstrip("\n")
-    rows = [tuple(str(c) for c in row) for row in table]
+    rows = [tuple(("yes" if c else "no") if isinstance(c, bool) else str(c) for c in row)
+            for row in table]
     if not rows:
         return ""
     widths = [max(len(r[i]) for r in rows if i < len(r)) for i in range(max(map(len, rows)))]

@@ -87,8 +87,8 @@ def test_parse_size():
 
 def test_format_probe():
     assert cli.format_probe("a b\n") == "a b"
-    assert cli.format_probe([("feature", "ok"), ("kprobe", "no: CONFIG_KPROBES off")]) == \
-        "feature  ok\nkprobe   no: CONFIG_KPROBES off"
+    assert cli.format_probe([("tp_btf", True, "5.5+"), ("kprobe", False, "CONFIG_KPROBES off")]) == \
+        "tp_btf  yes  5.5+\nkprobe  no   CONFIG_KPROBES off"
 
 
 class FakeTracer:
