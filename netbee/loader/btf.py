@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 import typing
-from typing import ClassVar, Dict, Iterator, List, Optional
+from typing import ClassVar, Dict, Iterator, List, Optional, Tuple
 
 from netbee.loader.errors import BTFError
 
@@ -525,6 +525,81 @@ class Btf:
         ids: List[int] = []
         if self.base is not None:
             ids.extend(self.base.find(name, kind))
+        index = self._name_offsets()
+        own: List[int] = []
+        for off in self._string_offsets(name):
+            own.extend(index.get(off, ()))
+        own = [i for i in own if i not in self._replaced]
+        for tid, t in self._replaced.items():
+            if t.name == name:
+                own.append(tid)
+        start = self._first_id + len(self._offsets)
+        own.extend(start + n for n, t in enumerate(self._added) if t.name == name)
+        for tid in sorted(set(own)):
+            if kind is None or self.type(tid).kind == kind:
+                ids.append(tid)
+        return ids
+
+    def names(self) -> Iterator[Tuple[int, str]]:
+        """(type id, name) of every named type, base first, without decoding the types."""
+        if self.base is not None:
+            yield from self.base.names()
+        by_off: Dict[int, str] = {}
+        pos = 0
+        for chunk in self._strings.split(b"\0"):
+            if chunk:
+                by_off[self._str_base + pos] = chunk.decode("utf-8", "replace")
+            pos += len(chunk) + 1
+        w, first = self._words, self._first_id
+        for n, i in enumerate(self._offsets):
+            tid = first + n
+            if tid in self._replaced:
+                name = self._replaced[tid].name
+            else:
+                off = w[i]
+                if not off:
+                    continue
+                name = by_off.get(off)
+                if name is None:   # an offset into the middle of a string, or the base's
+                    name = self.string(off)
+            if name:
+                yield tid, name
+        start = first + len(self._offsets)
+        for n, t in enumerate(self._added):
+            if t.name:
+                yield start + n, t.name
+
+    def names_containing(self, part: str) -> List[Tuple[int, str]]:
+        """(type id, name) of the types whose name contains `part` (e.g. "___" for CO-RE
+        flavors), found by searching the string table rather than decoding every type."""
+        out: List[Tuple[int, str]] = []
+        if self.base is not None:
+            out.extend(self.base.names_containing(part))
+        index = self._name_offsets()
+        pat = part.encode()
+        own = set()
+        tables = []
+        b: Optional[Btf] = self
+        while b is not None:   # split types may be named by their base's strings
+            tables.append((b._strings, b._str_base))
+            b = b.base
+        for s, str_base in tables:
+            pos = s.find(pat) if pat else -1
+            while pos >= 0:
+                start = s.rfind(b"\0", 0, pos) + 1
+                # a name may begin anywhere in this string up to where `part` starts
+                for off in range(start, pos + 1):
+                    own.update(index.get(str_base + off, ()))
+                pos = s.find(pat, pos + 1)
+        own.difference_update(self._replaced)
+        first_added = self._first_id + len(self._offsets)
+        extra = list(self._replaced.items()) + [(first_added + n, t) for n, t in enumerate(self._added)]
+        own.update(tid for tid, t in extra if part in t.name)
+        out.extend((tid, self.type(tid).name) for tid in sorted(own))
+        return out
+
+    def _name_offsets(self) -> Dict[int, List[int]]:
+        """string offset -> ids of the raw types named by it (built on first use)."""
         if self._name_index is None:
             index: Dict[int, List[int]] = {}
             w, first = self._words, self._first_id
@@ -537,19 +612,7 @@ class Btf:
                     else:
                         lst.append(first + n)
             self._name_index = index
-        own: List[int] = []
-        for off in self._string_offsets(name):
-            own.extend(self._name_index.get(off, ()))
-        own = [i for i in own if i not in self._replaced]
-        for tid, t in self._replaced.items():
-            if t.name == name:
-                own.append(tid)
-        start = self._first_id + len(self._offsets)
-        own.extend(start + n for n, t in enumerate(self._added) if t.name == name)
-        for tid in sorted(set(own)):
-            if kind is None or self.type(tid).kind == kind:
-                ids.append(tid)
-        return ids
+        return self._name_index
 
     def resolve(self, type_id: int) -> int:
         """Follow typedef/volatile/const/restrict/type_tag to the underlying type id."""

@@ -274,3 +274,27 @@ def test_vmlinux_queries():
     assert "SKB_DROP_REASON_NETFILTER_DROP" in reasons and "SKB_DROP_REASON_NO_SOCKET" in reasons
     assert btf.find("ip_rcv", BtfKind.FUNC)
     assert btf.to_bytes() == Path(VMLINUX).read_bytes()
+
+
+def test_names_and_names_containing(kinds):
+    pairs = list(kinds.names())
+    assert pairs == [(i, kinds.type(i).name) for i in range(len(kinds)) if kinds.type(i).name]
+    assert kinds.names_containing("_tag") == [(i, n) for i, n in pairs if "_tag" in n]
+    assert kinds.names_containing("zzz") == []
+    b = _build()
+    b.add_type(Struct("foo___v1", 4, []))
+    b.replace(4, Struct("s___flav", 16, []))
+    assert [n for _, n in b.names_containing("___")] == ["s___flav", "foo___v1"]
+    assert dict(b.names())[4] == "s___flav"
+    split = Btf(b)
+    sid = split.add_type(Struct("bar___x", 4, []))
+    parsed = Btf.parse(split.to_bytes(), base=b)
+    assert parsed.names_containing("___") == [(4, "s___flav"), (len(b) - 1, "foo___v1"), (sid, "bar___x")]
+    assert list(parsed.names())[-1] == (sid, "bar___x")
+
+
+def test_vmlinux_names_containing_agrees_with_names():
+    _require_vmlinux()
+    btf = Btf.load_kernel()
+    slow = [(i, n) for i, n in btf.names() if "___" in n]
+    assert btf.names_containing("___") == slow
