@@ -146,7 +146,11 @@ def _line_info_blob(line_info: Iterable[Any], btf: LoadedBtf) -> Optional[bytes]
     """struct bpf_line_info; None when a string is missing from the loaded BTF."""
     out = []
     for r in line_info:
-        fname, ltext = btf.string_offset(r.file_name), btf.string_offset(r.line_text)
+        # offsets straight from .BTF.ext stay valid: the loaded BTF keeps the object's string table
+        fname = getattr(r, "file_name_off", None)
+        ltext = getattr(r, "line_off", None)
+        if fname is None or ltext is None:
+            fname, ltext = btf.string_offset(r.file_name), btf.string_offset(r.line_text)
         if fname is None or ltext is None:
             return None
         out.append(struct.pack("=IIII", r.insn_off // 8, fname, ltext, (r.line << 10) | (r.col & 0x3FF)))

@@ -209,7 +209,27 @@ def bpf(cmd: int, attr: ctypes.Structure, *, what: str = "") -> int:
     try:
         return door(NR_BPF, cmd, ctypes.addressof(attr), ctypes.sizeof(attr))
     except OSError as e:
+        if e.errno == _errno.EPERM and not has_bpf_capability():
+            what = (what + ": " if what else "") + ("this process has neither CAP_BPF nor CAP_SYS_ADMIN "
+                                                    "(run netbee as root)")
         raise SyscallError(CMD_NAMES.get(cmd, f"bpf cmd {cmd}"), e.errno or 0, what) from None
+
+
+CAP_SYS_ADMIN = 21
+CAP_BPF = 39
+
+
+def has_bpf_capability(status_path: str = "/proc/self/status") -> bool:
+    """CAP_BPF or CAP_SYS_ADMIN in the effective set (explains an EPERM; never used to refuse)."""
+    try:
+        with open(status_path) as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    eff = int(line.split()[1], 16)
+                    return bool(eff & ((1 << CAP_BPF) | (1 << CAP_SYS_ADMIN)))
+    except (OSError, ValueError, IndexError):
+        pass
+    return True
 
 
 def bpf_fd(cmd: int, attr: ctypes.Structure, *, what: str = "") -> "Fd":

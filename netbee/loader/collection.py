@@ -1,0 +1,133 @@
+"""Collection: an ObjectSpec and the kernel's BTF in, loaded maps and programs out; close() frees all.
+
+Order: object BTF (sanitized for this kernel) -> maps (global data written, .rodata frozen) ->
+per program: copy instructions, put map fds into ld_imm64s, CO-RE relocate against the kernel
+BTF, resolve the BTF attach target, load (with a verifier log on rejection).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, Iterable, List, Optional
+
+from netbee.loader import insn as I
+from netbee.loader.errors import NetBeeError, ObjectFileError, VerifierError
+from netbee.loader.maps import Map
+from netbee.loader.programs import KINDS, LoadedBtf, Program, resolve_attach_btf_id
+
+POISON_MARK = "unknown#195896080"  # how the verifier names core.py's poisoned calls
+BTF_TARGET_KINDS = ("fentry", "fexit", "tp_btf")
+
+
+class Collection:
+    """Loaded maps and programs of one object (a context manager)."""
+
+    def __init__(self, spec: Any, kernel_btf: Any = None, programs: Optional[Iterable[str]] = None,
+                 overrides: Optional[Dict[str, Dict[str, Any]]] = None,
+                 map_sizes: Optional[Dict[str, int]] = None, *, btf_features: Optional[Iterable[str]] = None,
+                 log_level: int = 0) -> None:
+        self.spec = spec
+        self.kernel_btf = kernel_btf
+        self.maps: Dict[str, Map] = {}
+        self.programs: Dict[str, Program] = {}
+        self.btf: Optional[LoadedBtf] = None
+        self.warnings: List[str] = []
+        self.poisoned: Dict[str, List[Any]] = {}
+        wanted = list(spec.programs) if programs is None else list(programs)
+        unknown = [p for p in wanted if p not in spec.programs]
+        if unknown:
+            raise ObjectFileError(f"no program(s) {', '.join(unknown)} in the object "
+                                  f"(has: {', '.join(sorted(spec.programs))})")
+        overrides = overrides or {}
+        try:
+            self._load_btf(btf_features)
+            self._create_maps(map_sizes or {})
+            cand_cache: Dict[int, List[int]] = {}
+            for name in wanted:
+                self.programs[name] = self._load_program(spec.programs[name], overrides.get(name, {}),
+                                                         cand_cache, log_level)
+        except BaseException:
+            self.close()
+            raise
+
+    # --- steps --------------------------------------------------------------------------------------
+    def _load_btf(self, features: Optional[Iterable[str]]) -> None:
+        if self.spec.btf is None:
+            return
+        from netbee.loader.btf import sanitize
+        if features is None:
+            from netbee.loader.features import btf_features
+            features = btf_features()
+        try:
+            self.btf = LoadedBtf(sanitize(self.spec.btf, features).to_bytes())
+        except NetBeeError as e:
+            # like libbpf: go on without object BTF (no func/line info), say so
+            self.warnings.append(f"object BTF not loaded, continuing without it: {e}")
+
+    def _create_maps(self, sizes: Dict[str, int]) -> None:
+        bad = [n for n in sizes if n not in self.spec.maps]
+        if bad:
+            raise ObjectFileError(f"map_sizes names unknown map(s): {', '.join(bad)}")
+        for name, mspec in self.spec.maps.items():
+            self.maps[name] = Map.from_spec(mspec, btf_fd=self.btf.fd if self.btf else None,
+                                            max_entries=sizes.get(name))
+
+    def _load_program(self, pspec: Any, override: Dict[str, Any], cand_cache: Dict[int, List[int]],
+                      log_level: int) -> Program:
+        pspec = copy.copy(pspec)
+        for key, value in override.items():
+            if key not in ("attach_target", "kind"):
+                raise ObjectFileError(f"cannot override {key!r} of program {pspec.name!r}")
+            setattr(pspec, key, value)
+        if pspec.kind not in KINDS:
+            raise ObjectFileError(f"program {pspec.name!r}: unsupported kind {pspec.kind!r}")
+        insns = bytearray(pspec.insns)
+        for r in pspec.map_relocs:
+            m = self.maps.get(r.map_name)
+            if m is None:
+                raise ObjectFileError(f"program {pspec.name!r} uses unknown map {r.map_name!r}")
+            I.set_src(insns, r.insn_index, r.src)
+            I.set_imm(insns, r.insn_index, m.fd)
+        poisoned: List[Any] = []
+        if pspec.core_relos:
+            from netbee.loader import core  # Loader I / CO-RE engineer's module
+            if self.spec.btf is None or self.kernel_btf is None:
+                raise ObjectFileError(f"program {pspec.name!r} has CO-RE relocations but "
+                                      "object or kernel BTF is missing")
+            fixups = core.relocate(pspec.name, pspec.core_relos, self.spec.btf, self.kernel_btf, cand_cache)
+            poisoned = core.apply_fixups(insns, fixups)
+            if poisoned:
+                self.poisoned[pspec.name] = poisoned
+        attach_btf_id = 0
+        if pspec.kind in BTF_TARGET_KINDS:
+            if self.kernel_btf is None:
+                raise ObjectFileError(f"program {pspec.name!r} ({pspec.kind}) needs the kernel BTF")
+            attach_btf_id = resolve_attach_btf_id(self.kernel_btf, pspec.kind, pspec.attach_target)
+        use_btf = self.btf is not None
+        try:
+            return Program(pspec.name, pspec.kind, bytes(insns), license=pspec.license or self.spec.license or "GPL",
+                           attach_target=pspec.attach_target, attach_btf_id=attach_btf_id,
+                           btf=self.btf if use_btf else None,
+                           func_info=pspec.func_info if use_btf else (),
+                           line_info=pspec.line_info if use_btf else (), log_level=log_level)
+        except VerifierError as e:
+            if poisoned and POISON_MARK in e.log:
+                why = "\n".join(f"  insn {idx}: {reason}" for idx, reason in poisoned)
+                raise VerifierError(pspec.name, e.log + "\nCO-RE relocations that could not be "
+                                    f"satisfied on this kernel:\n{why}", e.errno) from None
+            raise
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release every program, map and the BTF; safe to call twice and from finally blocks."""
+        for p in list(self.programs.values()):
+            p.close()
+        for m in list(self.maps.values()):
+            m.close()
+        if self.btf is not None:
+            self.btf.close()
+
+    def __enter__(self) -> "Collection":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
