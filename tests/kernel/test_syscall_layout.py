@@ -143,3 +143,15 @@ def test_fd_close_is_idempotent(tmp_path) -> None:
         f.fileno()
     with pytest.raises(OSError):
         os.fstat(r)
+
+
+def test_loader_exports_resolve_lazily() -> None:
+    import subprocess
+    import sys
+    code = ("import sys, netbee.loader.btf, netbee.loader.elf\n"
+            "assert 'netbee.loader.syscall' not in sys.modules, 'pure import pulled in the syscall door'\n"
+            "import netbee.loader as L\n"
+            "for n in L.__all__: getattr(L, n)\n"
+            "assert 'netbee.loader.syscall' in sys.modules\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
