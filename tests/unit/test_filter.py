@@ -214,3 +214,15 @@ def test_rule_limit():
 
 def test_service_names():
     assert compile_filter("port 80") == compile_filter("port http")
+
+
+def test_encode_rules_layout():
+    import struct
+    from netbee import abi
+    rules = compile_filter("net 10.201.0.0/16 and not portrange 5-9", ifindexes=[7])
+    blob = F.encode_rules(rules)
+    assert len(blob) == len(rules) * abi.RULE_SIZE == len(rules) * 44
+    recs = [struct.unpack_from("=BBBBHHI16s16s", blob, i * 44) for i in range(len(rules))]
+    assert [(r.op, r.field, r.family, 0, r.lo, r.hi, r.value, r.addr, r.mask) for r in rules] == recs
+    cfg = abi.CONFIG.parse(abi.build_config(blob, len(rules)))
+    assert cfg.filter_len == len(rules) and cfg.rules[0].value == 7
