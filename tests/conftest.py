@@ -81,12 +81,22 @@ def missing_features(item: pytest.Item) -> List[Tuple[str, str]]:
     return out
 
 
+def _not_offered_in_guest(item: pytest.Item) -> List[Tuple[str, str]]:
+    series = kernel_features.guest_series(platform.release())
+    expected = kernel_features.GUEST_EXPECTED.get(series or "", ())
+    return [(f, f"not offered by Debian {series or platform.release()}")
+            for f in required_features(item) if f not in expected]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
-    if IN_VM:
-        return
     keep, drop = [], []
     for item in items:
-        missing = missing_features(item) if required_features(item) else []
+        if not required_features(item):
+            missing: List[Tuple[str, str]] = []
+        elif IN_VM:
+            missing = _not_offered_in_guest(item)
+        else:
+            missing = missing_features(item)
         if missing:
             drop.append(item)
             config.stash[_DESELECTED].append((item.nodeid, ", ".join(f for f, _ in missing)))
@@ -192,17 +202,18 @@ def pytest_terminal_summary(terminalreporter: object, exitstatus: int, config: p
              for r in config.stash[_VM_ROWS]]
     if rows:
         tr.write_sep("=", "NetBee tests per kernel and backend")  # type: ignore[attr-defined]
-        width = max(len(r[0]) for r in rows)
+        width = max([len("kernel [suite]")] + [len(r[0]) for r in rows])
         tr.write_line(f"{'kernel [suite]':<{width}}  {'backend':<10} {'run':>5} {'passed':>6}")  # type: ignore
         for kernel, backend, run, passed in rows:
             flag = "" if run == passed else "   <-- FAILURES"
             tr.write_line(f"{kernel:<{width}}  {backend:<10} {run:>5} {passed:>6}{flag}")  # type: ignore
     deselected = config.stash[_DESELECTED]
     if deselected:
-        tr.write_sep("-", f"{len(deselected)} tests deselected here, run in QEMU guests "  # type: ignore
-                          "(tests/vm/test_vm_kernels.py)")
+        where = ("(feature not offered by this guest kernel)" if IN_VM else
+                 "run in QEMU guests (tests/vm/test_vm_kernels.py)")
+        tr.write_sep("-", f"{len(deselected)} tests deselected here, {where}")  # type: ignore
         for nodeid, feats in deselected:
-            tr.write_line(f"  {nodeid}  (host lacks {feats})")  # type: ignore[attr-defined]
+            tr.write_line(f"  {nodeid}  (lacks {feats})")  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------- fixtures
