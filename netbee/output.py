@@ -10,7 +10,7 @@ stack = list of "sym+0xoff [module]" strings (drop events with --stack), len = I
 (IPv4 total length; IPv6 payload + 40), or the skb length when the packet is not IP.
 
 The JSON path is hand-assembled (no dict, no json.dumps per event) because it sits in the hot
-loop: see bench_render() and the report for the measured rate.
+loop: scripts/bench_output.py measures decode+render.
 """
 from __future__ import annotations
 
@@ -129,54 +129,78 @@ class JsonRenderer:
     def __init__(self, res: Resolvers, clock: Optional[Clock] = None) -> None:
         self.res = res
         self.clock = clock or Clock()
-        self._const: Dict[Any, str] = {}
+        # Per-kind caches of already JSON-encoded names: the values repeat endlessly.
+        self._func: Dict[Any, str] = {}
+        self._proto: Dict[Any, str] = {}
+        self._flags: Dict[Any, str] = {}
+        self._state: Dict[Any, str] = {}
+        self._nf: Dict[Any, str] = {}
+        self._verdict: Dict[Any, str] = {}
+        self._drop: Dict[Any, str] = {}
+        self._addr: Dict[Any, str] = {}
+        self._icmp: Dict[Any, str] = {}
 
-    def _const_str(self, kind: str, value: Any, fn: Callable[[Any], Optional[str]]) -> str:
-        key = (kind, value)
-        s = self._const.get(key)
+    @staticmethod
+    def _cached(cache: Dict[Any, str], value: Any, fn: Callable[[Any], Optional[str]]) -> str:
+        s = cache.get(value)
         if s is None:
-            s = _s(fn(value))
-            self._const[key] = s
+            s = _s(fn(value)) if value is not None else "null"
+            if len(cache) > 65536:
+                cache.clear()
+            cache[value] = s
         return s
 
     def render(self, ev: Any) -> str:
         res = self.res
-        cs = self._const_str
-        is_tcp = ev.proto == 6
-        is_icmp = ev.proto in (1, 58) and ev.icmp_type is not None
-        if ev.smac is not None:
-            smac, svend = res.mac(bytes(ev.smac))
-            dmac, dvend = res.mac(bytes(ev.dmac))
-            macs = f'"smac":"{smac}","dmac":"{dmac}","smac_vendor":{_s(svend)},"dmac_vendor":{_s(dvend)}'
+        c = self._cached
+        proto = ev.proto
+        family = ev.family
+        smac = ev.smac
+        if smac is not None:
+            stext, svend = res.mac(bytes(smac))
+            dtext, dvend = res.mac(bytes(ev.dmac))
+            macs = (f'"smac":"{stext}","dmac":"{dtext}","smac_vendor":{_s(svend)},'
+                    f'"dmac_vendor":{_s(dvend)}')
         else:
             macs = '"smac":null,"dmac":null,"smac_vendor":null,"dmac_vendor":null'
-        if is_icmp:
-            tname, cname = names.icmp(ev.family, ev.icmp_type, ev.icmp_code or 0)
-            icmp = f'"icmp_type":{_s(tname)},"icmp_code":{_s(cname)}'
+        if proto == 6:
+            tcp = (f'"tcp_flags":{c(self._flags, ev.tcp_flags, names.tcp_flags)},'
+                   f'"tcp_state":{c(self._state, ev.tcp_state, names.tcp_state)},'
+                   f'"seq":{_n(ev.seq)},"ack":{_n(ev.ack)}')
+        else:
+            tcp = (f'"tcp_flags":null,"tcp_state":{c(self._state, ev.tcp_state, names.tcp_state)},'
+                   f'"seq":null,"ack":null')
+        if (proto == 1 or proto == 58) and ev.icmp_type is not None:
+            key = (family, ev.icmp_type, ev.icmp_code or 0)
+            icmp = self._icmp.get(key)
+            if icmp is None:
+                tname, cname = names.icmp(*key)
+                icmp = self._icmp[key] = f'"icmp_type":{_s(tname)},"icmp_code":{_s(cname)}'
         else:
             icmp = '"icmp_type":null,"icmp_code":null'
         if ev.stack:
-            stack = "[" + ",".join(_jstr(self.res.kallsyms.resolve(a)) for a in ev.stack) + "]"
+            stack = "[" + ",".join(_jstr(res.kallsyms.resolve(a)) for a in ev.stack) + "]"
         else:
             stack = "null"
-        drop = (cs("drop", ev.drop_reason, res.drops.name) if ev.drop_reason is not None
-                else "null")
+        saddr = ev.saddr
+        if saddr is not None:
+            addrs = (f'"saddr":{c(self._addr, saddr, str)},'
+                     f'"daddr":{c(self._addr, ev.daddr, str)}')
+        else:
+            addrs = '"saddr":null,"daddr":null'
+        ifindex = ev.ifindex
+        iface = _jstr(res.iface(ev.netns, ifindex)) if ifindex else "null"
         return (
-            f'{{"time":{self.clock.wall(ev.ts_ns):.6f},"func":{cs("func", ev.func, str)},'
-            f'"iface":{_s(res.iface(ev.netns, ev.ifindex)) if ev.ifindex else "null"},'
-            f'"ifindex":{ev.ifindex},"netns":{ev.netns},'
-            f'"proto":{cs("proto", ev.proto, names.proto_name)},'
-            f'"saddr":{_s(res.addr(ev.saddr)) if ev.saddr is not None else "null"},'
-            f'"daddr":{_s(res.addr(ev.daddr)) if ev.daddr is not None else "null"},'
-            f'"sport":{_n(ev.sport)},"dport":{_n(ev.dport)},"ttl":{_n(ev.ttl)},'
-            f'"len":{_n(_len(ev))},{macs},'
-            f'"tcp_flags":{cs("flags", ev.tcp_flags, names.tcp_flags) if is_tcp and ev.tcp_flags is not None else "null"},'
-            f'"tcp_state":{cs("state", ev.tcp_state, names.tcp_state)},'
-            f'"seq":{_n(ev.seq) if is_tcp else "null"},"ack":{_n(ev.ack) if is_tcp else "null"},'
-            f'{icmp},"nf_hook":{cs("nf", ev.nf_hook, names.nf_hook)},'
-            f'"verdict":{cs("verdict", ev.verdict, names.verdict)},'
-            f'"drop_reason":{drop},"stack":{stack},"skb":"0x{ev.skb:x}","cpu":{ev.cpu},'
-            f'"pid":{ev.pid},"comm":{_jstr(escape(ev.comm))}}}'
+            f'{{"time":{ev.ts_ns / 1e9 + self.clock.offset:.6f},'
+            f'"func":{c(self._func, ev.func, str)},"iface":{iface},'
+            f'"ifindex":{ifindex},"netns":{ev.netns},"proto":{c(self._proto, proto, names.proto_name)},'
+            f'{addrs},"sport":{_n(ev.sport)},"dport":{_n(ev.dport)},"ttl":{_n(ev.ttl)},'
+            f'"len":{_n(_len(ev))},{macs},{tcp},{icmp},'
+            f'"nf_hook":{c(self._nf, ev.nf_hook, names.nf_hook)},'
+            f'"verdict":{c(self._verdict, ev.verdict, names.verdict)},'
+            f'"drop_reason":{c(self._drop, ev.drop_reason, res.drops.name)},"stack":{stack},'
+            f'"skb":"0x{ev.skb:x}","cpu":{ev.cpu},"pid":{ev.pid},'
+            f'"comm":{_jstr(escape(ev.comm))}}}'
         )
 
 
