@@ -220,3 +220,18 @@ def test_fentry_fexit_fire(counter, kind: str, method: str) -> None:
             assert link.method == method
             open_files(3)
             assert count(counter) >= 3
+
+
+def test_kprobe_on_this_kernel_attaches_or_says_why(counter) -> None:
+    """Host test: where kprobes exist this attaches; where they do not (the CI host), the error
+    names the function and both ways that were tried."""
+    from netbee.loader import features
+    with _load("kprobe", counter, PROBE_FUNC) as prog:
+        if features.has("kprobe")[0]:
+            with L.attach(prog) as link:
+                assert link.method.split("+")[0] in ("pmu", "tracefs")
+        else:
+            with pytest.raises(AttachError) as ei:
+                L.attach(prog)
+            msg = str(ei.value)
+            assert PROBE_FUNC in msg and "pmu:" in msg and "tracefs:" in msg
