@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
@@ -204,10 +205,109 @@ class Counters:
 class _Planned:
     """One program to load and attach: which hook it serves and where it goes."""
 
-    prog: str          # program name in the object
-    hook: str          # hook display name (for reports and per-hook counts)
-    kind: str          # elf kind: fentry, fexit, kprobe, kretprobe, tracepoint, tp_btf, raw_tp, netfilter
-    target: str        # kernel symbol or "category/name" tracepoint; "" for netfilter
+    prog: str                  # program name in the object
+    hook: str                  # hook display name (reports, per-hook counts)
+    kind: str                  # kprobe, kretprobe, fentry, fexit, tp_btf, netfilter
+    target: str = ""           # resolved kernel symbol or tracepoint; "" for netfilter
+    priority: int | None = None
+
+
+def _resolve_target(t, backend: str, kbtf, kallsyms: "Kallsyms | None") -> tuple[str | None, str]:
+    """(symbol, "") when the target exists on this kernel, else (None, why)."""
+    from netbee.loader.btf import BtfKind
+
+    if t.kind == "netfilter":
+        return "", ""
+    if t.kind == "tp_btf":
+        name = t.symbols[0]
+        if kbtf.find("btf_trace_" + name):
+            return name, ""
+        return None, f"no tracepoint {name} in the kernel BTF"
+    tried = []
+    for sym in t.symbols:
+        if t.kind in ("fentry", "fexit"):
+            # The verifier needs the function's BTF; a compiler clone (foo.constprop.0) has none.
+            if kallsyms is not None and kallsyms.lookup(sym) != sym:
+                tried.append(f"{sym} (not in kallsyms)")
+                continue
+            if not kbtf.find(sym, BtfKind.FUNC):
+                tried.append(f"{sym} (no BTF FUNC)")
+                continue
+            return sym, ""
+        found = kallsyms.lookup(sym) if kallsyms is not None else None
+        if found:
+            return found, ""
+        tried.append(f"{sym} (not in kallsyms: inlined or absent)")
+    return None, "no candidate on this kernel: " + ", ".join(tried)
+
+
+def plan_hooks(backend: str, kbtf, kallsyms_loader: "Callable[[], Kallsyms] | None") -> tuple[list[_Planned], list[tuple[str, str]]]:
+    """For each hook the backend can observe, the first alternative whose every target resolves.
+
+    Hooks the backend cannot observe at all are not listed; those whose candidates are all absent
+    on this kernel are returned as skipped with the reason.
+    """
+    from netbee import hooks
+
+    kallsyms = kallsyms_loader() if kallsyms_loader is not None else None
+    plan: list[_Planned] = []
+    skipped: list[tuple[str, str]] = []
+    for hook in hooks.hooks_for(backend):
+        reasons = []
+        for alt in hook.alternatives(backend):
+            resolved = []
+            for t in alt:
+                sym, why = _resolve_target(t, backend, kbtf, kallsyms)
+                if sym is None:
+                    reasons.append(why)
+                    break
+                resolved.append(_Planned(t.program, hook.func, t.kind, sym, t.priority))
+            else:
+                plan += resolved
+                break
+        else:
+            skipped.append((hook.func, "; ".join(reasons) or "no attach target"))
+    return plan, skipped
+
+
+def _check_ringbuf_size(n: int) -> None:
+    import mmap
+
+    if n < mmap.PAGESIZE or n & (n - 1):
+        raise NetBeeError(f"ring buffer size {n} must be a power of two of at least {mmap.PAGESIZE} bytes")
+
+
+def _timed_collection_class():
+    """Collection with its phases timed (object BTF, maps, programs) without touching collection.py."""
+    from netbee.loader.collection import Collection
+
+    class TimedCollection(Collection):
+        def __init__(self, *a, timings: dict[str, float], **kw) -> None:
+            self._timings = timings
+            super().__init__(*a, **kw)
+
+        def _timed(self, key: str, fn, *a):
+            t = time.perf_counter()
+            try:
+                return fn(*a)
+            finally:
+                self._timings[key] = self._timings.get(key, 0.0) + time.perf_counter() - t
+
+        def _load_btf(self, *a):
+            return self._timed("object_btf_load", super()._load_btf, *a)
+
+        def _create_maps(self, *a):
+            return self._timed("maps", super()._create_maps, *a)
+
+        def _load_program(self, *a):
+            # CO-RE relocation happens in here, per program, together with the verifier's work.
+            return self._timed("core_and_load", super()._load_program, *a)
+
+    return TimedCollection
+
+
+def _TimedCollection(*a, **kw):
+    return _timed_collection_class()(*a, **kw)
 
 
 @dataclass
@@ -278,6 +378,7 @@ class Tracer:
         from netbee.loader.btf import Btf
         from netbee.loader.elf import ObjectSpec
 
+        _check_ringbuf_size(self.opts.ringbuf_bytes)
         timings: dict[str, float] = {}
         t0 = last = time.perf_counter()
 
@@ -294,46 +395,92 @@ class Tracer:
         lap("features")
         spec = ObjectSpec.from_path(self.opts.object_path or default_object_path())
         lap("object_parse")
-        plan, skipped = self._plan(spec, backend, kbtf)
-        nf_names = [name for name, p in spec.programs.items() if p.kind == "netfilter"] \
-            if backend == "tracepoint" else []
-        lap("plan")
+        plan, skipped = plan_hooks(backend, kbtf, Kallsyms.load if backend != "tracepoint" else None)
+        missing = sorted({p.prog for p in plan} - set(spec.programs))
+        if missing:
+            raise NetBeeError(f"the BPF object lacks program(s) {', '.join(missing)}: object and netbee/hooks.py disagree")
         spec.set_global("cfg", self._config_bytes())
-        coll, load_skipped = self._load(spec, kbtf, [p.prog for p in plan] + nf_names, plan)
+        lap("plan")
+        coll, plan, load_skipped = self._load(spec, kbtf, plan, timings)
         self._coll = coll
-        for key, val in getattr(coll, "timings", {}).items():
-            timings[key] = timings.get(key, 0.0) + val
-        lap("load_total")
+        last = time.perf_counter()
         skipped += load_skipped
-        loaded = [p for p in plan if p.prog in coll.programs]
         attached: list[str] = []
-        for p in loaded:
+        failed_hooks: set[str] = set()
+        nf_progs = []
+        for p in plan:
+            if p.kind == "netfilter":
+                nf_progs.append(("entry" if (p.priority or 0) < 0 else "exit", coll.programs[p.prog]))
+                continue
             try:
                 self._links.append(self._attach_one(coll.programs[p.prog], p))
             except NetBeeError as e:
                 skipped.append((p.hook, _reason(e)))
-                continue
-            if p.hook not in attached:
+                failed_hooks.add(p.hook)
+        lap("attach")
+        # A hook made of several programs (nf_hook_slow entry + return) counts only when all attached.
+        nf_hooks = {p.hook for p in plan if p.kind == "netfilter"}
+        for p in plan:
+            if p.hook not in nf_hooks and p.hook not in failed_hooks and p.hook not in attached:
                 attached.append(p.hook)
-        self._nf_progs = [(_nf_role(n), coll.programs[n]) for n in nf_names if n in coll.programs]
         report = StartReport(backend=backend, attached=attached, skipped=skipped, timings=timings)
         self.report = report
-        if self._nf_progs:
+        self._nf_progs = nf_progs
+        if nf_progs:
+            nf_hook = next(p.hook for p in plan if p.kind == "netfilter")
             self._watcher = _netns.NetnsWatcher(self.opts.netns)
             for ns in self._watcher.current.values():
                 self._attach_netns(ns, report)
-            if any(nsl.links for nsl in self._ns.values()):
-                attached.append("NF_BRACKET")
-        lap("attach")
+            if self._ns and nf_hook not in failed_hooks:
+                attached.append(nf_hook)
+            lap("attach_netfilter")
         if not attached:
             raise AttachError("every hook", "; ".join(f"{h}: {r}" for h, r in skipped) or "nothing to attach")
         self._reader = self._open_reader(coll)
         lap("ringbuf")
+        timings["ready"] = time.perf_counter() - t0
         for nsl in self._ns.values():
             report.blind_spots += self._blind_spots(nsl)
         lap("blind_spots")
         timings["total"] = time.perf_counter() - t0
         return report
+
+    def _load(self, spec, kbtf, plan: list["_Planned"], timings: dict[str, float]):
+        """Load the planned programs; one the verifier rejects is dropped with its hook, then retry.
+
+        Returns (collection, plan that loaded, skipped entries).
+        """
+        from netbee.loader import features
+        from netbee.loader.errors import VerifierError
+
+        features.ensure_memlock()
+        skipped: list[tuple[str, str]] = []
+        log_level = 1 if self.opts.verbose else 0
+        for _ in range(len(plan) + 1):
+            names = list(dict.fromkeys(p.prog for p in plan))
+            overrides = {p.prog: {"attach_target": p.target} for p in plan
+                         if p.kind not in ("netfilter",) and p.target}
+            try:
+                coll = _TimedCollection(spec, kernel_btf=kbtf, programs=names, overrides=overrides,
+                                        map_sizes={"events": self.opts.ringbuf_bytes}, log_level=log_level,
+                                        timings=timings)
+                return coll, plan, skipped
+            except VerifierError as e:
+                bad_hooks = {p.hook for p in plan if p.prog == e.program}
+                if not bad_hooks:
+                    raise
+                why = "verifier rejected " + e.program + (": " + e.log.strip().splitlines()[-1]
+                                                          if e.log.strip() else "")
+                skipped += [(h, why) for h in sorted(bad_hooks)]
+                plan = [p for p in plan if p.hook not in bad_hooks]
+                if not plan:
+                    raise
+        raise NetBeeError("loading kept failing")  # pragma: no cover - the loop always returns
+
+    def _attach_one(self, prog, p: "_Planned"):
+        from netbee.loader import links
+
+        return links.attach(prog)
 
     # -- netfilter bracket per namespace -----------------------------------------------------------
     def _attach_netns(self, ns: "_netns.Netns", report: StartReport) -> None:
@@ -440,37 +587,31 @@ class Tracer:
             cmap = self._coll.maps["counters"]
             for i in range(4):
                 per_cpu = cmap.lookup_percpu(i) or []
-                vals[i] = sum(int.from_bytes(v[:8], "little") for v in per_cpu)
+                vals[i] = sum(int.from_bytes(v[:8], sys.byteorder) for v in per_cpu)
         return Counters(seen=vals[0], filtered=vals[1], submitted=vals[2], lost=vals[3],
                         received=self._received, per_hook=dict(self._per_hook))
 
     # -- configuration -----------------------------------------------------------------------------
     def _config_bytes(self) -> bytes:
-        """struct nb_config: filter_len, want_stack, wakeup_bytes, self_pid, rules[NB_MAX_RULES]."""
-        import struct
-
-        from netbee.filter import NB_MAX_RULES, encode_rules
+        from netbee import abi
+        from netbee.filter import encode_rules
 
         rules = list(self.opts.rules or [])
-        if len(rules) > NB_MAX_RULES:
-            raise NetBeeError(f"filter has {len(rules)} operations, at most {NB_MAX_RULES}")
-        blob = encode_rules(rules)
-        rule_size = len(encode_rules(rules[:1])) if rules else None
-        if rule_size is None:
-            from netbee.filter import Rule
-
-            rule_size = len(encode_rules([Rule(op=0)]))
-        blob += bytes(rule_size * NB_MAX_RULES - len(blob))
+        if len(rules) > abi.NB_MAX_RULES:
+            raise NetBeeError(f"filter has {len(rules)} operations, at most {abi.NB_MAX_RULES}")
         wakeup = self.opts.wakeup_bytes or min(64 << 10, self.opts.ringbuf_bytes // 8)
-        return struct.pack("=IIII", len(rules), int(self.opts.want_stack), wakeup, os.getpid()) + blob
+        return abi.build_config(encode_rules(rules), len(rules), want_stack=self.opts.want_stack,
+                                wakeup_bytes=wakeup, self_pid=os.getpid())
 
     def _choose_backend(self) -> str:
         if self.opts.backend not in ("auto",) + BACKENDS:
             raise NotSupportedError(f"backend {self.opts.backend!r}", "choose auto, fentry, kprobe or tracepoint")
+        if self.opts.backend == "tracepoint":
+            return "tracepoint"
         from netbee.loader import features
 
-        fentry_ok = bool(features.probe("fentry")) if self.opts.backend in ("auto", "fentry") else False
-        kprobe_ok = bool(features.probe("kprobe")) if self.opts.backend in ("auto", "kprobe") else False
+        fentry_ok = self.opts.backend in ("auto", "fentry") and features.has("fentry")[0]
+        kprobe_ok = self.opts.backend in ("auto", "kprobe") and not fentry_ok and features.has("kprobe")[0]
         return choose_backend(self.opts.backend, fentry_ok, kprobe_ok)
 
 
@@ -478,12 +619,12 @@ def _reason(e: BaseException) -> str:
     return getattr(e, "reason", None) or str(e)
 
 
-def _nf_role(prog_name: str) -> str:
-    return "exit" if "exit" in prog_name else "entry"
-
-
 def default_object_path() -> str:
-    """The prebuilt object: bpf/prebuilt/ in a source tree, netbee/bpf/ when installed."""
+    """The prebuilt object: $NETBEE_BPF_OBJECT (development), bpf/prebuilt/ in a source tree,
+    netbee/bpf/ when installed."""
+    env = os.environ.get("NETBEE_BPF_OBJECT")
+    if env:
+        return env
     here = os.path.dirname(os.path.abspath(__file__))
     for cand in (os.path.join(here, "bpf", "netbee.bpf.o"),
                  os.path.join(os.path.dirname(here), "bpf", "prebuilt", "netbee.bpf.o")):
