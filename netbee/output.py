@@ -137,7 +137,8 @@ class JsonRenderer:
         self._nf: Dict[Any, str] = {}
         self._verdict: Dict[Any, str] = {}
         self._drop: Dict[Any, str] = {}
-        self._addr: Dict[Any, str] = {}
+        self._addrs: Dict[Any, str] = {}
+        self._macs: Dict[Any, str] = {}
         self._icmp: Dict[Any, str] = {}
 
     @staticmethod
@@ -157,10 +158,16 @@ class JsonRenderer:
         family = ev.family
         smac = ev.smac
         if smac is not None:
-            stext, svend = res.mac(bytes(smac))
-            dtext, dvend = res.mac(bytes(ev.dmac))
-            macs = (f'"smac":"{stext}","dmac":"{dtext}","smac_vendor":{_s(svend)},'
-                    f'"dmac_vendor":{_s(dvend)}')
+            mkey = (smac, ev.dmac)
+            macs = self._macs.get(mkey)
+            if macs is None:
+                stext, svend = res.mac(bytes(smac))
+                dtext, dvend = res.mac(bytes(ev.dmac))
+                macs = (f'"smac":"{stext}","dmac":"{dtext}","smac_vendor":{_s(svend)},'
+                        f'"dmac_vendor":{_s(dvend)}')
+                if len(self._macs) > 65536:
+                    self._macs.clear()
+                self._macs[mkey] = macs
         else:
             macs = '"smac":null,"dmac":null,"smac_vendor":null,"dmac_vendor":null'
         if proto == 6:
@@ -184,8 +191,14 @@ class JsonRenderer:
             stack = "null"
         saddr = ev.saddr
         if saddr is not None:
-            addrs = (f'"saddr":{c(self._addr, saddr, str)},'
-                     f'"daddr":{c(self._addr, ev.daddr, str)}')
+            # ipaddress objects hash in Python code; their integer value hashes in C.
+            akey = (family, saddr._ip, ev.daddr._ip)
+            addrs = self._addrs.get(akey)
+            if addrs is None:
+                addrs = f'"saddr":{_jstr(str(saddr))},"daddr":{_jstr(str(ev.daddr))}'
+                if len(self._addrs) > 65536:
+                    self._addrs.clear()
+                self._addrs[akey] = addrs
         else:
             addrs = '"saddr":null,"daddr":null'
         ifindex = ev.ifindex

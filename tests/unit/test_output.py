@@ -174,3 +174,23 @@ def test_non_ip_event(res):
     assert obj["proto"] is None and obj["saddr"] is None and obj["len"] == 60
     line = output.TableRenderer(res, clock=FixedClock()).render(ev)
     assert "ethertype 0x0806" in line
+
+
+def test_decoded_records_render(res):
+    """Real decode_event output (records built with abi.EVENT) through both renderers."""
+    import importlib.util
+    import os
+    from netbee.decode import decode_event
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "bench_output.py")
+    spec = importlib.util.spec_from_file_location("bench_output", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    j = output.JsonRenderer(res, FixedClock())
+    t = output.TableRenderer(res, clock=FixedClock())
+    objs = [json.loads(j.render(decode_event(r))) for r in bench.samples()]
+    assert [o["proto"] for o in objs] == ["tcp", "udp", "icmp", "udp"]
+    assert objs[0]["func"] == "netif_receive_skb" and objs[0]["tcp_flags"] == "."
+    assert objs[0]["saddr"] == "10.201.1.1" and objs[0]["sport"] == 40000
+    assert objs[2]["icmp_type"] == "echo request" and objs[3]["drop_reason"] == "NO_SOCKET"
+    assert all(tuple(o) == output.JSON_KEYS for o in objs)
+    assert "DROP NO_SOCKET at sk_skb_reason_drop+0x10" in t.render(decode_event(bench.samples()[3]))
