@@ -25,6 +25,9 @@ INT_SIGNED = 1
 INT_CHAR = 2
 INT_BOOL = 4
 
+# find() calls answered by searching before a name dict is built (~50 ms on vmlinux)
+_FINDS_BEFORE_INDEX = 4
+
 # Guards recursion through typedef/array chains of corrupt or cyclic BTF.
 _MAX_CHAIN = 64
 # BTF_MAX_TYPE in the kernel: ids are limited to 20 bits... plus headroom for
@@ -310,13 +313,16 @@ class Btf:
         self.base = base
         self._first_id = len(base) if base is not None else 1
         self._str_base = base._str_end if base is not None else 0
-        self._words: List[int] = []       # raw type section as native u32 words
+        self._words = array("I")          # raw type section as native u32 words
         self._offsets: List[int] = []     # word index of each raw type
         self._strings = b"\0" if base is None else b""
         self._cache: Dict[int, BtfType] = {}
         self._replaced: Dict[int, BtfType] = {}
         self._added: List[BtfType] = []
         self._name_index: Optional[Dict[int, List[int]]] = None
+        self._name_offs: Optional[bytes] = None   # name_off of each raw type, packed u32
+        self._by_name: Optional[Dict[bytes, List[int]]] = None
+        self._finds = 0
         self.types = _Types(self)
 
     # ------------------------------------------------------------------ parsing
@@ -358,11 +364,11 @@ class Btf:
         words.frombytes(data[hdr_len + type_off:hdr_len + type_off + type_len])
         if swap:
             words.byteswap()
-        btf._words = words.tolist()
-        btf._offsets = btf._scan(btf._words)
+        btf._words = words
+        btf._offsets = btf._scan(words)
         return btf
 
-    def _scan(self, w: List[int]) -> List[int]:
+    def _scan(self, w: "array[int]") -> List[int]:
         """Record the start of every type; validates kinds and lengths."""
         offsets: List[int] = []
         append = offsets.append
@@ -525,10 +531,7 @@ class Btf:
         ids: List[int] = []
         if self.base is not None:
             ids.extend(self.base.find(name, kind))
-        index = self._name_offsets()
-        own: List[int] = []
-        for off in self._string_offsets(name):
-            own.extend(index.get(off, ()))
+        own = self._own_ids_named(name)
         own = [i for i in own if i not in self._replaced]
         for tid, t in self._replaced.items():
             if t.name == name:
@@ -597,6 +600,59 @@ class Btf:
         own.update(tid for tid, t in extra if part in t.name)
         out.extend((tid, self.type(tid).name) for tid in sorted(own))
         return out
+
+    def _own_ids_named(self, name: str) -> List[int]:
+        """Raw (unreplaced or not) own type ids called `name`. The first few look-ups search
+        the string table and the packed name column; a caller that looks up many names
+        (CO-RE, hook resolution) gets a name -> ids dict built once."""
+        self._finds += 1
+        if self._by_name is None and self._finds > _FINDS_BEFORE_INDEX:
+            self._by_name = self._build_by_name()
+        if self._by_name:
+            return list(self._by_name.get(name.encode(), ()))
+        return self._ids_named_at(self._string_offsets(name))
+
+    def _build_by_name(self) -> Dict[bytes, List[int]]:
+        """name -> ids, or {} when some name_off points into the middle of a string (legal,
+        though deduplicated BTF never does it); then look-ups keep searching."""
+        starts: Dict[int, bytes] = {}
+        pos = self._str_base
+        for chunk in self._strings.split(b"\0"):
+            starts[pos] = chunk
+            pos += len(chunk) + 1
+        by_name: Dict[bytes, List[int]] = {}
+        for off, ids in self._name_offsets().items():
+            key = starts.get(off)
+            if key is None:
+                if off < self._str_base and self.base is not None:
+                    key = self.base.string(off).encode()
+                else:
+                    return {}
+            lst = by_name.get(key)
+            if lst is None:
+                by_name[key] = list(ids)
+            else:
+                lst.extend(ids)
+        return by_name
+
+    def _ids_named_at(self, offsets: List[int]) -> List[int]:
+        """Raw type ids whose name_off is one of `offsets`: a C-speed search of the packed
+        name_off column, cheaper than building a dict of 100,000 entries for a few lookups."""
+        if self._name_offs is None:
+            w = self._words
+            self._name_offs = array("I", [w[i] for i in self._offsets]).tobytes()
+        col, first = self._name_offs, self._first_id
+        ids: List[int] = []
+        for off in offsets:
+            pat = off.to_bytes(4, sys.byteorder)
+            pos = col.find(pat)
+            while pos >= 0:
+                if pos % 4 == 0:
+                    ids.append(first + pos // 4)
+                    pos = col.find(pat, pos + 4)
+                else:
+                    pos = col.find(pat, pos + 1)
+        return ids
 
     def _name_offsets(self) -> Dict[int, List[int]]:
         """string offset -> ids of the raw types named by it (built on first use)."""

@@ -92,6 +92,15 @@ class BtfExt:
             cr_off, cr_len = struct.unpack_from(order + "2I", data, 24)
         body = data[hdr_len:]
         reader = _Reader(body, order, btf)
+        strings: Dict[int, str] = {}
+
+        def _str(off: int) -> str:
+            # line_info repeats the same file name and lines many times
+            s = strings.get(off)
+            if s is None:
+                s = strings[off] = btf.string(off)
+            return s
+
         func_info = {
             sec: [FuncInfo(r[0], r[1]) for r in recs]
             for sec, recs in reader.sections("func_info", fi_off, fi_len, 8).items()
@@ -99,7 +108,7 @@ class BtfExt:
         line_info = {}
         for sec, recs in reader.sections("line_info", li_off, li_len, 16).items():
             line_info[sec] = [
-                LineInfo(r[0], _str(btf, r[1]), _str(btf, r[2]), r[3] >> 10, r[3] & 0x3FF, r[1], r[2])
+                LineInfo(r[0], _str(r[1]), _str(r[2]), r[3] >> 10, r[3] & 0x3FF, r[1], r[2])
                 for r in recs
             ]
         core_relos = {}
@@ -110,13 +119,9 @@ class BtfExt:
                     kind = CoreReloKind(r[3])
                 except ValueError:
                     raise BTFError(f".BTF.ext core_relo in {sec!r}: unknown relocation kind {r[3]}") from None
-                out.append(CoreRelo(r[0], r[1], _str(btf, r[2]), kind))
+                out.append(CoreRelo(r[0], r[1], _str(r[2]), kind))
             core_relos[sec] = out
         return cls(func_info, line_info, core_relos)
-
-
-def _str(btf: Btf, off: int) -> str:
-    return btf.string(off)
 
 
 class _Reader:

@@ -7,6 +7,7 @@ at one boundary in ObjectSpec.from_bytes.
 from __future__ import annotations
 
 import io
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -391,6 +392,8 @@ class _Parser:
                 raise self.fail(f"function {name!r} is not instruction-aligned")
             per_sec.setdefault(shndx, []).append((value // 8, size // 8, name, bind))
         self.funcs: Dict[int, List[_Func]] = {}
+        self._special: Dict[int, List[int]] = {}
+        self._ext_keys: Dict[Tuple[int, str], Tuple[List[int], bool]] = {}
         for idx, entries in per_sec.items():
             entries.sort()
             n = len(self.code[idx]) // 8
@@ -403,6 +406,38 @@ class _Parser:
                 is_prog = sec_name != ".text" and bind in ("STB_GLOBAL", "STB_WEAK")
                 out.append(_Func(name, idx, start, end, is_prog))
             self.funcs[idx] = out
+
+    def ext_records(self, table: Dict[str, list], sec: str, lo: int, hi: int) -> list:
+        """The .BTF.ext records of `sec` with lo <= insn_off < hi (bisected; cached per table)."""
+        records = table.get(sec)
+        if not records:
+            return []
+        key = (id(table), sec)
+        entry = self._ext_keys.get(key)
+        if entry is None:
+            keys = [r.insn_off for r in records]
+            entry = self._ext_keys[key] = (keys, all(a <= b for a, b in zip(keys, keys[1:])))
+        keys, is_sorted = entry
+        if not is_sorted:
+            return [r for r in records if lo <= r.insn_off < hi]
+        return records[bisect_left(keys, lo):bisect_left(keys, hi)]
+
+    def special_slots(self, sec: int) -> List[int]:
+        """Slots of a code section holding a call or an ld_imm64 (cached per section)."""
+        cached = self._special.get(sec)
+        if cached is None:
+            ops = self.code[sec][0::8]
+            cached = [i for i, op in enumerate(ops) if op == I.OP_CALL or op == I.OP_LD_IMM64]
+            # the second half of an ld_imm64 is data, never an instruction of its own
+            out, skip = [], -1
+            for i in cached:
+                if i == skip:
+                    continue
+                out.append(i)
+                if ops[i] == I.OP_LD_IMM64:
+                    skip = i + 1
+            cached = self._special[sec] = out
+        return cached
 
     def _func_at(self, sec: int, insn: int) -> Optional[_Func]:
         for f in self.funcs.get(sec, ()):
@@ -476,7 +511,10 @@ class _Linker:
         self.insns += self.p.code[f.sec][f.start * 8:f.end * 8]
         self._carry_ext(f, base)
         relocs = self.p.relocs.get(f.sec, {})
-        for i in range(f.start, f.end):
+        # only relocated slots and calls/ld_imm64 can need work; visit them in order
+        todo = sorted({i for i in relocs if f.start <= i < f.end}
+                      | {i for i in self.p.special_slots(f.sec) if f.start <= i < f.end})
+        for i in todo:
             self._fix(f, base, i, relocs.get(i))
 
     def _carry_ext(self, f: _Func, base: int) -> None:
@@ -485,14 +523,14 @@ class _Linker:
         sec = self.p.sections[f.sec].name
         lo, hi = f.start * 8, f.end * 8
         shift = (base - f.start) * 8
-        for src, dst, cls in ((self.ext.func_info.get(sec, ()), self.spec.func_info, FuncInfo),
-                              (self.ext.line_info.get(sec, ()), self.spec.line_info, LineInfo),
-                              (self.ext.core_relos.get(sec, ()), self.spec.core_relos, CoreRelo)):
-            for r in src:
-                if lo <= r.insn_off < hi:
-                    d = dict(r.__dict__)
-                    d["insn_off"] = r.insn_off + shift
-                    dst.append(cls(**d))
+        s, ext = self.spec, self.p.ext_records
+        s.func_info.extend(FuncInfo(r.insn_off + shift, r.type_id)
+                           for r in ext(self.ext.func_info, sec, lo, hi))
+        s.line_info.extend(LineInfo(r.insn_off + shift, r.file_name, r.line_text, r.line, r.col,
+                                    r.file_name_off, r.line_off)
+                           for r in ext(self.ext.line_info, sec, lo, hi))
+        s.core_relos.extend(CoreRelo(r.insn_off + shift, r.type_id, r.access_str, r.kind)
+                            for r in ext(self.ext.core_relos, sec, lo, hi))
 
     def _fix(self, f: _Func, base: int, i: int, rel: Optional[_Reloc]) -> None:
         pos = base + (i - f.start)

@@ -248,16 +248,34 @@ def _require_vmlinux() -> None:
 
 
 def test_vmlinux_parse_time():
+    """Load + one find must cost <= 0.15 s. Measured as this process's CPU time (best of
+    five): on a shared 2-core machine wall time mostly measures the other tenants."""
     _require_vmlinux()
     best = None
-    for _ in range(3):   # best of three: the machine is shared
-        t0 = time.perf_counter()
+    for _ in range(5):
+        t0 = time.process_time()
         btf = Btf.load_kernel()
         ids = btf.find("sk_buff", BtfKind.STRUCT)
-        dt = time.perf_counter() - t0
+        dt = time.process_time() - t0
         best = dt if best is None else min(best, dt)
     assert ids
-    assert best <= 0.15, f"loading vmlinux BTF + one find took {best:.3f} s"
+    assert best <= 0.15, f"loading vmlinux BTF + one find took {best:.3f} s of CPU"
+
+
+def test_vmlinux_many_finds_agree_with_search():
+    _require_vmlinux()
+    names = ["task_struct", "sk_buff", "ip_rcv", "u32", "int", "callback_head", "nf_hook_state",
+             "btf_trace_netif_receive_skb", "skb_drop_reason", "no_such_name_at_all"]
+    btf = Btf.load_kernel()
+    searched = [btf.find(n) for n in names[:3]]           # before the dict exists
+    t0 = time.process_time()
+    dicted = [btf.find(n) for n in names]                   # these build and use it
+    assert time.process_time() - t0 < 0.5
+    assert btf._by_name, "the name dict should be in use after many finds"
+    assert dicted[:3] == searched
+    fresh = Btf.load_kernel()
+    assert [fresh._ids_named_at(fresh._string_offsets(n)) for n in names] == dicted
+    assert dicted[-1] == []
 
 
 def test_vmlinux_queries():
@@ -298,3 +316,16 @@ def test_vmlinux_names_containing_agrees_with_names():
     btf = Btf.load_kernel()
     slow = [(i, n) for i, n in btf.names() if "___" in n]
     assert btf.names_containing("___") == slow
+
+
+def test_find_with_names_inside_other_strings():
+    # the encoder shares suffixes ("bar" inside "foobar"); finds stay exact before and
+    # after the many-finds switch, which then keeps searching instead of using a dict
+    b = Btf()
+    b.add_type(Struct("foobar", 4, []))
+    b.add_type(Struct("bar", 4, []))
+    p = Btf.parse(b.to_bytes())
+    assert len(p._strings) == len(b"\0foobar\0")
+    for _ in range(8):
+        assert p.find("bar") == [2] and p.find("foobar") == [1] and p.find("oobar") == []
+    assert p._by_name == {}
