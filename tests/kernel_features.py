@@ -139,24 +139,16 @@ def _probe_kprobe_multi() -> Tuple[bool, str]:
 
 
 def _from_loader(feature: str) -> Optional[Tuple[bool, str]]:
-    """Ask netbee.loader.features if it exists and knows the feature."""
+    """netbee.loader.features.has(name) -> (available, detail), when the loader is importable."""
     try:
-        from netbee.loader import features  # type: ignore[attr-defined]
-    except Exception:
+        from netbee.loader import features
+    except ImportError:
         return None
-    for attr in ("has_feature", "has", "probe"):
-        fn = getattr(features, attr, None)
-        if callable(fn):
-            try:
-                ok = fn(feature)
-            except (KeyError, ValueError, TypeError, AttributeError):
-                return None
-            except Exception as exc:  # a probe that errors means the feature is not usable
-                return False, f"netbee.loader.features.{attr}({feature!r}): {exc}"
-            if isinstance(ok, tuple):
-                return bool(ok[0]), str(ok[1])
-            return bool(ok), f"netbee.loader.features.{attr}({feature!r})"
-    return None
+    try:
+        ok, why = features.has(feature)
+    except KeyError:
+        return None
+    return bool(ok), f"netbee.loader.features: {why}"
 
 
 CHECKS: Dict[str, Callable[[], Tuple[bool, str]]] = {
