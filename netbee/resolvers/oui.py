@@ -71,6 +71,8 @@ class OuiResolver:
     def describe(self, mac: bytes) -> Optional[str]:
         """Vendor, or a mark: "broadcast", "multicast", "locally administered"; None if unknown."""
         mac = bytes(mac)
+        if not any(mac):
+            return None  # loopback and tunnels carry an all-zero address: no vendor, no mark
         if mac == BROADCAST:
             return "broadcast"
         if mac[:1] and mac[0] & 0x01:

@@ -73,6 +73,7 @@ def test_oui_longest_prefix_and_marks(tmp_path):
     assert r.describe(bytes.fromhex("001b21aabbcc")) == "Intel"
     assert r.describe(bytes.fromhex("00aaaa000000")) is None
     assert r.describe(b"\xff" * 6) == "broadcast"
+    assert r.describe(bytes(6)) is None
     assert r.describe(bytes.fromhex("01005e000001")) == "multicast"
     assert r.describe(bytes.fromhex("333300000001")) == "multicast"
     assert r.describe(bytes.fromhex("021b21aabbcc")) == "locally administered"
