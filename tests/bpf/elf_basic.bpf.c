@@ -170,3 +170,15 @@ int tp_short(void *ctx) { return (int)bump(2); }
 
 SEC("netfilter")
 int nf(void *ctx) { return 1; }
+
+SEC("raw_tp/consume_skb")
+int rtp_str(void *ctx)
+{
+	static __u32 calls;            /* a function-static: .bss, symbol "rtp_str.calls" */
+	char buf[8];
+
+	calls++;
+	/* a string literal: .rodata.str1.1, reached through its section symbol */
+	bpf_probe_read_kernel_str(buf, sizeof(buf), "netbee!");
+	return buf[calls & 3];
+}

@@ -35,6 +35,7 @@ EXPECTED_PROGRAMS = {
     "tp_kfree": ("tracepoint/skb/kfree_skb", "tracepoint", "skb/kfree_skb"),
     "tp_short": ("tp/net/netif_rx", "tracepoint", "net/netif_rx"),
     "nf": ("netfilter", "netfilter", ""),
+    "rtp_str": ("raw_tp/consume_skb", "raw_tp", "consume_skb"),
 }
 
 
@@ -79,14 +80,17 @@ def test_global_data_maps(spec):
     assert spec.maps[".data"].data == (3).to_bytes(4, "little")     # hits = 3
     assert spec.maps[".data.custom"].data == (42).to_bytes(4, "little")
     bss = spec.maps[".bss"]
-    assert bss.data == bytes(24) and bss.flags == 0
+    assert bss.data == bytes(32) and bss.flags == 0
+    strs = spec.maps[".rodata.str1.1"]
+    assert strs.data == b"netbee!\0" and strs.flags == 0x80 and strs.btf_value_type_id == 0
     for name in (".rodata", ".data", ".data.custom", ".bss"):
         sec = spec.btf.type(spec.maps[name].btf_value_type_id)
         assert sec.kind == BtfKind.DATASEC and sec.name == name
         assert sec.size == spec.maps[name].value_size                 # fixed up from the ELF
     assert spec.globals == {
         "cfg": (".rodata", 0, 24), "limit": (".rodata", 24, 4), "hits": (".data", 0, 4),
-        "total": (".bss", 0, 8), "extra": (".bss", 8, 16), "custom_val": (".data.custom", 0, 4),
+        "total": (".bss", 8, 8), "extra": (".bss", 16, 16), "custom_val": (".data.custom", 0, 4),
+        "rtp_str.calls": (".bss", 0, 4),
     }
     # DATASEC variable offsets agree with the symbol table
     ro_sec = spec.btf.type(ro.btf_value_type_id)
@@ -101,7 +105,7 @@ def test_set_global(spec):
     assert spec.maps[".rodata"].data[24:] == (7).to_bytes(4, "little")
     assert spec.get_global("cfg") == cfg
     spec.set_global("total", (99).to_bytes(8, "little"))
-    assert spec.maps[".bss"].data[:8] == (99).to_bytes(8, "little")
+    assert spec.maps[".bss"].data[8:16] == (99).to_bytes(8, "little")
     with pytest.raises(ObjectFileError, match="no global variable 'nope'"):
         spec.set_global("nope", b"")
     with pytest.raises(ObjectFileError, match="is 24 bytes, got a value of 3"):
@@ -153,7 +157,9 @@ def test_map_relocations(spec):
     krp = spec.programs["krp"]
     assert [(r.map_name, r.offset) for r in krp.map_relocs] == [(".rodata", 24)]   # `limit`
     two = {(r.map_name, r.offset) for r in spec.programs["tpb_two"].map_relocs}
-    assert (".bss", 8) in two and ("lru", 0) in two and (".data.custom", 0) in two
+    assert (".bss", 16) in two and ("lru", 0) in two and (".data.custom", 0) in two
+    assert [(r.map_name, r.offset) for r in spec.programs["rtp_str"].map_relocs] == [
+        (".bss", 0), (".rodata.str1.1", 0)]
     assert [r.map_name for r in spec.programs["tp_kfree"].map_relocs] == ["events", ".rodata"]
     assert [r.map_name for r in spec.programs["rtp"].map_relocs] == ["stacks"]
 

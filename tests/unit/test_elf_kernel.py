@@ -30,7 +30,8 @@ def kernel_btf() -> Btf:
 def test_linked_programs_pass_the_verifier(kernel_btf):
     spec = ObjectSpec.from_path(str(OBJ))
     names = sorted(n for n, p in spec.programs.items() if p.kind in RUNNABLE_HERE)
-    assert names == ["nf", "rtp", "rtp_long", "tp_kfree", "tp_short", "tpb_one", "tpb_two"]
+    assert names == ["nf", "rtp", "rtp_long", "rtp_str", "tp_kfree", "tp_short", "tpb_one",
+                     "tpb_two"]
     spec.set_global("cfg", (1).to_bytes(4, "little") + (80).to_bytes(4, "little") + bytes(16))
     with Collection(spec, kernel_btf=kernel_btf, programs=names) as coll:
         assert sorted(coll.programs) == names

@@ -42,7 +42,7 @@ def host_btf() -> Btf:
 
 
 def test_program_list():
-    assert len(PROGRAMS) == 12
+    assert len(PROGRAMS) == 13
 
 
 @pytest.mark.parametrize("prog", PROGRAMS)
