@@ -72,7 +72,9 @@ def boot(series: str, pytest_args: Sequence[str] = (), timeout: int = BOOT_TIMEO
     """Boot the series' kernel once, run the guest test subset, return what came back."""
     root = kernels.kernel_dir(series)
     results = Path(tempfile.mkdtemp(prefix=f"netbee-vm-{series}-"))
-    python = os.path.realpath(sys.executable)
+    # sys.executable is the interpreter itself (not a pyenv shim); no realpath: a venv's python is a
+    # symlink whose location is what makes the venv's site-packages visible.
+    python = sys.executable
     script = " ".join(["sh", str(GUEST_SCRIPT), str(results), python, str(TREE)] + list(pytest_args))
     cmd = ["timeout", "-k", "10", str(timeout)] + vng_command(root, results, script)
     start = time.monotonic()
