@@ -226,8 +226,17 @@ def attach_kprobe(prog: Any, func: Optional[str] = None, method: Optional[str] =
 
 
 def attach_kprobe_multi(prog: Any, symbols: Union[str, Sequence[str], None] = None) -> Link:
+    """kprobe.multi on exact names, or on a glob ("ip_*") resolved like libbpf does through
+    available_filter_functions."""
     syms = symbols if symbols is not None else prog.attach_target
     names: List[str] = [syms] if isinstance(syms, str) else list(syms)
+    if any(ch in n for n in names for ch in "*?["):
+        expanded: List[str] = []
+        for n in names:
+            expanded += tracefs.match_functions(n) if any(ch in n for ch in "*?[") else [n]
+        if not expanded:
+            raise AttachError(f"{prog.kind} {','.join(names)}", "no attachable kernel function matches")
+        names = sorted(set(expanded))
     bufs = [sc.cstring(s) for s in names]
     ptrs = (ctypes.c_uint64 * len(bufs))(*[ctypes.addressof(b) for b in bufs])
 

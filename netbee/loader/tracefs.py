@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import fnmatch
 import itertools
 import os
 import re
@@ -12,7 +13,8 @@ from netbee.loader.errors import AttachError, NotSupportedError, SyscallError
 
 CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 KPROBE_GROUP = "netbee"
-_EVENT_RE = re.compile(r"^[pr](?::\d+)?:(?P<group>[^/\s]+)/(?P<event>\S+)")
+# "p:group/event ...", "r:group/event ..." or "r<maxactive>:group/event ..."
+_EVENT_RE = re.compile(r"^[pr]\d*:(?P<group>[^/\s]+)/(?P<event>\S+)")
 _OUR_EVENT_RE = re.compile(r"^netbee_(?P<pid>\d+)_\d+$")
 _counter = itertools.count()
 _swept = False
@@ -39,6 +41,21 @@ def tracepoint_id(category: str, name: str, root: Optional[str] = None) -> int:
             return int(f.read())
     except FileNotFoundError:
         raise AttachError(f"tracepoint {category}/{name}", f"no such tracepoint ({path} missing)") from None
+
+
+def filter_functions(root: Optional[str] = None) -> List[str]:
+    """Functions ftrace (so fprobe/kprobe.multi) can attach to, from available_filter_functions."""
+    path = os.path.join(root or find(), "available_filter_functions")
+    try:
+        with open(path) as f:
+            return [line.split()[0] for line in f if line.strip()]
+    except OSError as e:
+        raise NotSupportedError("ftrace function list", f"{path}: {e.strerror}") from None
+
+
+def match_functions(pattern: str, root: Optional[str] = None) -> List[str]:
+    """Attachable function names matching a shell glob (what libbpf does for kprobe.multi)."""
+    return sorted(set(fnmatch.filter(filter_functions(root), pattern)))
 
 
 def kprobe_events_path(root: Optional[str] = None) -> str:

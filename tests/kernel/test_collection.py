@@ -191,3 +191,32 @@ def test_nothing_survives_a_signal(sig: int) -> None:
             proc.kill()
             proc.wait()
     assert _gone(ids), f"programs {ids} still loaded after {signal.Signals(sig).name}"
+
+
+# --- kernels with kprobes / fentry (QEMU guests): the test object's programs load and attach ---------
+def _load_and_attach(kbtf, names: list) -> list:
+    from netbee.loader.links import attach
+    spec = ObjectSpec.from_path(str(BASIC))
+    methods = []
+    with Collection(spec, kbtf, programs=names) as coll:
+        for name in names:
+            with attach(coll.programs[name]) as link:
+                methods.append((name, link.method))
+    return methods
+
+
+@pytest.mark.requires_kernel("kprobe")
+def test_object_kprobes_attach(kbtf) -> None:
+    assert [m for _, m in _load_and_attach(kbtf, ["kp", "krp"])] == ["pmu+link", "pmu+link"]
+
+
+@pytest.mark.requires_kernel("fentry")
+def test_object_fentry_fexit_attach(kbtf) -> None:
+    assert [m for _, m in _load_and_attach(kbtf, ["fe", "fx"])] == ["link", "link"]
+
+
+@pytest.mark.requires_kernel("kprobe_multi")
+def test_object_kprobe_multi_glob_attach(kbtf) -> None:
+    from netbee.loader import tracefs
+    assert "ip_rcv" in tracefs.match_functions("ip_*")
+    assert [m for _, m in _load_and_attach(kbtf, ["kpm", "krpm"])] == ["link", "link"]

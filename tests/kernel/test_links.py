@@ -188,9 +188,11 @@ def test_kprobe_tracefs_forced_and_removed(counter, kind: str) -> None:
 def test_stale_kprobe_events_of_dead_pids_are_swept() -> None:
     dead = subprocess.Popen(["true"])
     dead.wait()
-    path = tracefs.kprobe_events_path()
-    with open(path, "a") as f:
-        f.write(f"p:netbee/netbee_{dead.pid}_0 {PROBE_FUNC}\n")
+    fd = os.open(tracefs.kprobe_events_path(), os.O_WRONLY | os.O_APPEND)  # no seek: tracefs refuses it
+    try:
+        os.write(fd, f"p:netbee/netbee_{dead.pid}_0 {PROBE_FUNC}\n".encode())
+    finally:
+        os.close(fd)
     mine = tracefs.add_kprobe(PROBE_FUNC, False)
     try:
         removed = tracefs.sweep_stale()
