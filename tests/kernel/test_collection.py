@@ -93,8 +93,33 @@ def test_verifier_rejection_shows_source_lines(kbtf) -> None:
         Collection(spec, kbtf, programs=["tpb_one"])
     msg = str(ei.value)
     assert "tpb_one" in msg and "R9 !read_ok" in msg
-    assert "int tpb_one(__u64 *ctx)" in msg  # the source line from line_info
-    assert "elf_basic.bpf.c:" in msg
+    # file:line from line_info (the committed objects carry no line text: see the next test)
+    line = next(li.line for li in spec.programs["tpb_one"].line_info if li.insn_off == 0)
+    assert f"elf_basic.bpf.c:{line}" in msg
+
+
+BAD_SOURCE = r"""
+#define SEC(n) __attribute__((section(n), used))
+char LICENSE[] SEC("license") = "GPL";
+SEC("raw_tp/task_rename")
+int nbk_bad(void *ctx)
+{
+	return *(int *)(unsigned long)42; /* nbk-marker: a scalar used as a pointer */
+}
+"""
+
+
+def test_verifier_log_carries_source_text(kbtf, tmp_path) -> None:
+    """With line text in .BTF.ext (clang without prefix maps), the log quotes the C line."""
+    src = tmp_path / "bad.bpf.c"
+    src.write_text(BAD_SOURCE)
+    obj = tmp_path / "bad.bpf.o"
+    subprocess.run(["clang-19", "-g", "-O2", "-target", "bpf", "-c", str(src), "-o", str(obj)], check=True)
+    with pytest.raises(VerifierError) as ei:
+        Collection(ObjectSpec.from_path(str(obj)), kbtf)
+    msg = str(ei.value)
+    assert "nbk-marker: a scalar used as a pointer" in msg and "bad.bpf.c:7" in msg
+    assert "invalid mem access" in msg
 
 
 def test_failure_midway_releases_everything(kbtf) -> None:
