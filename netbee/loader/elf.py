@@ -23,6 +23,9 @@ R_BPF_64_64 = 1        # ld_imm64
 R_BPF_64_32 = 10       # call
 
 MAP_TYPE_ARRAY = 2
+# Global data becomes one array map value; the kernel refuses values this big anyway,
+# and a corrupt .bss size must not make us allocate gigabytes.
+_MAX_DATA_SECTION = 1 << 26
 BPF_F_RDONLY_PROG = 0x80
 
 # section prefix -> program kind; longest prefixes first (kprobe.multi before kprobe)
@@ -359,10 +362,10 @@ class _Parser:
             size = sec["sh_size"]
             if size == 0:
                 continue
+            if size > _MAX_DATA_SECTION:
+                raise self.fail(f"section {name!r} is implausibly large ({size} bytes)")
             if sec["sh_type"] == "SHT_NOBITS":
-                data = bytes(size) if size <= len(self.data) * 64 + (1 << 20) else None
-                if data is None:
-                    raise self.fail(f"section {name!r} is implausibly large ({size} bytes)")
+                data = bytes(size)
             else:
                 data = sec.data()
             flags = BPF_F_RDONLY_PROG if name.startswith(".rodata") else 0

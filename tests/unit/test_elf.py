@@ -217,3 +217,16 @@ def test_errors(tmp_path):
         ObjectSpec.from_bytes(b"hello world")
     with pytest.raises(ObjectFileError, match="not a BPF object"):
         ObjectSpec.from_path("/bin/true")
+
+
+def test_huge_bss_refused_without_allocating():
+    from elftools.elf.elffile import ELFFile
+    import io
+    import struct
+    data = bytearray(BASIC.read_bytes())
+    elf = ELFFile(io.BytesIO(bytes(data)))
+    idx = next(i for i, s in enumerate(elf.iter_sections()) if s.name == ".bss")
+    shoff = elf["e_shoff"] + idx * elf["e_shentsize"]
+    struct.pack_into("<Q", data, shoff + 0x20, 1 << 40)     # Elf64_Shdr.sh_size
+    with pytest.raises(ObjectFileError, match=r"'\.bss' is implausibly large"):
+        ObjectSpec.from_bytes(bytes(data))
