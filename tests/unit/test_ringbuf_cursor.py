@@ -128,3 +128,13 @@ def test_random_streams_through_small_ring(items, every) -> None:
     r.cursor.commit()
     assert got == expect
     assert r.cursor.consumer_pos == r.head
+
+
+def test_copy_mode_returns_bytes_that_survive_reuse() -> None:
+    r = FakeRing(64)
+    r.output(b"one")
+    (rec,) = r.cursor.read_batch(copy=True)
+    assert isinstance(rec, bytes) and rec == b"one"
+    r.cursor.commit()
+    r.output(b"two" * 10)  # overwrites the area "one" lived in
+    assert rec == b"one"
