@@ -199,9 +199,16 @@ static __always_inline bool nb_build(struct nb_event *ev, struct sk_buff *skb, _
 		struct sock *sk = x->sk ? x->sk : BPF_CORE_READ(skb, sk);
 
 		if (sk) {
+			__u32 sk_netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+
 			if (!ev->netns)
-				ev->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-			if (ev->ip_proto == IPPROTO_TCP) {
+				ev->netns = sk_netns;
+			/*
+			 * A veth hands the sender's socket to the peer namespace
+			 * until demux: a state from another namespace is not this
+			 * packet's connection as seen here.
+			 */
+			if (ev->ip_proto == IPPROTO_TCP && sk_netns == ev->netns) {
 				ev->tcp_state = BPF_CORE_READ(sk, __sk_common.skc_state);
 				ev->flags |= NB_F_TCP_STATE;
 			}
