@@ -153,9 +153,11 @@ def open_files(n: int = 3) -> None:
 
 @pytest.mark.requires_kernel("kprobe")
 @pytest.mark.parametrize("kind", ["kprobe", "kretprobe"])
-def test_kprobe_pmu_fires(counter, kind: str) -> None:
-    with _load(kind, counter, PROBE_FUNC) as prog, L.attach(prog, method="pmu") as link:
-        assert link.method.startswith("pmu+")
+@pytest.mark.parametrize("perf_method", ["link", "ioctl"])
+def test_kprobe_pmu_fires(counter, kind: str, perf_method: str) -> None:
+    with _load(kind, counter, PROBE_FUNC) as prog, \
+            L.attach(prog, method="pmu", perf_method=perf_method) as link:
+        assert link.method == "pmu+" + perf_method
         open_files(3)
         assert count(counter) >= 3
 
