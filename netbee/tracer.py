@@ -326,7 +326,7 @@ class Tracer:
         self._coll = None
         self._links: list = []                 # global (namespace-independent) links
         self._ns: dict[int, _NsLinks] = {}     # netns inode -> its netfilter links
-        self._nf_progs: list[tuple[str, object]] = []  # (role "entry"/"exit", program)
+        self._nf_progs: list[tuple[int, object]] = []  # (starting priority, netfilter program)
         self._watcher: _netns.NetnsWatcher | None = None
         self._reader = None
         self._received = 0
@@ -368,6 +368,8 @@ class Tracer:
 
     # -- start -------------------------------------------------------------------------------------
     def start(self) -> StartReport:
+        if self._closed or self._coll is not None:
+            raise NetBeeError("a Tracer starts once; make a new one")
         try:
             return self._start()
         except BaseException:
@@ -389,7 +391,6 @@ class Tracer:
             last = now
 
         kbtf = Btf.load_kernel(self.opts.btf_path)
-        kbtf.find("sk_buff")  # builds the lazy name index: part of the BTF cost, measured here
         lap("kernel_btf")
         backend = self._choose_backend()
         lap("features")
@@ -399,8 +400,10 @@ class Tracer:
         missing = sorted({p.prog for p in plan} - set(spec.programs))
         if missing:
             raise NetBeeError(f"the BPF object lacks program(s) {', '.join(missing)}: object and netbee/hooks.py disagree")
+        # The first few BTF look-ups build the kernel BTF's name index: most of this phase's cost.
+        lap("btf_index_and_plan")
         spec.set_global("cfg", self._config_bytes())
-        lap("plan")
+        lap("config")
         coll, plan, load_skipped = self._load(spec, kbtf, plan, timings)
         self._coll = coll
         last = time.perf_counter()
@@ -410,7 +413,8 @@ class Tracer:
         nf_progs = []
         for p in plan:
             if p.kind == "netfilter":
-                nf_progs.append(("entry" if (p.priority or 0) < 0 else "exit", coll.programs[p.prog]))
+                prio = p.priority if p.priority is not None else BRACKET_ENTRY_PRIO
+                nf_progs.append((prio, coll.programs[p.prog]))
                 continue
             try:
                 self._links.append(self._attach_one(coll.programs[p.prog], p))
@@ -493,13 +497,14 @@ class Tracer:
                 for pf in (PF_INET, PF_INET6):
                     for hook in range(len(NF_HOOKS)):
                         used = {}
-                        for role, prog in self._nf_progs:
-                            start, step = (BRACKET_ENTRY_PRIO, 1) if role == "entry" else (BRACKET_EXIT_PRIO, -1)
+                        for start, prog in self._nf_progs:
+                            # Entry probes sit at the low end and step up; exit probes step down.
+                            step = 1 if start < 0 else -1
                             link, prio = bracket_attach(
                                 lambda p, prog=prog, pf=pf, hook=hook: links.attach_netfilter(prog, pf, hook, p),
                                 start, step)
                             nsl.links.append(link)
-                            used[role] = prio
+                            used["entry" if start < 0 else "exit"] = prio
                         nsl.brackets[(pf, hook)] = (used.get("entry", BRACKET_ENTRY_PRIO),
                                                     used.get("exit", BRACKET_EXIT_PRIO))
         except NetBeeError as e:
