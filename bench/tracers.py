@@ -50,7 +50,10 @@ class Tracer:
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL if stdout_to_null else subprocess.PIPE,
                                      stderr=subprocess.PIPE, env=full_env, cwd=str(ROOT))
         self.stderr_lines: List[str] = []
+        self.stderr_times: List[float] = []
         self.stdout_lines = 0
+        self.stdout_head: List[str] = []        # the first lines, for readiness markers
+        self.stdout_head_times: List[float] = []
         self.t_tracing: Optional[float] = None      # `netbee: tracing` seen
         self.t_first_event: Optional[float] = None  # first stdout line seen
         self._ready = threading.Event()
@@ -67,25 +70,61 @@ class Tracer:
     def _read_err(self, f: IO[bytes]) -> None:
         for raw in f:
             line = raw.decode(errors="replace").rstrip("\n")
+            now = time.monotonic()
             if self.t_tracing is None and line.startswith("netbee: tracing"):
-                self.t_tracing = time.monotonic()
-                self._ready.set()
+                self.t_tracing = now
             self.stderr_lines.append(line)
+            self.stderr_times.append(now)
+            self._ready.set()
         self._ready.set()
 
     def _read_out(self, f: IO[bytes]) -> None:
-        for _ in f:
+        # Big chunks and a C-level newline count: the reader must cost far less than the tracer.
+        fd = f.fileno()
+        head = b""
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            now = time.monotonic()
+            if len(self.stdout_head) < 10:
+                head += chunk[:4096]
+                lines = head.split(b"\n")
+                head = lines.pop()
+                for line in lines[:10 - len(self.stdout_head)]:
+                    self.stdout_head.append(line.decode(errors="replace"))
+                    self.stdout_head_times.append(now)
             if self.t_first_event is None:
-                self.t_first_event = time.monotonic()
-                self._ready.set()
-            self.stdout_lines += 1
+                self.t_first_event = now
+            self.stdout_lines += chunk.count(b"\n")
+            self._ready.set()
         self._ready.set()
 
+    def _when(self, need: str) -> Optional[float]:
+        if need == "tracing":
+            return self.t_tracing
+        if need == "event":
+            return self.t_first_event
+        if need.startswith("stderr:"):
+            prefix = need[len("stderr:"):]
+            for line, t in zip(list(self.stderr_lines), list(self.stderr_times)):
+                if line.startswith(prefix):
+                    return t
+            return None
+        if need.startswith("stdout:"):
+            prefix = need[len("stdout:"):]
+            for line, t in zip(list(self.stdout_head), list(self.stdout_head_times)):
+                if line.startswith(prefix):
+                    return t
+            return None
+        raise ValueError(f"unknown readiness {need!r}")
+
     def wait_ready(self, timeout: float = 20.0, need: str = "tracing") -> float:
-        """Seconds from launch to readiness: need="tracing" (netbee's line) or "event" (first event)."""
+        """Seconds from launch to readiness: need="tracing" (netbee's line), "event" (first stdout
+        line), "stderr:PREFIX" or "stdout:PREFIX" (a line starting with PREFIX; stdout: first 10 lines)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            t = self.t_tracing if need == "tracing" else self.t_first_event
+            t = self._when(need)
             if t is not None:
                 return t - self.t_launch
             if self.proc.poll() is not None:

@@ -51,6 +51,7 @@ def udp_trial(pair: Pair, seconds: float, rate: float = 0, payload: int = 18) ->
         "sent_pps": sent["pps"],
         "recv_pps": got["received"] / sent["seconds"],
         "send_errors": sent["errors"],
+        "cpu_ns_per_packet": 1e9 * sent["cpu_seconds"] / max(sent["sent"], 1),
         "rcvbuf_errors": after.get("RcvbufErrors", 0) - before.get("RcvbufErrors", 0),
     }
 

@@ -1,0 +1,154 @@
+"""Benchmark 3: per-packet cost in the kernel.
+
+Small UDP packets (18-byte payload, 60-byte frames) from namespace tx to rx
+with udpblast, and iperf3 TCP, under each configuration of bench/configs.py.
+Configurations alternate within every round (the starting one rotates), and
+the medians over rounds are compared as a percentage of the untraced rate.
+A last round turns on the kernel's BPF run-time statistics (BPF_ENABLE_STATS)
+and reads run_time_ns/run_cnt of each tracer's programs; that round's rates
+are not used, as the statistics themselves add two clock reads per run.
+
+    python3 -m bench.kernel_cost [--rounds N] [--seconds S] [--tcp-seconds S]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Dict, List
+
+from bench import bpfstats, configs, report, traffic
+from bench.lab import Pair
+
+TARGET_NOMATCH_OVER_FLOOR = 1.5
+TARGET_EVENT_NS = 400.0
+
+
+def main(argv: List[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=2.0, help="UDP trial length")
+    ap.add_argument("--tcp-seconds", type=float, default=2.0, help="iperf3 trial length (0: no TCP)")
+    ap.add_argument("--configs", default=",".join(configs.CONFIGS))
+    args = ap.parse_args(argv)
+    names = args.configs.split(",")
+    unknown = set(names) - set(configs.CONFIGS)
+    if unknown:
+        ap.error(f"unknown configs {sorted(unknown)}")
+
+    pps: Dict[str, List[float]] = {c: [] for c in names}
+    cpu: Dict[str, List[float]] = {c: [] for c in names}
+    gbps: Dict[str, List[float]] = {c: [] for c in names}
+    infos: Dict[str, List[dict]] = {c: [] for c in names}
+    stats: Dict[str, dict] = {}
+    with Pair() as pair:
+        traffic.udp_trial(pair, 0.5)  # warm caches, neighbour entries, page pools
+        for r in range(args.rounds):
+            order = names[r % len(names):] + names[:r % len(names)]
+            for c in order:
+                info: dict = {}
+                with configs.running(c, pair, info):
+                    res = traffic.udp_trial(pair, args.seconds)
+                    if args.tcp_seconds > 0:
+                        gbps[c].append(traffic.iperf3_trial(pair, args.tcp_seconds))
+                pps[c].append(res["recv_pps"])
+                cpu[c].append(res["cpu_ns_per_packet"])
+                info["udp"] = res
+                infos[c].append(info)
+        with bpfstats.StatsOn():
+            for c in names:
+                if c == "none":
+                    continue
+                info = {}
+                with configs.running(c, pair, info) as pid:
+                    before = bpfstats.snapshot(pid)
+                    res = traffic.udp_trial(pair, args.seconds)
+                    after = bpfstats.snapshot(pid)
+                stats[c] = {"delta": bpfstats.delta(before, after), "udp": res, "info": info}
+
+    report.header("3. Per-packet cost in the kernel",
+                  ["python3", "-m", "bench.kernel_cost"] + (argv if argv is not None else sys.argv[1:]))
+    base = report.median(pps["none"]) if "none" in pps else None
+    base_tcp = report.median(gbps["none"]) if "none" in gbps and gbps["none"] else None
+    base_cpu = report.median(cpu["none"]) if "none" in cpu else None
+    rows = []
+    for c in names:
+        m = report.median(pps[c])
+        pct = f"{100 * m / base:.1f} %" if base else "-"
+        mc = report.median(cpu[c])
+        added = f"{mc - base_cpu:+.0f}" if base_cpu else "-"
+        tcp = f"{report.median(gbps[c]):.2f}" if gbps[c] else "-"
+        tcp_pct = f"{100 * report.median(gbps[c]) / base_tcp:.1f} %" if gbps[c] and base_tcp else "-"
+        rows.append([configs.LABELS[c], f"{m:,.0f}", report.spread(pps[c]), pct, f"{mc:.0f}", added,
+                     tcp, tcp_pct])
+    print(report.table(["configuration", "UDP pps received (median)", "pps min..max", "pps % of untraced",
+                        "sender CPU ns/packet", "added CPU ns/packet", "TCP Gbit/s", "TCP % of untraced"],
+                       rows))
+    print(f"\nRounds: {args.rounds}, UDP {args.seconds} s and iperf3 {args.tcp_seconds} s per configuration "
+          "per round; sender on CPU 0, receiver and tracers' userspace on CPU 1.")
+    _print_stats(stats)
+    _print_targets(pps, cpu, stats)
+    _print_netbee_notes(infos)
+    return 0
+
+
+def _print_stats(stats: Dict[str, dict]) -> None:
+    print("\nKernel accounting (BPF_ENABLE_STATS), one UDP trial per configuration:\n")
+    rows = []
+    for c, s in stats.items():
+        pkts = s["udp"]["received"] or 1
+        total = 0
+        for st in sorted(s["delta"].values(), key=lambda x: x.name):
+            if st.run_cnt == 0:
+                continue
+            total += st.run_time_ns
+            rows.append([c, st.name, f"{st.run_cnt:,}", f"{st.run_cnt / pkts:.2f}",
+                         f"{st.run_time_ns / st.run_cnt:.0f}"])
+        s["ns_per_packet"] = total / pkts
+        s["total_ns"] = total
+        rows.append([c, "**all programs**", "", "", f"**{total / pkts:.0f} ns per packet**"])
+    print(report.table(["configuration", "program", "runs", "runs per packet", "ns per run"], rows))
+
+
+def _print_targets(pps: Dict[str, List[float]], cpu: Dict[str, List[float]], stats: Dict[str, dict]) -> None:
+    print()
+    if all(k in pps for k in ("none", "floor", "netbee-nomatch")):
+        base, fl, nm = (report.median(pps[k]) for k in ("none", "floor", "netbee-nomatch"))
+        floor_cost, nm_cost = 1 - fl / base, 1 - nm / base
+        ratio = nm_cost / floor_cost if floor_cost > 0 else float("inf")
+        print(f"pps lost to the floor: {100 * floor_cost:.1f} %; to netbee with a filter matching nothing: "
+              f"{100 * nm_cost:.1f} %; ratio {ratio:.2f} (target <= {TARGET_NOMATCH_OVER_FLOOR}): "
+              f"{report.verdict(ratio <= TARGET_NOMATCH_OVER_FLOOR)}")
+        cb, cf, cn = (report.median(cpu[k]) for k in ("none", "floor", "netbee-nomatch"))
+        if cf > cb:
+            r = (cn - cb) / (cf - cb)
+            print(f"Same from the sender's CPU time per packet: floor +{cf - cb:.0f} ns, netbee filter matching "
+                  f"nothing +{cn - cb:.0f} ns; ratio {r:.2f} (target <= {TARGET_NOMATCH_OVER_FLOOR}): "
+                  f"{report.verdict(r <= TARGET_NOMATCH_OVER_FLOOR)}")
+        else:
+            print(f"Sender CPU ns/packet: floor {cf:.0f} not above untraced {cb:.0f}: too noisy for a ratio")
+    if "netbee-all" in stats and "netbee-nomatch" in stats:
+        s_all, s_nm = stats["netbee-all"], stats["netbee-nomatch"]
+        summ = s_all["info"].get("summary", {})
+        events = summ.get("submitted") or (summ.get("shown", 0) + summ.get("lost", 0))
+        if events:
+            per_event = s_all["total_ns"] / events
+            extra = (s_all["ns_per_packet"] - s_nm["ns_per_packet"]) * s_all["udp"]["received"] / events
+            print(f"netbee matching everything: {events:,} events for {s_all['udp']['received']:,} packets "
+                  f"({events / max(s_all['udp']['received'], 1):.2f} events per packet); kernel time per event "
+                  f"{per_event:.0f} ns in total, {extra:.0f} ns above the same hooks with nothing matching "
+                  f"(target <= {TARGET_EVENT_NS:.0f} ns): {report.verdict(per_event <= TARGET_EVENT_NS)}")
+        else:
+            print(f"netbee matching everything: event count unknown (summary: {summ}); per-event cost not computed")
+
+
+def _print_netbee_notes(infos: Dict[str, List[dict]]) -> None:
+    for c in ("netbee-nomatch", "netbee-all"):
+        if c in infos and infos[c]:
+            i = infos[c][-1]
+            print(f"\n{c}: `{i.get('tracing_line', '?')}`; exit summary (last round): "
+                  f"{i.get('summary')}; peak RSS {i.get('peak_rss_kb', 0) / 1024:.1f} MiB")
+    print()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
