@@ -592,23 +592,16 @@ def _flavored_index(btf: "Btf") -> Dict[str, List[int]]:
     """essential name -> ids of types whose name carries a ___flavor suffix (built once per BTF).
 
     Types named exactly by their essential name come from btf.find(); only flavored names need
-    this scan."""
+    this search of the string table."""
     try:
         return _NAME_INDEX[btf]
     except KeyError:
         pass
     index: Dict[str, List[int]] = {}
-    names = getattr(btf, "names", None)
-    pairs: Iterable[Tuple[int, str]]
-    if callable(names):
-        pairs = names()
-    else:
-        pairs = ((i, btf.type(i).name) for i in range(1, len(btf)))
-    for i, name in pairs:
-        if name and "___" in name:
-            ess = essential_name(name)
-            if ess != name:
-                index.setdefault(ess, []).append(i)
+    for i, name in btf.names_containing("___"):
+        ess = essential_name(name)
+        if ess != name:
+            index.setdefault(ess, []).append(i)
     _NAME_INDEX[btf] = index
     return index
 

@@ -148,11 +148,51 @@ def compare(view: ObjectView, prog: str, target: Btf, theirs: bytes) -> Comparis
     return res
 
 
+_HOST_BTF: List[Btf] = []
+
+
+def attach_override(section: str) -> Optional[str]:
+    """A stand-in attach target when this machine's kernel lacks the section's (see the harness)."""
+    kind, _, name = section.partition("/")
+    if kind not in ("fentry", "fexit", "fmod_ret", "tp_btf") or not name:
+        return None
+    if not _HOST_BTF:
+        _HOST_BTF.append(Btf.load_kernel())
+    host = _HOST_BTF[0]
+    if kind == "tp_btf":
+        return None if host.find("btf_trace_" + name) else "netif_receive_skb"
+    return None if host.find(name) else "ip_rcv"
+
+
 def run_libbpf(harness: pathlib.Path, obj: pathlib.Path, target_path: pathlib.Path, prog: str,
-               out: pathlib.Path) -> bytes:
-    proc = subprocess.run([str(harness), str(obj), str(target_path), prog, str(out)],
+               out: pathlib.Path, section: str = "") -> bytes:
+    override = attach_override(section)
+    proc = subprocess.run([str(harness), str(obj), str(target_path), prog, str(out)]
+                          + ([override] if override else []),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
     if proc.returncode != 0:
         raise RuntimeError(f"libbpf oracle failed for {obj.name}:{prog} on {target_path}: "
                            f"exit {proc.returncode}\n{proc.stderr[-3000:]}")
     return out.read_bytes()
+
+
+def compare_linked(obj_spec, prog: str, target: Btf, theirs: bytes) -> Comparison:
+    """Whole-program comparison through netbee's own ELF loader (elf.py's ObjectSpec links
+    subprograms and rebases CO-RE records as libbpf does): only map fd immediates may differ."""
+    spec = obj_spec.programs[prog]
+    insns = bytearray(spec.insns)
+    fixups = core.relocate(prog, spec.core_relos, obj_spec.btf, target)
+    core.apply_fixups(insns, fixups)
+    res = Comparison(fixups=len(fixups))
+    fd_slots = {r.insn_index for r in spec.map_relocs}
+    if len(insns) != len(theirs):
+        res.mismatches.append(f"{prog}: {len(insns) // 8} instructions, libbpf {len(theirs) // 8}")
+        return res
+    for i in range(len(insns) // 8):
+        a, b = _masked(insns, i, False), _masked(theirs, i, False)
+        if i in fd_slots:  # the map fd libbpf got from the kernel vs our placeholder
+            a, b = a[:3], b[:3]
+        res.compared += 1
+        if a != b:
+            res.mismatches.append(f"{prog} insn {i}: ours {a} libbpf {b}")
+    return res

@@ -2,12 +2,15 @@
 /* Dev-only oracle: let libbpf CO-RE-relocate one program of an object against a target BTF file
  * and write the instructions it would load.
  *
- * usage: libbpf_oracle OBJECT TARGET_BTF PROGRAM OUTPUT
+ * usage: libbpf_oracle OBJECT TARGET_BTF PROGRAM OUTPUT [ATTACH_FUNC]
  *
  * This executable defines syscall(), which libbpf.so binds to instead of libc's: BPF_PROG_LOAD of
  * the named program is captured (instructions written to OUTPUT, a fake fd returned) so that the
  * program never reaches the verifier; every other call (feature probes, maps, BTF) goes to the
- * kernel.  Exit 0 on success; libbpf's log goes to stderr. */
+ * kernel.  ATTACH_FUNC replaces the attach target of fentry/fexit/tp_btf programs whose target
+ * this machine's kernel lacks (libbpf resolves it in the running kernel's BTF even with a custom
+ * target BTF; it does not change the instructions).  Exit 0 on success; libbpf's log goes to
+ * stderr. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -73,8 +76,8 @@ int main(int argc, char **argv)
 	struct bpf_program *prog;
 	int found = 0, err;
 
-	if (argc != 5) {
-		fprintf(stderr, "usage: %s OBJECT TARGET_BTF PROGRAM OUTPUT\n", argv[0]);
+	if (argc != 5 && argc != 6) {
+		fprintf(stderr, "usage: %s OBJECT TARGET_BTF PROGRAM OUTPUT [ATTACH_FUNC]\n", argv[0]);
 		return 2;
 	}
 	libbpf_set_print(print_fn);
@@ -91,6 +94,14 @@ int main(int argc, char **argv)
 
 		found |= me;
 		bpf_program__set_autoload(prog, me);
+		/* libbpf 1.1 predates SEC("netfilter"); the type does not affect CO-RE and the
+		 * load never reaches the kernel, so give it the kernel's number (32) */
+		if (bpf_program__type(prog) == BPF_PROG_TYPE_UNSPEC)
+			bpf_program__set_type(prog, 32);
+		if (me && argc == 6 && bpf_program__set_attach_target(prog, 0, argv[5])) {
+			fprintf(stderr, "cannot set attach target %s\n", argv[5]);
+			return 1;
+		}
 	}
 	if (!found) {
 		fprintf(stderr, "no program %s in %s\n", argv[3], argv[1]);
