@@ -1,0 +1,70 @@
+"""Benchmark 2: where netbee's startup time goes, phase by phase.
+
+Each sample is a fresh Python process (as a user's `netbee` is): it times the
+imports, then starts netbee.tracer.Tracer (tracepoint backend, the two
+benchmark namespaces) and reports StartReport.timings, which the tracer
+records itself, plus the time to close everything. Medians over samples.
+
+    python3 -m bench.loader_phases [--samples N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from typing import Dict, List
+
+from bench import report, tracers
+from bench.lab import Pair
+from bench.traffic import OTHER_CPU
+
+
+def child(netns: List[str]) -> None:
+    t0 = time.perf_counter()
+    from netbee.tracer import TraceOptions, Tracer  # noqa: E402 - the import is what is timed
+    t_import = time.perf_counter() - t0
+    tracer = Tracer(TraceOptions(backend="tracepoint", netns=netns))
+    t1 = time.perf_counter()
+    rep = tracer.start()
+    t_start = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    tracer.close()
+    t_close = time.perf_counter() - t2
+    out = {"import": t_import, "start": t_start, "close": t_close}
+    out.update({f"tracer.{k}": v for k, v in rep.timings.items()})
+    print(json.dumps(out))
+
+
+def main(argv: List[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=7)
+    ap.add_argument("--child", nargs="+", metavar="NETNS", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        child(args.child)
+        return 0
+    samples: Dict[str, List[float]] = {}
+    with Pair() as pair:
+        for _ in range(args.samples):
+            res = subprocess.run(["taskset", "-c", str(OTHER_CPU), sys.executable, "-m", "bench.loader_phases",
+                                  "--child", pair.tx, pair.rx], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, cwd=str(tracers.ROOT))
+            if res.returncode != 0:
+                raise RuntimeError(f"loader_phases child failed:\n{res.stderr[-2000:]}")
+            for k, v in json.loads(res.stdout.strip().splitlines()[-1]).items():
+                samples.setdefault(k, []).append(v)
+    report.header("2. Loader phases", ["python3", "-m", "bench.loader_phases", "--samples", str(args.samples)])
+    rows = [[k, f"{1000 * report.median(v):.1f}", report.spread([1000 * x for x in v])]
+            for k, v in samples.items()]
+    print(report.table(["phase", "ms (median)", "ms min..max"], rows))
+    print(f"\nSamples: {args.samples}, each a fresh process pinned to CPU {OTHER_CPU}. `import` = importing "
+          "netbee.tracer; `start` = Tracer.start() as a whole; `tracer.*` = the phases it records itself "
+          "(cumulative; `tracer.ready` and `tracer.total` are running totals from its start); `close` = "
+          "Tracer.close().\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
