@@ -6,6 +6,7 @@ import time
 import pytest
 
 from netbee.loader.btf import Btf
+from netbee.loader.errors import NetBeeError
 from netbee.resolvers.kallsyms import Kallsyms
 from netbee.tracer import Tracer
 from tests import netlab
@@ -81,6 +82,8 @@ def test_icmp_echo_passes_every_hook_in_order(hosts):
     check_echo(events, hosts, 4, 8, 0)
     assert counters.submitted >= counters.received > 0
     assert counters.lost == 0
+    assert sum(counters.per_hook.values()) == counters.received == len(events)
+    assert counters.per_hook["netfilter"] >= 8  # 4 hooks on each side for request and reply
 
 
 def test_icmp6_echo_passes_every_hook_in_order(hosts):
@@ -184,3 +187,18 @@ def test_close_releases_everything(hosts):
     tr.close()  # idempotent
     leaked = set(os.listdir("/proc/self/fd")) - before
     assert not leaked, leaked
+
+
+def test_events_returns_after_timeout_when_idle(hosts):
+    with Tracer(options_for(hosts.namespaces(), expression="tcp port 9")) as tr:
+        tr.start()
+        t = time.perf_counter()
+        got = list(tr.events(timeout=0.2))
+        took = time.perf_counter() - t
+    assert got == []
+    assert 0.15 <= took < 1.5, took
+
+
+def test_ringbuf_size_must_be_a_power_of_two(hosts):
+    with pytest.raises(NetBeeError, match="power of two"):
+        Tracer(options_for([hosts.server], ringbuf_bytes=3 << 20)).start()
