@@ -207,12 +207,15 @@ def format_probe(table: Any) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
-class _Stop(Exception):
-    """Raised by the SIGTERM handler to leave the event loop like Ctrl-C."""
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag the loop checks between events: raising from the handler could
+    abandon an event already taken from the ring buffer (counted, never shown)."""
 
+    def __init__(self) -> None:
+        self.stop = False
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise _Stop()
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.stop = True
 
 
 # ----------------------------------------------------------------------------- main
@@ -268,35 +271,34 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                         want_stack=args.stack, btf_path=args.btf, ringbuf_bytes=ringbuf,
                         verbose=args.verbose)
     shown = 0
-    old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+    flag = _StopFlag()
+    old_handlers = {sig: signal.signal(sig, flag) for sig in (signal.SIGTERM, signal.SIGINT)}
     tracer = Tracer(opts)
     try:
         report = tracer.start()
+        if args.stack:
+            len(res.kallsyms)  # load /proc/kallsyms now, not while the first drop is waiting
         print(start_line(report), file=err, flush=True)
         if not args.json:
             print(renderer.header(), file=out, flush=True)
         write = out.write
         render = renderer.render
         last_flush = time.monotonic()
-        try:
-            while args.count is None or shown < args.count:
-                for ev in tracer.events(timeout=0.1):
-                    write(render(ev) + "\n")
-                    shown += 1
-                    if args.count is not None and shown >= args.count:
-                        break
-                    now = time.monotonic()
-                    if now - last_flush >= FLUSH_INTERVAL:
-                        out.flush()
-                        last_flush = now
-                out.flush()
-                last_flush = time.monotonic()
-        except (KeyboardInterrupt, _Stop):
-            pass
-        try:
+        limit = args.count
+        while not flag.stop and (limit is None or shown < limit):
+            for ev in tracer.events(timeout=0.1):
+                write(render(ev) + "\n")
+                shown += 1
+                if flag.stop or (limit is not None and shown >= limit):
+                    break
+                now = time.monotonic()
+                if now - last_flush >= FLUSH_INTERVAL:
+                    out.flush()
+                    last_flush = now
             out.flush()
-        except BrokenPipeError:
-            pass
+            last_flush = time.monotonic()
+        if res.drops.error:
+            print(f"netbee: drop reasons shown as numbers: {res.drops.error}", file=err)
         print(summary_line(shown, tracer.counters()), file=err, flush=True)
     except BrokenPipeError:
         # The reader went away (| head): stop quietly, keep Python from complaining at exit.
@@ -304,7 +306,8 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         os.dup2(devnull, out.fileno())
     finally:
         tracer.close()
-        signal.signal(signal.SIGTERM, old_term)
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
     return 0
 
 

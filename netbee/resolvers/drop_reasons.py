@@ -35,12 +35,14 @@ class DropReasons:
                  loader: Optional[Callable[[], Dict[str, int]]] = None) -> None:
         self._loader = loader or (lambda: _kernel_enum(btf_path))
         self._names: Optional[Dict[int, str]] = None
+        self.error: Optional[str] = None  # why names are unavailable (the CLI reports it once)
 
     def _table(self) -> Dict[int, str]:
         if self._names is None:
             try:
                 self._names = names_from_enum(self._loader())
-            except Exception:  # a missing enum must not stop tracing: fall back to numbers
+            except Exception as e:  # a missing enum must not stop tracing: fall back to numbers
+                self.error = f"{type(e).__name__}: {e}"
                 self._names = {}
         return self._names
 

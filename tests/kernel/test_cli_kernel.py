@@ -14,6 +14,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from typing import Dict, List, Optional
@@ -57,15 +58,42 @@ class NetbeeRun:
         out, err = self.proc.communicate()
         raise AssertionError(f"netbee not ready after {timeout}s: {err}")
 
-    def stop(self, settle: float = 0.5) -> "NetbeeRun":
-        time.sleep(settle)  # events of the last packets are still in the ring buffer / renderer
+    def read_until(self, until, timeout: float = 15.0) -> bool:
+        """Read JSON lines as they come until until(events so far) holds (or timeout)."""
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
+        deadline = time.monotonic() + timeout
+        while not until(self.events()):
+            left = deadline - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                return False
+            line = self.proc.stdout.readline()  # type: ignore[union-attr]
+            if not line:
+                return False
+            self.stdout += line
+        return True
+
+    def stop(self, settle: float = 0.5, until=None) -> "NetbeeRun":
+        if until is not None:
+            self.read_until(until)
+        else:
+            time.sleep(settle)  # events of the last packets may still be in the ring buffer
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        self.stdout, self.stderr_rest = self.proc.communicate(timeout=30)
-        return self
+        return self.wait()
 
     def wait(self, timeout: float = 30.0) -> "NetbeeRun":
-        self.stdout, self.stderr_rest = self.proc.communicate(timeout=timeout)
+        # Read through the file objects (not communicate(), which bypasses what readline()
+        # already buffered); a timer kills a netbee that does not exit.
+        timer = threading.Timer(timeout, self.proc.kill)
+        timer.start()
+        try:
+            self.stdout += self.proc.stdout.read()  # type: ignore[union-attr]
+            self.stderr_rest = self.proc.stderr.read()  # type: ignore[union-attr]
+            self.proc.wait()
+        finally:
+            timer.cancel()
+        assert self.proc.returncode != -signal.SIGKILL, f"netbee did not exit: {self.stderr_rest}"
         return self
 
     def kill(self) -> None:
@@ -86,13 +114,15 @@ def netbee(*args: str, **kw: object) -> NetbeeRun:
     return NetbeeRun(*args, **kw)  # type: ignore[arg-type]
 
 
-def traced(topo: netlab.TwoHosts, *args: str, action=None, **kw: object) -> NetbeeRun:
-    """Run netbee confined to the topology's namespaces around `action()`; always stopped."""
+def traced(topo: netlab.TwoHosts, *args: str, action=None, until=None,
+           **kw: object) -> NetbeeRun:
+    """Run netbee confined to the topology's namespaces around `action()`; always stopped.
+    until(events): stop as soon as it holds (else after a short settle time)."""
     run = netbee("--netns", topo.client.name, "--netns", topo.server.name, *args, **kw)
     try:
         if action is not None:
             action()
-        run.stop()
+        run.stop(until=until)
     finally:
         run.kill()
     assert run.proc.returncode == 0, run.stderr_rest
@@ -242,19 +272,20 @@ def test_table_output_and_verbose(two_hosts):
 
 def test_drop_reason_stack_and_netfilter(two_hosts):
     t = two_hosts
-    netlab.nft(t.server, "table inet nbtest { chain input { type filter hook input priority 0; "
-                         "udp dport 7777 drop; } }")
+    netlab.nft(t.server, "table inet nbtest {\n chain input {\n"
+                         "  type filter hook input priority 0;\n  udp dport 7777 drop\n }\n}\n")
 
     def traffic():  # the datagram is dropped by the rule: no listener, no ICMP error
         t.client.run([sys.executable, "-c", "import socket,sys; socket.socket(socket.AF_INET, "
                       "socket.SOCK_DGRAM).sendto(b'x' * 8, (sys.argv[1], 7777))", t.server_ip])
 
-    evs = traced(t, "--stack", "-p", "udp", "--dst-port", "7777", action=traffic).events()
-    drops = [e for e in evs if e["drop_reason"]]
+    evs = traced(t, "--stack", "-p", "udp", "--dst-port", "7777", action=traffic,
+                 until=lambda evs: any(e["func"] == "kfree_skb" for e in evs)).events()
+    drops = [e for e in evs if e["drop_reason"] and e["func"] == "kfree_skb"]
     assert drops, evs
     d = drops[0]
     assert d["drop_reason"] == "NETFILTER_DROP", d
-    assert d["stack"] and all(isinstance(f, str) for f in d["stack"])
+    assert d["stack"] and all(isinstance(f, str) for f in d["stack"]), d
     assert any(f.split("+")[0] in ("nft_do_chain", "nf_hook_slow", "sk_skb_reason_drop",
                                    "kfree_skb_reason") for f in d["stack"]), d["stack"]
     nf = [e for e in evs if e["nf_hook"] == "LOCAL_IN"]

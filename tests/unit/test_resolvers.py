@@ -134,3 +134,10 @@ def test_drop_reasons_from_running_kernel_btf():
     dr = drop_reasons.DropReasons()
     names = {dr.name(v) for v in range(0, 40)}
     assert {"NOT_SPECIFIED", "NO_SOCKET", "NETFILTER_DROP"} <= names
+
+
+def test_drop_reasons_error_is_kept():
+    def broken():
+        raise OSError("no BTF here")
+    dr = drop_reasons.DropReasons(loader=broken)
+    assert dr.name(3) == "3" and dr.error == "OSError: no BTF here"
