@@ -771,8 +771,10 @@ def apply_fixups(insns: bytearray, fixups: Iterable[Fixup]) -> List[Tuple[int, s
                 code = (code & 0xE0) | size_bits | cls
             _INSN.pack_into(insns, idx * 8, code, regs, new, imm)
         elif cls == _CLASS_LD:
+            if not is_ldimm64:
+                raise CoreRelocationError(f"{fx.where()}: ld_imm64 has an unexpected form")
             code1, regs1, off1, imm1 = _INSN.unpack_from(insns, (idx + 1) * 8)
-            if not is_ldimm64 or regs & 0xF0 or off or code1 or regs1 or off1:
+            if regs & 0xF0 or off or code1 or regs1 or off1:
                 raise CoreRelocationError(f"{fx.where()}: ld_imm64 has an unexpected form")
             have = (imm & 0xFFFFFFFF) | ((imm1 & 0xFFFFFFFF) << 32)
             if fx.validate and have != orig:
