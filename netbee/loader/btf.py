@@ -10,242 +10,28 @@ from __future__ import annotations
 import sys
 from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from enum import IntEnum
-import typing
-from typing import ClassVar, Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
+from netbee.loader.btf_types import (INT_BOOL, INT_CHAR, INT_SIGNED, MODIFIERS, Array, BtfKind,  # noqa: F401
+                                     BtfType, Const, Datasec, DeclTag, Enum, Enum64, EnumValue,
+                                     Float, Func, FuncProto, Fwd, Int, Member, Param, Ptr, Restrict,
+                                     Struct, Typedef, TypeTag, Union, Var, VarSecInfo, Void,
+                                     Volatile)
+from netbee.loader.btf_encode import StringTable, encode_type
 from netbee.loader.errors import BTFError
 
 BTF_MAGIC = 0xEB9F
 HEADER_SIZE = 24
 KERNEL_BTF_PATH = "/sys/kernel/btf/vmlinux"
 
-INT_SIGNED = 1
-INT_CHAR = 2
-INT_BOOL = 4
-
 # find() calls answered by searching before a name dict is built (~50 ms on vmlinux)
 _FINDS_BEFORE_INDEX = 4
 
 # Guards recursion through typedef/array chains of corrupt or cyclic BTF.
 _MAX_CHAIN = 64
-# BTF_MAX_TYPE in the kernel: ids are limited to 20 bits... plus headroom for
-# split BTF; anything above is corrupt.
+# The kernel's BTF_MAX_TYPE is 0xfffff; allow headroom, refuse what can only be corrupt.
 _MAX_TYPES = 1 << 24
 
-
-class BtfKind(IntEnum):
-    UNKN = 0
-    INT = 1
-    PTR = 2
-    ARRAY = 3
-    STRUCT = 4
-    UNION = 5
-    ENUM = 6
-    FWD = 7
-    TYPEDEF = 8
-    VOLATILE = 9
-    CONST = 10
-    RESTRICT = 11
-    FUNC = 12
-    FUNC_PROTO = 13
-    VAR = 14
-    DATASEC = 15
-    FLOAT = 16
-    DECL_TAG = 17
-    TYPE_TAG = 18
-    ENUM64 = 19
-
-
-@dataclass
-class Void:
-    kind: ClassVar[BtfKind] = BtfKind.UNKN
-    name: str = ""
-
-
-@dataclass
-class Int:
-    kind: ClassVar[BtfKind] = BtfKind.INT
-    name: str
-    size: int
-    encoding: int = 0
-    bits_offset: int = 0
-    nr_bits: int = 0
-
-
-@dataclass
-class Ptr:
-    kind: ClassVar[BtfKind] = BtfKind.PTR
-    type: int
-    name: str = ""
-
-
-@dataclass
-class Array:
-    kind: ClassVar[BtfKind] = BtfKind.ARRAY
-    type: int
-    index_type: int
-    nelems: int
-    name: str = ""
-
-
-@dataclass
-class Member:
-    name: str
-    type: int
-    bit_offset: int
-    bitfield_size: int = 0
-
-
-@dataclass
-class Struct:
-    kind: ClassVar[BtfKind] = BtfKind.STRUCT
-    name: str
-    size: int
-    members: List[Member] = field(default_factory=list)
-
-
-@dataclass
-class Union:
-    kind: ClassVar[BtfKind] = BtfKind.UNION
-    name: str
-    size: int
-    members: List[Member] = field(default_factory=list)
-
-
-@dataclass
-class EnumValue:
-    name: str
-    value: int
-
-
-@dataclass
-class Enum:
-    kind: ClassVar[BtfKind] = BtfKind.ENUM
-    name: str
-    size: int
-    signed: bool = False
-    values: List[EnumValue] = field(default_factory=list)
-
-
-@dataclass
-class Enum64:
-    kind: ClassVar[BtfKind] = BtfKind.ENUM64
-    name: str
-    size: int
-    signed: bool = False
-    values: List[EnumValue] = field(default_factory=list)
-
-
-@dataclass
-class Fwd:
-    kind: ClassVar[BtfKind] = BtfKind.FWD
-    name: str
-    is_union: bool = False
-
-
-@dataclass
-class Typedef:
-    kind: ClassVar[BtfKind] = BtfKind.TYPEDEF
-    name: str
-    type: int
-
-
-@dataclass
-class Volatile:
-    kind: ClassVar[BtfKind] = BtfKind.VOLATILE
-    type: int
-    name: str = ""
-
-
-@dataclass
-class Const:
-    kind: ClassVar[BtfKind] = BtfKind.CONST
-    type: int
-    name: str = ""
-
-
-@dataclass
-class Restrict:
-    kind: ClassVar[BtfKind] = BtfKind.RESTRICT
-    type: int
-    name: str = ""
-
-
-@dataclass
-class TypeTag:
-    kind: ClassVar[BtfKind] = BtfKind.TYPE_TAG
-    name: str
-    type: int
-    kflag: bool = False   # newer kernels: an attribute rather than a tag
-
-
-@dataclass
-class Func:
-    kind: ClassVar[BtfKind] = BtfKind.FUNC
-    name: str
-    type: int
-    linkage: int = 0      # 0 static, 1 global, 2 extern
-
-
-@dataclass
-class Param:
-    name: str
-    type: int
-
-
-@dataclass
-class FuncProto:
-    kind: ClassVar[BtfKind] = BtfKind.FUNC_PROTO
-    ret_type: int
-    params: List[Param] = field(default_factory=list)
-    name: str = ""
-
-
-@dataclass
-class Var:
-    kind: ClassVar[BtfKind] = BtfKind.VAR
-    name: str
-    type: int
-    linkage: int = 0
-
-
-@dataclass
-class VarSecInfo:
-    type: int
-    offset: int
-    size: int
-
-
-@dataclass
-class Datasec:
-    kind: ClassVar[BtfKind] = BtfKind.DATASEC
-    name: str
-    size: int
-    vars: List[VarSecInfo] = field(default_factory=list)
-
-
-@dataclass
-class Float:
-    kind: ClassVar[BtfKind] = BtfKind.FLOAT
-    name: str
-    size: int
-
-
-@dataclass
-class DeclTag:
-    kind: ClassVar[BtfKind] = BtfKind.DECL_TAG
-    name: str
-    type: int
-    component_idx: int = -1
-    kflag: bool = False
-
-
-BtfType = typing.Union[Void, Int, Ptr, Array, Struct, Union, Enum, Enum64, Fwd, Typedef, Volatile,
-                Const, Restrict, TypeTag, Func, FuncProto, Var, Datasec, Float, DeclTag]
-
-_MODIFIERS = (BtfKind.TYPEDEF, BtfKind.VOLATILE, BtfKind.CONST, BtfKind.RESTRICT, BtfKind.TYPE_TAG)
 
 # Words (u32) after the 3-word common header: a fixed part and a part per vlen entry.
 _FIXED_WORDS = [None] * 32
@@ -264,29 +50,6 @@ for _k, _n in ((BtfKind.STRUCT, 3), (BtfKind.UNION, 3), (BtfKind.ENUM, 2), (BtfK
 
 def _s32(v: int) -> int:
     return v - (1 << 32) if v & 0x80000000 else v
-
-
-class _StringTable:
-    """Keeps an existing string section byte for byte (so every old offset stays
-    valid, e.g. those in .BTF.ext) and appends new strings after it."""
-
-    def __init__(self, initial: bytes, base_len: int) -> None:
-        self.data = bytearray(initial if initial else b"\0")
-        self.base_len = base_len
-        self.index: Dict[str, int] = {"": 0}
-
-    def add(self, text: str) -> int:
-        off = self.index.get(text)
-        if off is not None:
-            return off
-        raw = text.encode()
-        pos = self.data.find(raw + b"\0")
-        if pos < 0 or b"\0" in raw:
-            pos = len(self.data)
-            self.data += raw + b"\0"
-        off = self.base_len + pos
-        self.index[text] = off
-        return off
 
 
 class _Types(Sequence):
@@ -674,7 +437,7 @@ class Btf:
         """Follow typedef/volatile/const/restrict/type_tag to the underlying type id."""
         for _ in range(_MAX_CHAIN):
             t = self.type(type_id)
-            if t.kind not in _MODIFIERS:
+            if t.kind not in MODIFIERS:
                 return type_id
             type_id = t.type  # type: ignore[union-attr]
         raise BTFError(f"BTF modifier chain too long or cyclic at type {type_id}")
@@ -693,7 +456,7 @@ class Btf:
             if k == BtfKind.ARRAY:
                 total *= t.nelems  # type: ignore[union-attr]
                 type_id = t.type  # type: ignore[union-attr]
-            elif k in _MODIFIERS or k == BtfKind.VAR:
+            elif k in MODIFIERS or k == BtfKind.VAR:
                 type_id = t.type  # type: ignore[union-attr]
             else:
                 raise BTFError(f"BTF type {type_id} ({k.name}) has no size")
@@ -729,7 +492,7 @@ class Btf:
     def to_bytes(self) -> bytes:
         """Raw BTF in native byte order. Unmodified types and the original string
         section are kept verbatim, so offsets referenced from .BTF.ext stay valid."""
-        strtab = _StringTable(self._strings, self._str_base)
+        strtab = StringTable(self._strings, self._str_base)
         out = array("I")
         w = self._words
         n_raw = len(self._offsets)
@@ -741,73 +504,14 @@ class Btf:
                 end = self._offsets[local + 1] if local + 1 < n_raw else len(w)
                 out.extend(w[start:end])
             else:
-                out.extend(_encode(t, strtab))
+                out.extend(encode_type(t, strtab))
         for t in self._added:
-            out.extend(_encode(t, strtab))
+            out.extend(encode_type(t, strtab))
         types = out.tobytes()
         strings = bytes(strtab.data)
         hdr = array("I", [HEADER_SIZE, 0, len(types), len(types), len(strings)]).tobytes()
         magic = BTF_MAGIC.to_bytes(2, sys.byteorder)
         return magic + bytes([1, 0]) + hdr + types + strings
-
-
-def _info(kind: int, vlen: int = 0, kflag: bool = False) -> int:
-    if vlen > 0xFFFF:
-        raise BTFError(f"too many members ({vlen}) for one BTF type")
-    return (int(kflag) << 31) | (kind << 24) | vlen
-
-
-def _encode(t: BtfType, st: _StringTable) -> List[int]:
-    """One type as u32 words."""
-    k = t.kind
-    name = st.add(t.name)
-    if k == BtfKind.INT:
-        return [name, _info(k), t.size, (t.encoding << 24) | (t.bits_offset << 16) | t.nr_bits]
-    if k in (BtfKind.PTR, BtfKind.VOLATILE, BtfKind.CONST, BtfKind.RESTRICT, BtfKind.TYPEDEF):
-        return [name, _info(k), t.type]
-    if k == BtfKind.ARRAY:
-        return [name, _info(k), 0, t.type, t.index_type, t.nelems]
-    if k in (BtfKind.STRUCT, BtfKind.UNION):
-        kflag = any(m.bitfield_size for m in t.members)
-        words = [name, _info(k, len(t.members), kflag), t.size]
-        for m in t.members:
-            off = (m.bitfield_size << 24) | m.bit_offset if kflag else m.bit_offset
-            words += [st.add(m.name), m.type, off]
-        return words
-    if k == BtfKind.ENUM:
-        words = [name, _info(k, len(t.values), t.signed), t.size]
-        for v in t.values:
-            words += [st.add(v.name), v.value & 0xFFFFFFFF]
-        return words
-    if k == BtfKind.ENUM64:
-        words = [name, _info(k, len(t.values), t.signed), t.size]
-        for v in t.values:
-            u = v.value & 0xFFFFFFFFFFFFFFFF
-            words += [st.add(v.name), u & 0xFFFFFFFF, u >> 32]
-        return words
-    if k == BtfKind.FWD:
-        return [name, _info(k, 0, t.is_union), 0]
-    if k == BtfKind.TYPE_TAG:
-        return [name, _info(k, 0, t.kflag), t.type]
-    if k == BtfKind.FUNC:
-        return [name, _info(k, t.linkage), t.type]
-    if k == BtfKind.FUNC_PROTO:
-        words = [name, _info(k, len(t.params)), t.ret_type]
-        for p in t.params:
-            words += [st.add(p.name), p.type]
-        return words
-    if k == BtfKind.VAR:
-        return [name, _info(k), t.type, t.linkage]
-    if k == BtfKind.DATASEC:
-        words = [name, _info(k, len(t.vars)), t.size]
-        for v in t.vars:
-            words += [v.type, v.offset, v.size]
-        return words
-    if k == BtfKind.FLOAT:
-        return [name, _info(k), t.size]
-    if k == BtfKind.DECL_TAG:
-        return [name, _info(k, 0, t.kflag), t.type, t.component_idx & 0xFFFFFFFF]
-    raise BTFError(f"cannot encode BTF kind {k!r}")
 
 
 def btf_section_from_elf(data: bytes, what: str = "ELF file") -> bytes:
