@@ -25,3 +25,11 @@ def test_requires_kernel_suite_in_guest(series: str, vm_report: Callable[..., No
     assert guest.junit.get("tests", 0) == len(tests)
     assert not failed and guest.exitstatus == 0, \
         f"{len(failed)} failed in {series}: {failed}\n{guest.pytest_log[-6000:]}"
+
+
+@pytest.mark.parametrize("series", sorted(kernels.SERIES))
+def test_kernel_btf_matches_running_guest(series: str) -> None:
+    # The boot above saved the guest's /sys/kernel/btf/vmlinux next to the kernel.
+    guest_btf = kernels.kernel_dir(series) / "guest-vmlinux.btf"
+    assert guest_btf.exists(), "the guest boot did not bring back /sys/kernel/btf/vmlinux"
+    assert kernels.kernel_btf(series) == guest_btf.read_bytes()
