@@ -305,10 +305,6 @@ def cstring(s: str) -> ctypes.Array:
     return ctypes.create_string_buffer(s.encode())
 
 
-def addr_of(obj: "ctypes._CData") -> int:
-    return ctypes.addressof(obj)
-
-
 # --- file descriptors ----------------------------------------------------------------------------
 class Fd:
     """An owned file descriptor: close() is idempotent and also runs from __del__."""

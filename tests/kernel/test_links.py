@@ -15,7 +15,7 @@ from netbee.loader import programs as P
 from netbee.loader import tracefs
 from netbee.loader.errors import AttachError
 from tests import netlab
-from tests.kernel.test_programs import RET0, RET1, counter_prog, kernel_btf
+from tests.kernel.test_programs import counter_prog, kernel_btf
 
 pytestmark = pytest.mark.kernel
 

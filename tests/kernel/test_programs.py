@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import errno
 import struct
-from typing import Optional
-
 import pytest
 
 from netbee.loader import programs as P
 from netbee.loader import syscall as sc
-from netbee.loader.errors import AttachError, SyscallError, VerifierError
+from netbee.loader.errors import AttachError, VerifierError
 
 pytestmark = pytest.mark.kernel
 
