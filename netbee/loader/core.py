@@ -74,7 +74,7 @@ class Fixup:
     bad_size_change: bool = False  # a load/store of this field cannot be resized safely
 
     def where(self) -> str:
-        return (f"program {self.program!r} insn #{self.insn_index}: {self.kind.name} "
+        return (f"program {self.program!r} insn #{self.insn_index}: CO-RE relocation {self.kind.name} "
                 f"of {self.type_name or '<anon>'} access {self.access!r}")
 
 
@@ -654,8 +654,6 @@ def _relocate_one(relo: "CoreRelo", local_btf: "Btf", target_btf: "Btf",
         cache[relo.type_id] = matched
         lres, tres, bad, targ = chosen  # type: ignore[misc]
         reason = f"matched target type [{targ.root_id}] {targ.describe() if targ.acc else ''}".rstrip()
-        if tres.poison:
-            reason = "target field cannot be relocated"
         return lres, tres, bad, reason
     lres, tres, bad = _calc(kind, local, None)
     if not cands:
@@ -696,12 +694,14 @@ def relocate(program_name: str, relos: Sequence["CoreRelo"], local_btf: "Btf", t
             lres, tres, bad, reason = _relocate_one(relo, local_btf, target_btf, cache)
         except _Fail as exc:
             raise CoreRelocationError(f"{where}: {exc}") from None
-        fixups.append(Fixup(
+        fx = Fixup(
             insn_index=insn_index, kind=kind, local_value=lres.value & U64,
             target_value=tres.value & U64, poison=tres.poison, reason=reason,
             program=program_name, type_name=type_name, access=relo.access_str,
             validate=lres.validate, local_size=lres.size, target_size=tres.size,
-            bad_size_change=bad))
+            bad_size_change=bad)
+        fx.reason = f"{fx.where()}: {reason}"  # self-contained, e.g. for a verifier-error hint
+        fixups.append(fx)
     return fixups
 
 
@@ -740,7 +740,7 @@ def apply_fixups(insns: bytearray, fixups: Iterable[Fixup]) -> List[Tuple[int, s
             raise CoreRelocationError(f"{fx.where()}: ld_imm64 truncated")
         if fx.poison:
             _poison_at(insns, idx, is_ldimm64)
-            poisoned.append((idx, f"{fx.where()}: {fx.reason}"))
+            poisoned.append((idx, fx.reason))
             continue
         orig, new = fx.local_value & U64, fx.target_value & U64
         if cls in (_CLASS_ALU, _CLASS_ALU64):

@@ -209,6 +209,7 @@ def test_missing_field_exists_zero_and_access_poisoned(obj):
     for f in loads:
         assert insn(insns, f.insn_index) == POISON
     msg = dict(poisoned)[loads[0].insn_index]
+    assert msg == loads[0].reason
     assert "core_missing" in msg and f"insn #{loads[0].insn_index}" in msg and loads[0].access in msg
 
 
