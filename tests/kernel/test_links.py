@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import struct
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +20,7 @@ from tests import netlab
 from tests.kernel.test_programs import counter_prog, kernel_btf
 
 pytestmark = pytest.mark.kernel
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -239,3 +242,50 @@ def test_kprobe_on_this_kernel_attaches_or_says_why(counter) -> None:
                 L.attach(prog)
             msg = str(ei.value)
             assert PROBE_FUNC in msg and "pmu:" in msg and "tracefs:" in msg
+
+
+KPROBE_CHILD = """
+import signal, sys, time
+from netbee.loader import maps as M, programs as P, links as L
+from tests.kernel.test_programs import counter_prog
+signal.signal(signal.SIGTERM, lambda s, f: sys.exit(0))
+m = M.Map("nbk_count", M.MapType.ARRAY, 4, 8, 1)
+prog = P.Program("nbk_kp", "kprobe", counter_prog(m.fd), attach_target=sys.argv[1])
+link = L.attach(prog, method="tracefs")
+try:
+    print("ready", flush=True)
+    while True:
+        time.sleep(0.05)
+finally:
+    link.close()
+    prog.close()
+    m.close()
+"""
+
+
+def _our_events(pid: int) -> list:
+    return [e for e in tracefs.list_events() if f"/netbee_{pid}_" in e]
+
+
+@pytest.mark.requires_kernel("tracefs_kprobe")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_kprobe_events_gone_after_signal(sig: int) -> None:
+    """SIGTERM/SIGINT: the child removes its event itself. SIGKILL: the event stays behind and
+    the next netbee start (here: our next tracefs kprobe) sweeps it."""
+    child = subprocess.Popen([sys.executable, "-c", KPROBE_CHILD, PROBE_FUNC], cwd=str(ROOT),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready", child.stderr.read()
+        assert len(_our_events(child.pid)) == 1
+        child.send_signal(sig)
+        child.wait(timeout=20)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    if sig == signal.SIGKILL:
+        assert len(_our_events(child.pid)) == 1
+        tracefs._swept = False  # a fresh process would sweep on its first kprobe
+        mine = tracefs.add_kprobe(PROBE_FUNC, False)
+        tracefs.remove_kprobe(mine)
+    assert _our_events(child.pid) == []
