@@ -138,6 +138,14 @@ struct bpf_nf_ctx {
 	struct sk_buff *skb;
 } __attribute__((preserve_access_index));
 
+/*
+ * Only for bpf_core_enum_value(): the loader puts in the running kernel's
+ * number (drop reasons are renumbered between kernels); 12 is a placeholder.
+ */
+enum skb_drop_reason {
+	SKB_DROP_REASON_NETFILTER_DROP = 12,
+};
+
 /* ---- wire formats (fixed by the protocols) ---- */
 
 struct ethhdr {

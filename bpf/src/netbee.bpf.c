@@ -654,11 +654,14 @@ int BPF_PROG(tp_net_dev_start_xmit, struct sk_buff *skb)
 }
 
 /*
- * kfree_skb(skb, location, reason[, rx_sk]). A packet freed while it is in
- * flight in a netfilter hook on this CPU did not leave that hook: the
- * bracket reports it there with verdict DROP (nftables and iptables drops
- * carry reason NETFILTER_DROP; a failed NFQUEUE frees with NOT_SPECIFIED,
- * also a drop at that hook). Every free is also reported on its own.
+ * kfree_skb(skb, location, reason[, rx_sk]). For a packet in flight in a
+ * netfilter hook on this CPU:
+ * - reason NETFILTER_DROP: the hook dropped it (nftables and iptables
+ *   verdict DROP): the bracket reports verdict DROP at that hook;
+ * - any other reason: the hook had taken it (queued, defragmentation) and it
+ *   is freed now, possibly much later: verdict STOLEN (the kfree event says
+ *   why it died; a failed NFQUEUE frees with NOT_SPECIFIED at nf_queue).
+ * Every free is also reported on its own, with reason and stack.
  * Known false positive, passed on unmarked for the application to judge:
  * ping echo replies are freed at ping_rcv with a non-consumed reason.
  */
@@ -667,9 +670,18 @@ int BPF_PROG(tp_kfree_skb, struct sk_buff *skb, void *location, unsigned int rea
 {
 	struct nb_flight_stack *st = nb_flights();
 
-	if (st && st->depth)
-		nb_flight_resolve(st, nb_flight_find(st, (__u64)skb), NB_VERDICT_DROP, reason,
-				  (__u64)location);
+	if (st && st->depth) {
+		__u32 i = nb_flight_find(st, (__u64)skb);
+
+		if (i < NB_NF_DEPTH) {
+			if (reason == bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_NETFILTER_DROP))
+				/* dropped inside its hook: what sits above it has finished */
+				nb_flight_resolve(st, i, NB_VERDICT_DROP, reason, (__u64)location);
+			else
+				/* freed outside its hook: packets above it may be legitimately in flight */
+				nb_flight_remove(st, i, NB_VERDICT_STOLEN);
+		}
+	}
 	return nb_on_drop(ctx, skb, reason, (__u64)location);
 }
 
