@@ -4,6 +4,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
+import mmap
 import re
 import struct
 import sys
@@ -86,6 +87,8 @@ class Map:
             attr.btf_key_type_id = btf_key_type_id
             attr.btf_value_type_id = btf_value_type_id
         what = f"map {name!r} (type {self.type}, key {key_size}, value {value_size}, entries {max_entries})"
+        if self.type == MapType.RINGBUF and (max_entries < mmap.PAGESIZE or max_entries & (max_entries - 1)):
+            what += f"; a ring buffer size must be a power of two and at least {mmap.PAGESIZE} bytes"
         self._fd = sc.bpf_fd(sc.Cmd.MAP_CREATE, attr, what=what)
 
     @classmethod

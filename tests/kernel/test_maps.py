@@ -92,3 +92,4 @@ def test_bad_map_names_the_call() -> None:
     with pytest.raises(SyscallError) as ei:
         M.Map("nbk_bad", M.MapType.RINGBUF, 0, 0, 1000)  # not a power-of-two page multiple
     assert "BPF_MAP_CREATE" in str(ei.value) and "nbk_bad" in str(ei.value)
+    assert "power of two" in str(ei.value)
