@@ -241,7 +241,7 @@ def _resolve_target(t, backend: str, kbtf, kallsyms: "Kallsyms | None") -> tuple
     return None, "no candidate on this kernel: " + ", ".join(tried)
 
 
-def plan_hooks(backend: str, kbtf, kallsyms_loader: "Callable[[], Kallsyms] | None") -> tuple[list[_Planned], list[tuple[str, str]]]:
+def plan_hooks(backend: str, kbtf, kallsyms: "Kallsyms | None") -> tuple[list[_Planned], list[tuple[str, str]]]:
     """For each hook the backend can observe, the first alternative whose every target resolves.
 
     Hooks the backend cannot observe at all are not listed; those whose candidates are all absent
@@ -249,7 +249,6 @@ def plan_hooks(backend: str, kbtf, kallsyms_loader: "Callable[[], Kallsyms] | No
     """
     from netbee import hooks
 
-    kallsyms = kallsyms_loader() if kallsyms_loader is not None else None
     plan: list[_Planned] = []
     skipped: list[tuple[str, str]] = []
     for hook in hooks.hooks_for(backend):
@@ -396,7 +395,10 @@ class Tracer:
         lap("features")
         spec = ObjectSpec.from_path(self.opts.object_path or default_object_path())
         lap("object_parse")
-        plan, skipped = plan_hooks(backend, kbtf, Kallsyms.load if backend != "tracepoint" else None)
+        # Tracepoints are found in the BTF alone; kprobe/fentry symbols also need kallsyms.
+        kallsyms = Kallsyms.load() if backend != "tracepoint" else None
+        lap("kallsyms")
+        plan, skipped = plan_hooks(backend, kbtf, kallsyms)
         missing = sorted({p.prog for p in plan} - set(spec.programs))
         if missing:
             raise NetBeeError(f"the BPF object lacks program(s) {', '.join(missing)}: object and netbee/hooks.py disagree")

@@ -113,3 +113,48 @@ def test_blind_spots_outside_bracket():
 def test_bad_nft_output_is_an_error():
     with pytest.raises(tracer.NetBeeError):
         tracer.parse_nft_chains("not json")
+
+
+def _kernel_btf():
+    from netbee.loader.btf import Btf
+    return Btf.load_kernel()
+
+
+def test_plan_picks_the_symbol_this_kernel_has():
+    # On 6.18 kfree_skb_reason is inlined and dev_queue_xmit is a stub around __dev_queue_xmit.
+    plan, skipped = tracer.plan_hooks("kprobe", _kernel_btf(), tracer.Kallsyms.load())
+    targets = {p.prog: p.target for p in plan}
+    ks = tracer.Kallsyms.load()
+    assert targets["kp_dev_queue_xmit"] == "__dev_queue_xmit"
+    if ks.lookup("kfree_skb_reason") is None:
+        assert targets["kp_sk_skb_reason_drop"] == "sk_skb_reason_drop"
+        assert "kp_kfree_skb_reason" not in targets
+    assert targets["kr_nf_hook_slow"] == targets["kp_nf_hook_slow"] == "nf_hook_slow"
+    assert skipped == []
+
+
+def test_plan_reports_every_hook_it_cannot_place():
+    plan, skipped = tracer.plan_hooks("kprobe", _kernel_btf(), tracer.Kallsyms(b""))
+    # Only tracepoint-backed hooks remain; every kernel-function hook is skipped, with the names tried.
+    assert {p.kind for p in plan} == {"tp_btf"}
+    reasons = dict(skipped)
+    assert "__dev_queue_xmit (not in kallsyms" in reasons["dev_queue_xmit"]
+    assert "kfree_skb_reason" in reasons["kfree_skb"] and "sk_skb_reason_drop" in reasons["kfree_skb"]
+
+
+def test_plan_fentry_refuses_compiler_clones_kprobe_takes_them():
+    ks = tracer.Kallsyms(b"ffffffff81ff6000 t ip_rcv_core.isra.0\nffffffff81ff6a80 T ip_rcv\n")
+    kbtf = _kernel_btf()
+    fentry = {p.prog: p.target for p in tracer.plan_hooks("fentry", kbtf, ks)[0]}
+    kprobe = {p.prog: p.target for p in tracer.plan_hooks("kprobe", kbtf, ks)[0]}
+    # A clone has no BTF FUNC of its own, so fentry falls back to the next candidate.
+    assert fentry["fe_ip_rcv"] == "ip_rcv"
+    assert kprobe["kp_ip_rcv"] == "ip_rcv_core.isra.0"
+
+
+def test_plan_tracepoint_backend_brackets_netfilter():
+    plan, skipped = tracer.plan_hooks("tracepoint", _kernel_btf(), None)
+    nf = [p for p in plan if p.kind == "netfilter"]
+    assert sorted(p.priority for p in nf) == [tracer.BRACKET_ENTRY_PRIO, tracer.BRACKET_EXIT_PRIO]
+    assert {p.prog for p in plan} >= {"tp_kfree_skb", "tp_consume_skb", "tp_net_dev_queue"}
+    assert skipped == []
