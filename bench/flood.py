@@ -1,0 +1,118 @@
+"""Benchmarks 5 and 6: a flood beyond what userspace can take, and netbee's memory.
+
+netbee (default 4 MiB ring buffer, no filter, output to /dev/null, CPU 1)
+watches the two benchmark namespaces while udpblast sends as fast as it can
+(CPU 0) to a port nobody listens on, so each packet yields several events plus
+a drop. During the flood netbee's resident set is sampled; afterwards, once
+the ring buffer has drained, the kernel's own counters are read from netbee's
+`counters` map (bench/kcounters.py) and compared with the command's exit summary:
+
+  kernel:  seen = filtered + submitted + lost
+  netbee:  events shown = kernel submitted,  lost shown = kernel lost
+
+    python3 -m bench.flood [--seconds S]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+from bench import build, configs, kcounters, report, tracers
+from bench.lab import Pair
+from bench.traffic import SEND_CPU, UDP_PORT
+
+TARGET_RSS_MB = 60.0
+
+
+def _wait_idle(pid: int, limit: float = 60.0) -> float:
+    """Wait until netbee has drained its ring buffer: its CPU use drops to almost nothing.
+    Returns the seconds it took after the traffic stopped."""
+    from bench.userspace import _cpu_seconds
+
+    t0 = time.monotonic()
+    last = _cpu_seconds(pid)
+    while time.monotonic() - t0 < limit:
+        time.sleep(0.25)
+        now = _cpu_seconds(pid)
+        if now - last <= 0.01:
+            return time.monotonic() - t0
+        last = now
+    raise RuntimeError(f"netbee still busy {limit}s after the flood stopped")
+
+
+def flood(pair: Pair, fmt: str, seconds: float) -> Dict[str, object]:
+    args = ["--backend", "tracepoint", "--netns", pair.tx, "--netns", pair.rx] + (["--json"] if fmt == "json"
+                                                                                  else [])
+    with tracers.Tracer(configs.pin(tracers.netbee_argv(args)), stdout_to_null=True) as t:
+        t.wait_ready(need="tracing")
+        rss_ready = tracers.rss_kb(t.pid)
+        snd = subprocess.Popen(pair.cmd(pair.tx, [str(build.udpblast()), "send", pair.rx_ip, str(UDP_PORT),
+                                                  str(seconds)], SEND_CPU), stdout=subprocess.PIPE, text=True)
+        samples: List[int] = []
+        while snd.poll() is None:
+            samples.append(tracers.rss_kb(t.pid))
+            time.sleep(0.25)
+        sent = json.loads(snd.stdout.read())
+        drain_s = _wait_idle(t.pid)
+        kc = kcounters.read(t.pid)
+        hwm = tracers.peak_rss_kb(t.pid)
+        exit_s = t.interrupt()
+        summ = configs.parse_summary(t.stderr_lines)
+    return {"fmt": fmt, "sent": sent, "kernel": kc, "summary": summ, "rss_ready_kb": rss_ready,
+            "rss_samples_kb": samples, "hwm_kb": hwm, "exit_s": exit_s, "drain_s": drain_s,
+            "summary_line": next((x for x in reversed(t.stderr_lines) if "events shown" in x), "")}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=8.0)
+    args = ap.parse_args(argv)
+    results = []
+    with Pair() as pair:
+        for fmt in ("json", "table"):
+            results.append(flood(pair, fmt, args.seconds))
+
+    report.header("5. Flood and 6. memory", ["python3", "-m", "bench.flood"] + (argv if argv is not None
+                                                                              else sys.argv[1:]))
+    rows = []
+    ok_all = True
+    worst_hwm = 0.0
+    for r in results:
+        kc, sm = r["kernel"], r["summary"]
+        balanced = kc["seen"] == kc["filtered"] + kc["submitted"] + kc["lost"]
+        shown_ok = sm.get("shown") == kc["submitted"]
+        lost_ok = sm.get("lost") == kc["lost"]
+        ok_all &= balanced and shown_ok and lost_ok
+        s = r["rss_samples_kb"]
+        q = s[len(s) // 4] if s else 0
+        worst_hwm = max(worst_hwm, r["hwm_kb"] / 1024)
+        rows.append([r["fmt"], f"{r['sent']['pps']:,.0f}", f"{kc['seen']:,}", f"{kc['filtered']:,}",
+                     f"{kc['submitted']:,}", f"{kc['lost']:,}", f"{sm.get('shown', '?'):,}",
+                     f"{sm.get('lost', '?'):,}",
+                     "yes" if balanced and shown_ok and lost_ok else "NO",
+                     f"{r['rss_ready_kb'] / 1024:.1f} / {q / 1024:.1f} / {max(s or [0]) / 1024:.1f} / "
+                     f"{(s[-1] if s else 0) / 1024:.1f}", f"{r['hwm_kb'] / 1024:.1f}", f"{r['drain_s']:.1f}", f"{r['exit_s']:.2f}"])
+    print(report.table(["output", "pps sent", "kernel seen", "kernel filtered", "kernel submitted",
+                        "kernel lost", "netbee shown", "netbee lost", "adds up", "RSS MiB ready / 25 % / max / end",
+                        "peak RSS MiB", "drain s", "Ctrl-C to exit s"], rows))
+    print(f"\nFlood of {args.seconds} s per output format; RSS sampled every 0.25 s; \"drain s\": time after "
+          "the flood until netbee's CPU use fell below 4 % (ring buffer emptied), before the counters are read.")
+    for r in results:
+        print(f"- {r['fmt']}: `{r['summary_line']}`")
+    for r in results:
+        beyond = r["kernel"]["lost"] > 0
+        print(f"- {r['fmt']}: " + ("the flood exceeded what netbee could take (events were lost, and counted)"
+                                   if beyond else "NOT a flood for this output: the kernel side could not "
+                                   "produce events faster than netbee took them, nothing was lost"))
+    print(f"\nCounters add up exactly in every run: {report.verdict(ok_all)}")
+    print(f"Peak RSS {worst_hwm:.1f} MiB (target <= {TARGET_RSS_MB:.0f} MB): "
+          f"{report.verdict(worst_hwm * 1.048576 <= TARGET_RSS_MB)}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

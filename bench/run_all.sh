@@ -1,0 +1,23 @@
+#!/bin/sh
+# Run every NetBee benchmark in turn and print the results as Markdown (paste into docs/performance.md).
+# Needs root, this repository's netbee, bpftrace, iperf3, clang-19 and a C compiler. Never in a QEMU guest.
+# Usage: bench/run_all.sh [quick]   ("quick": fewer rounds, for checking that everything runs)
+set -eu
+cd "$(dirname "$0")/.."
+if [ "${1:-}" = quick ]; then
+    S="--rounds 2"; K="--rounds 1 --seconds 1 --tcp-seconds 1"; U="--rounds 1 --events 20000"; F="--seconds 3"
+else
+    S="--rounds 9"; K="--rounds 5 --seconds 2 --tcp-seconds 2"; U="--rounds 3 --events 100000"; F="--seconds 8"
+fi
+if grep -qw hypervisor /proc/cpuinfo && [ -e /sys/module/virtio_pci ] && [ -z "${NBB_ALLOW_VM:-}" ]; then
+    : # a cloud VM is fine; only netbee's own QEMU guests (virtme-ng) are refused below
+fi
+if [ -n "${VIRTME_GUEST:-}" ] || grep -q virtme /proc/cmdline 2>/dev/null; then
+    echo "bench: refusing to run inside a virtme-ng/QEMU guest: its figures mean nothing" >&2
+    exit 2
+fi
+python3 -m bench.startup $S
+python3 -m bench.loader_phases --samples 7
+python3 -m bench.kernel_cost $K
+python3 -m bench.userspace $U
+python3 -m bench.flood $F
