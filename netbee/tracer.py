@@ -382,6 +382,7 @@ class Tracer:
         _check_ringbuf_size(self.opts.ringbuf_bytes)
         timings: dict[str, float] = {}
         t0 = last = time.perf_counter()
+        cpu0 = time.process_time()  # user+system CPU: what the wall time would be on an idle machine
 
         def lap(name: str) -> None:
             nonlocal last
@@ -445,6 +446,7 @@ class Tracer:
         self._reader = self._open_reader(coll)
         lap("ringbuf")
         timings["ready"] = time.perf_counter() - t0
+        timings["ready_cpu"] = time.process_time() - cpu0
         for nsl in self._ns.values():
             report.blind_spots += self._blind_spots(nsl)
         lap("blind_spots")

@@ -173,8 +173,9 @@ def test_start_report_and_timings(hosts):
     assert {"netif_rx", "netif_receive_skb", "dev_queue_xmit", "net_dev_start_xmit", "kfree_skb", "netfilter"} <= set(report.attached), report
     assert len(report.netns) == 2
     print("startup timings:", {k: round(v, 4) for k, v in report.timings.items()})
-    # Target 0.6 s on an idle machine; 2 s leaves room for the shared CI cores.
-    assert took < 2.0, report.timings
+    # Target 0.6 s on an idle machine. Wall time on the shared CI cores swings with the load (4-7 s
+    # seen at load average 17), so the bound is on the CPU time start() used, verifier included.
+    assert report.timings["ready_cpu"] < 0.8, report.timings
 
 
 def test_close_releases_everything(hosts):
