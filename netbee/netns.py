@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -171,12 +172,8 @@ class NetnsWatcher:
         self._last_poll = 0.0
         self.current: dict[int, Netns] = {ns.inode: ns for ns in resolve(self.specs, run_dir, proc)}
 
-    @property
-    def dynamic(self) -> bool:
-        """True when the set can change: every spec can disappear, but only `all` can grow."""
-        return bool(self.specs)
-
     def _scan(self) -> dict[int, Netns]:
+        # Every spec can disappear; only `all` can also grow.
         dev = _nsfs_dev()
         found: dict[int, Netns] = {}
         for spec in self.specs:
@@ -192,8 +189,6 @@ class NetnsWatcher:
 
     def poll(self, now: float | None = None) -> tuple[list[Netns], list[Netns]]:
         """(added, removed) since the last poll; ([], []) when called again within `interval`."""
-        import time
-
         t = time.monotonic() if now is None else now
         if not self.specs or t - self._last_poll < self.interval:
             return [], []
