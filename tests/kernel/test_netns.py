@@ -127,9 +127,10 @@ def test_watcher_name_deleted():
 def test_watcher_is_cheap():
     import time
     w = netns.NetnsWatcher(["all"], interval=0.0)
-    t = time.perf_counter()
+    t = time.process_time()  # CPU, not wall: the CI cores are shared and often oversubscribed
     for _ in range(10):
         w.poll()
-    per_poll = (time.perf_counter() - t) / 10
-    # Run every 0.5 s from the event loop: must stay well below a few ms on a normal machine.
-    assert per_poll < 0.02, f"one poll of every namespace took {per_poll * 1e3:.1f} ms"
+    per_poll = (time.process_time() - t) / 10
+    procs = sum(1 for p in os.listdir("/proc") if p.isdigit())
+    # Run every 0.5 s from the event loop: a few ms of CPU for a few hundred processes.
+    assert per_poll < 0.02, f"one poll of every namespace ({procs} processes) took {per_poll * 1e3:.1f} ms CPU"
