@@ -1,10 +1,11 @@
 """Dev-only oracle: our CO-RE relocation equals libbpf's, instruction by instruction.
 
 For every program of bpf/prebuilt/*.bpf.o and of the CO-RE test objects tests/bpf/core_*.bpf.o,
-against this machine's kernel BTF, the Debian 6.1 and 6.12 kernels' BTF, and a hand-built
-"other kernel" BTF.  Needs gcc, libbpf-dev and root (libbpf probes the kernel and creates the
-object's maps; program loads are intercepted, nothing reaches the verifier).  Anything missing is
-a failure, not a skip."""
+against this machine's kernel BTF, the Debian 6.1 and 6.12 kernels' BTF, and two hand-built
+"other kernel" BTFs (tests/unit/core_targets.py: layout_b moves everything, layout_c has near
+misses).  Needs gcc, libbpf-dev and root (libbpf probes the kernel and creates the object's maps;
+program loads are intercepted, nothing reaches the verifier).  Anything missing is a failure,
+not a skip."""
 from __future__ import annotations
 
 import pathlib
@@ -21,7 +22,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 HERE = pathlib.Path(__file__).resolve().parent
 
 OBJECTS = sorted(ROOT.glob("bpf/prebuilt/*.bpf.o")) + sorted(ROOT.glob("tests/bpf/core_*.bpf.o"))
-TARGETS = ["host", "debian-6.1", "debian-6.12", "layout-b"]
+TARGETS = ["host", "debian-6.1", "debian-6.12", "layout-b", "layout-c"]
 
 
 def _programs(path: pathlib.Path):
@@ -60,13 +61,15 @@ def harness(tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def targets(tmp_path_factory):
-    layout = tmp_path_factory.mktemp("btf") / "layout_b.btf"
-    layout.write_bytes(core_targets.layout_b().to_bytes())
+    tmp = tmp_path_factory.mktemp("btf")
+    (tmp / "layout_b.btf").write_bytes(core_targets.layout_b().to_bytes())
+    (tmp / "layout_c.btf").write_bytes(core_targets.layout_c().to_bytes())
     paths = {
         "host": pathlib.Path("/sys/kernel/btf/vmlinux"),
         "debian-6.1": kernel_btf_path("6.1"),
         "debian-6.12": kernel_btf_path("6.12"),
-        "layout-b": layout,
+        "layout-b": tmp / "layout_b.btf",
+        "layout-c": tmp / "layout_c.btf",
     }
     return {name: (path, Btf.load_kernel(str(path))) for name, path in paths.items()}
 

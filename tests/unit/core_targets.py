@@ -90,3 +90,31 @@ def layout_two_candidates(agree: bool) -> Btf:
     k.btf.add_type(Struct("nb_sample___dup", 8, [
         Member("a", k.int, 0 if agree else 32), Member("c", k.int, 0 if not agree else 32)]))
     return k.btf
+
+
+def layout_c() -> Btf:
+    """Shapes that must NOT match: same names, incompatible kinds, shorter arrays, enum sizes."""
+    k = _Builder()
+    b = k.btf
+    inner = b.add_type(Struct("nb_inner", 12, [
+        Member("x", k.array(k.int, 1), 0),          # int -> int[1]: not compatible with int
+        Member("y", k.ptr(k.int), 32),              # int -> pointer: not compatible
+        Member("tag", k.array(k.uchar, 2), 96),     # char[4] -> unsigned char[2]: compatible, shorter
+    ]))
+    big = b.add_type(Struct("nb_big_t", 8, [Member("v", k.long, 0)]))
+    b.add_type(Struct("nb_sample", 200, [
+        Member("a", k.uint, 0),                     # int -> unsigned int: compatible, unsigned
+        Member("in", k.array(inner, 3), 32),        # in[5] -> in[3]: in[3] and in[4] do not exist
+        Member("big", big, 128),                    # long long -> struct: not compatible
+        Member("flags", k.uchar, 192),
+        Member("ucount", k.u64, 256),               # u32 -> u64: load widened
+        Member("grid", k.array(k.array(k.int, 2), 2), 320),  # grid[2][...] out of range
+        Member("flex_n", k.int, 1024),
+        Member("flex", k.array(k.int, 0), 1056),
+        Member("missing", k.int, 1088),             # present here
+    ]))
+    b.add_type(Enum("nb_big", 4, False, [EnumValue("NB_BIG_A", 7)]))   # enum64 locally, enum here
+    b.add_type(Enum64("nb_color", 8, True, [
+        EnumValue("NB_RED", -1), EnumValue("NB_GREEN", 2), EnumValue("NB_BLUE", -(1 << 40)),
+        EnumValue("NB_ABSENT", 9)]))
+    return b

@@ -298,3 +298,30 @@ def test_patch_refuses_jump(obj):
     insns = bytearray(INSN.pack(0x05, 0, 0, 0))  # ja +0
     with pytest.raises(CoreRelocationError, match="opcode 0x05"):
         core.apply_fixups(insns, [fx])
+
+
+# --- near misses: same names, shapes that must not match (layout_c) ----------------------------
+
+def test_near_misses(obj):
+    target = core_targets.layout_c()
+    off = {(f.type_name, f.access): f for f in core.relocate(
+        "core_offsets", obj.relos[obj.programs["core_offsets"]], obj.btf, target)}
+    assert off[("struct nb_inner", "0:0")].poison          # int x vs int x[1]
+    assert off[("struct nb_sample", "0:2:3:1")].poison     # in[3] but the target has in[3] only
+    assert off[("struct nb_sample", "0:2:1:2:2")].poison   # tag[2] of a 2-element tag
+    assert off[("struct nb_sample", "0:8")].poison         # long long vs struct
+    assert off[("struct nb_sample", "0:13:2")].poison      # grid[2] of a 2-row grid
+    widened = off[("struct nb_sample", "0:10")]            # u32 -> u64: unsigned, may widen
+    assert (widened.target_value, widened.local_size, widened.target_size) == (32, 4, 8)
+    assert not widened.bad_size_change
+    info = {(f.kind, f.access): f for f in core.relocate(
+        "core_fieldinfo", obj.relos[obj.programs["core_fieldinfo"]], obj.btf, target)}
+    assert info[(K.FIELD_SIGNED, "0:0")].target_value == 0  # a is unsigned there
+    assert info[(K.FIELD_EXISTS, "0:11")].target_value == 1
+    assert info[(K.FIELD_BYTE_SIZE, "0:2")].target_value == 3 * 12
+    enums = {(f.kind, f.type_name, f.access): f for f in core.relocate(
+        "core_enums", obj.relos[obj.programs["core_enums"]], obj.btf, target)}
+    # enum <-> enum64 are one family; 64-bit signed values are kept whole
+    assert enums[(K.ENUMVAL_VALUE, "enum64 nb_big", "0")].target_value == 7
+    assert enums[(K.ENUMVAL_VALUE, "enum nb_color", "2")].target_value == (-(1 << 40)) & core.U64
+    assert enums[(K.ENUMVAL_VALUE, "enum nb_neg", "0")].poison
