@@ -513,7 +513,7 @@ class Tracer:
                                                     used.get("exit", BRACKET_EXIT_PRIO))
         except NetBeeError as e:
             self._close_links(nsl.links)
-            report.skipped.append((f"NF_BRACKET netns {ns.name}", _reason(e)))
+            report.skipped.append((f"netfilter (netns {ns.name})", _reason(e)))
             return
         self._ns[ns.inode] = nsl
         report.netns.append(str(ns))
@@ -529,6 +529,8 @@ class Tracer:
             if name in self.report.netns:
                 self.report.netns.remove(name)
             self.report.brackets.pop(name, None)
+            prefix = f"netns {nsl.ns.name}:"
+            self.report.blind_spots[:] = [b for b in self.report.blind_spots if not b.startswith(prefix)]
 
     def _blind_spots(self, nsl: _NsLinks) -> list[str]:
         try:
