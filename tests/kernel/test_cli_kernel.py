@@ -36,41 +36,50 @@ class NetbeeRun:
         self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
         self.pre_lines: List[str] = []  # stderr lines before the `tracing` line
-        self.start_line = self._wait_ready(ready_timeout)
+        self._stderr_head = ""
         self.stdout = ""
+        self.start_line = self._wait_ready(ready_timeout)
         self.stderr_rest = ""
 
     def _wait_ready(self, timeout: float) -> str:
+        # Raw os.read on the descriptors throughout: a buffered readline() after select() could
+        # keep lines in Python's buffer while select() waits for more bytes.
+        fd = self.proc.stderr.fileno()  # type: ignore[union-attr]
         sel = selectors.DefaultSelector()
-        sel.register(self.proc.stderr, selectors.EVENT_READ)  # type: ignore[arg-type]
+        sel.register(fd, selectors.EVENT_READ)
+        seen = b""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not sel.select(max(0.0, deadline - time.monotonic())):
-                break
-            line = self.proc.stderr.readline()  # type: ignore[union-attr]
-            if not line:
-                out, err = self.proc.communicate(timeout=10)
-                raise AssertionError(f"netbee exited {self.proc.returncode} before tracing: {err}")
-            if line.startswith("netbee: tracing"):
-                return line.rstrip("\n")
-            self.pre_lines.append(line.rstrip("\n"))
+        while time.monotonic() < deadline and sel.select(max(0.0, deadline - time.monotonic())):
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                self.proc.wait(timeout=10)
+                raise AssertionError(f"netbee exited {self.proc.returncode} before tracing: "
+                                     f"{seen.decode(errors='replace')}")
+            seen += chunk
+            lines = seen.decode(errors="replace").split("\n")
+            for i, line in enumerate(lines[:-1]):
+                if line.startswith("netbee: tracing"):
+                    self.pre_lines = lines[:i]
+                    self._stderr_head = "\n".join(lines[i + 1:])
+                    return line
         self.proc.kill()
-        out, err = self.proc.communicate()
-        raise AssertionError(f"netbee not ready after {timeout}s: {err}")
+        self.proc.wait()
+        raise AssertionError(f"netbee not ready after {timeout}s: {seen.decode(errors='replace')}")
 
     def read_until(self, until, timeout: float = 15.0) -> bool:
         """Read JSON lines as they come until until(events so far) holds (or timeout)."""
+        fd = self.proc.stdout.fileno()  # type: ignore[union-attr]
         sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
+        sel.register(fd, selectors.EVENT_READ)
         deadline = time.monotonic() + timeout
         while not until(self.events()):
             left = deadline - time.monotonic()
             if left <= 0 or not sel.select(left):
                 return False
-            line = self.proc.stdout.readline()  # type: ignore[union-attr]
-            if not line:
+            chunk = os.read(fd, 65536)
+            if not chunk:
                 return False
-            self.stdout += line
+            self.stdout += chunk.decode(errors="replace")
         return True
 
     def stop(self, settle: float = 0.5, until=None) -> "NetbeeRun":
@@ -89,7 +98,7 @@ class NetbeeRun:
         timer.start()
         try:
             self.stdout += self.proc.stdout.read()  # type: ignore[union-attr]
-            self.stderr_rest = self.proc.stderr.read()  # type: ignore[union-attr]
+            self.stderr_rest = self._stderr_head + self.proc.stderr.read()  # type: ignore[union-attr]
             self.proc.wait()
         finally:
             timer.cancel()
@@ -102,7 +111,9 @@ class NetbeeRun:
             self.proc.communicate()
 
     def events(self) -> List[Dict]:
-        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
+        """Complete lines only: a read may end in the middle of one."""
+        done = self.stdout[:self.stdout.rfind("\n") + 1]
+        return [json.loads(line) for line in done.splitlines() if line.strip()]
 
     def summary(self) -> str:
         lines = [x for x in self.stderr_rest.splitlines() if x.startswith("netbee: ")]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import ipaddress
+import os
 import re
 import selectors
 import signal
@@ -68,7 +69,7 @@ def parse_tcpdump(out: str):
         src, sport = split_hostport(m.group("src"), v6)
         dst, dport = split_hostport(m.group("dst"), v6)
         rest = m.group("rest")
-        if rest.startswith("Flags"):
+        if rest.startswith("tcp"):
             proto = "tcp"
         elif rest.startswith("UDP"):
             proto = "udp"
@@ -107,18 +108,25 @@ def netbee_keys(events):
 
 
 def start_tcpdump(ns: netlab.Netns, ifname: str, expr: str) -> subprocess.Popen:
-    proc = ns.popen(["tcpdump", "-i", ifname, "-n", "-l", "-tt", "--immediate-mode", expr])
+    # -q: one protocol word per line ("tcp 0", "UDP, length 8", "ICMP echo request, ...") instead
+    # of application decodes (mDNS) that would hide the transport.
+    proc = ns.popen(["tcpdump", "-i", ifname, "-n", "-q", "-l", "-tt", "--immediate-mode", expr])
+    # Raw reads: a buffered readline() could swallow the "listening on" line into its buffer
+    # while select() then waits for more bytes on the descriptor.
+    fd = proc.stderr.fileno()
+    seen = b""
     sel = selectors.DefaultSelector()
-    sel.register(proc.stderr, selectors.EVENT_READ)
+    sel.register(fd, selectors.EVENT_READ)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and sel.select(deadline - time.monotonic()):
-        line = proc.stderr.readline()
-        if "listening on" in line:
-            return proc
-        if not line:
+        chunk = os.read(fd, 4096)
+        if not chunk:
             break
+        seen += chunk
+        if b"listening on" in seen:
+            return proc
     proc.kill()
-    raise AssertionError(f"tcpdump did not start: {proc.communicate()}")
+    raise AssertionError(f"tcpdump did not start: {seen!r} {proc.communicate()}")
 
 
 def mixed_traffic(t: netlab.TwoHosts) -> None:
