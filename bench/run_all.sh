@@ -19,3 +19,4 @@ python3 -m bench.loader_phases --samples 7
 python3 -m bench.kernel_cost $K
 python3 -m bench.userspace $U
 python3 -m bench.flood $F
+python3 -m bench.wakeups
