@@ -354,3 +354,40 @@ def test_probe_and_version():
     res = subprocess.run([sys.executable, "-m", "netbee", "--probe"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "ringbuf" in res.stdout and "netfilter" in res.stdout
+
+
+def test_control_characters_from_the_kernel_are_escaped(two_hosts):
+    """A sender whose comm holds ESC, and an interface whose name holds ESC: neither reaches the
+    terminal raw, in the table or in JSON."""
+    t = two_hosts
+    evil_if = "ev\x1b[7mil"
+    t.server.run(["ip", "link", "add", "name", evil_if, "type", "veth", "peer", "name", "plain",
+                  "netns", t.client.name])
+    t.server.run(["ip", "addr", "add", "10.201.9.1/24", "dev", evil_if])
+    t.server.run(["ip", "link", "set", evil_if, "up"])
+    t.client.run(["ip", "addr", "add", "10.201.9.2/24", "dev", "plain"])
+    t.client.run(["ip", "link", "set", "plain", "up"])
+    sender = ("import ctypes, socket, sys\n"
+              "ctypes.CDLL(None).prctl(15, b'x\\x1b[31mred', 0, 0, 0)\n"
+              "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+              "s.sendto(b'x', (sys.argv[1], 4444))\n")
+
+    def traffic():
+        t.client.run([sys.executable, "-c", sender, t.server_ip])
+        t.server.run([sys.executable, "-c", sender, "10.201.9.2"])  # leaves through evil_if
+
+    for json_out in (True, False):
+        run = netbee("--netns", t.client.name, "--netns", t.server.name, "-P", "4444",
+                     json_out=json_out)
+        try:
+            traffic()
+            run.stop(settle=1.0)
+        finally:
+            run.kill()
+        assert "\x1b" not in run.stdout
+        if json_out:
+            evs = run.events()
+            assert "x\\x1b[31mred" in {e["comm"] for e in evs}
+            assert "ev\\x1b[7mil" in {e["iface"] for e in evs}
+        else:
+            assert "x\\x1b[31mred" in run.stdout and "ev\\x1b[7mil" in run.stdout, run.stdout
