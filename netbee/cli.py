@@ -255,7 +255,8 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                                     dst_ports=args.dst_port, ifindexes=ifindexes,
                                     netns_inodes=inodes)
     if args.verbose:
-        print(f"netbee: filter program ({len(rules)} rules): {rules}", file=err)
+        print(f"netbee: filter program ({len(rules)} rules): {nbfilter.describe_rules(rules)}",
+              file=err)
 
     res = output.Resolvers(oui_db=args.oui_db, btf_path=args.btf)
     res.oui.check()

@@ -401,6 +401,34 @@ def compile_filter(expression: Optional[str], *, protocols: Iterable[Any] = (),
     return rules
 
 
+_FIELD_NAMES = {F_TRUE: "true", F_FAMILY: "family", F_PROTO: "proto", F_SRC_NET: "src net",
+                F_DST_NET: "dst net", F_ANY_NET: "net", F_SRC_PORT: "src port",
+                F_DST_PORT: "dst port", F_ANY_PORT: "port", F_IFINDEX: "ifindex", F_NETNS: "netns"}
+
+
+def describe_rules(rules: Sequence[Rule]) -> str:
+    """The postfix program in words, for -v: "family=4 proto=1 AND"."""
+    words = []
+    for r in rules:
+        if r.op != OP_TERM:
+            words.append({OP_AND: "AND", OP_OR: "OR", OP_NOT: "NOT"}.get(r.op, f"op{r.op}"))
+            continue
+        name = _FIELD_NAMES.get(r.field, f"field{r.field}")
+        if r.field in (F_SRC_NET, F_DST_NET, F_ANY_NET):
+            size = 4 if r.family == 4 else 16
+            net = ipaddress.ip_network((r.addr[:size], bin(int.from_bytes(r.mask[:size], "big")).count("1")))
+            words.append(f"{name}={net}")
+        elif r.field in (F_SRC_PORT, F_DST_PORT, F_ANY_PORT):
+            words.append(f"{name}={r.lo}" + (f"-{r.hi}" if r.hi != r.lo else ""))
+        elif r.field in (F_IFINDEX, F_NETNS):
+            words.append(f"{name}={r.value}")
+        elif r.field == F_TRUE:
+            words.append(name)
+        else:
+            words.append(f"{name}={r.lo}")
+    return " ".join(words) or "(empty: everything matches)"
+
+
 def encode_rules(rules: Sequence[Rule]) -> bytes:
     """The rules as consecutive struct nb_rule records (abi.RULE)."""
     from netbee import abi

@@ -226,3 +226,10 @@ def test_encode_rules_layout():
     assert [(r.op, r.field, r.family, 0, r.lo, r.hi, r.value, r.addr, r.mask) for r in rules] == recs
     cfg = abi.CONFIG.parse(abi.build_config(blob, len(rules)))
     assert cfg.filter_len == len(rules) and cfg.rules[0].value == 7
+
+
+def test_describe_rules():
+    rules = compile_filter("not net 10.201.0.0/16 or host fd00::1 and portrange 5-9", ifindexes=[3])
+    assert F.describe_rules(rules) == (
+        "ifindex=3 net=10.201.0.0/16 NOT net=fd00::1/128 OR port=5-9 AND AND")
+    assert F.describe_rules([]) == "(empty: everything matches)"
