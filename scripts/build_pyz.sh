@@ -18,8 +18,9 @@ find "$stage" -name __pycache__ -prune -exec rm -rf {} +
 test -f "$stage/netbee/bpf/netbee.bpf.o" || { echo "build_pyz: netbee/bpf/netbee.bpf.o missing" >&2; exit 1; }
 
 mkdir -p "$(dirname "$out")"
-# Our own __main__ (zipapp -m would drop main()'s return value, i.e. the exit status).
-printf 'import sys\nfrom netbee.cli import main\nsys.exit(main())\n' > "$stage/__main__.py"
+# Our own __main__: keeps main()'s exit status (zipapp -m would drop it) and runs netbee from a
+# private extracted copy so modules that open data files by path work (see scripts/pyz_main.py).
+cp scripts/pyz_main.py "$stage/__main__.py"
 "$python" -m zipapp "$stage" -o "$out" -p "/usr/bin/env python3" -c
 chmod +x "$out"
 echo "$out: $(wc -c < "$out") bytes"

@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_MARK = "netbee: tracing with"
@@ -43,15 +43,17 @@ class Netbee:
     """`with Netbee(argv_prefix, args) as nb:` starts netbee and returns once it is tracing."""
 
     def __init__(self, prefix: Sequence[str], args: Sequence[str], ready_timeout: float = 60.0,
-                 cwd: Optional[Path] = None) -> None:
+                 cwd: Optional[Path] = None, env: Optional[Dict[str, str]] = None) -> None:
         self.run = NetbeeRun(list(prefix) + list(args))
         self.ready_timeout = ready_timeout
         self.cwd = cwd
+        self.extra_env = env or {}
         self.proc: Optional[subprocess.Popen] = None
         self._err_lines: List[str] = []
+        self._out_lines: List[str] = []
 
     def __enter__(self) -> "Netbee":
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.extra_env)
         if self.cwd is None:
             env["PYTHONPATH"] = str(ROOT)
         self.proc = subprocess.Popen(self.run.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -78,6 +80,25 @@ class Netbee:
         raise AssertionError(f"netbee never became ready: {' '.join(self.run.argv)}\n"
                              f"exit {self.run.returncode}\nstderr:\n{self.run.stderr}")
 
+    def wait_for(self, done: Callable[[List[Dict[str, Any]]], bool], timeout: float = 30.0) -> bool:
+        """Read JSON events as they arrive until done(events) holds (True) or timeout (False).
+        Stopping only then avoids losing events still on their way when the traffic ends."""
+        assert self.proc is not None and self.proc.stdout is not None
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        while not done(self.run.events):
+            left = deadline - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                return False
+            line = self.proc.stdout.readline()
+            if not line:
+                return done(self.run.events)
+            self._out_lines.append(line)
+            if line.lstrip().startswith("{"):
+                self.run.events.append(json.loads(line))
+        return True
+
     def stop(self, timeout: float = 30.0) -> NetbeeRun:
         """SIGINT (like Ctrl-C) unless it already exited; collect output and JSON events."""
         proc = self.proc
@@ -91,7 +112,7 @@ class Netbee:
             proc.kill()
             out, err = proc.communicate()
         self.run.returncode = proc.returncode
-        self.run.stdout = out
+        self.run.stdout = "".join(self._out_lines) + out
         self.run.stderr = "".join(self._err_lines) + err
         for line in out.splitlines():
             line = line.strip()

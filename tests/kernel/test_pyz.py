@@ -4,6 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Dict, List
 
 import pytest
 
@@ -48,19 +49,27 @@ def test_pyz_runs_directly_as_executable(pyz: Path) -> None:
     assert res.returncode == 0 and res.stdout.startswith("netbee ")
 
 
-def test_pyz_traces_ping_between_namespaces(pyz: Path, two_hosts: netlab.TwoHosts) -> None:
+def test_pyz_traces_ping_between_namespaces(pyz: Path, two_hosts: netlab.TwoHosts, tmp_path: Path) -> None:
     t = two_hosts
     args = ["--netns", t.server.name, "-p", "icmp", "-H", t.client_ip, "--json"]
-    with netbee_run.Netbee(netbee_run.pyz_argv(pyz), args, cwd=pyz.parent) as nb:
+    env = {"TMPDIR": str(tmp_path)}
+
+    def requests(events: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        return [e for e in events if e.get("icmp_type") == "echo request"
+                and e.get("saddr") == t.client_ip and e.get("daddr") == t.server_ip]
+
+    def replies(events: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        return [e for e in events if e.get("icmp_type") == "echo reply"
+                and e.get("saddr") == t.server_ip and e.get("daddr") == t.client_ip]
+
+    with netbee_run.Netbee(netbee_run.pyz_argv(pyz), args, cwd=pyz.parent, env=env) as nb:
         netlab.ping(t.client, t.server_ip, count=2, interval=0.1)
+        nb.wait_for(lambda evs: bool(requests(evs) and replies(evs)), timeout=30)
     run = nb.stop()
     assert run.returncode == 0, run.stderr
-    requests = [e for e in run.events if e.get("icmp_type") == "echo request"
-                and e.get("saddr") == t.client_ip and e.get("daddr") == t.server_ip]
-    replies = [e for e in run.events if e.get("icmp_type") == "echo reply"
-               and e.get("saddr") == t.server_ip and e.get("daddr") == t.client_ip]
-    assert requests and replies, f"events: {run.events}\nstderr: {run.stderr}"
+    assert requests(run.events) and replies(run.events), f"events: {run.events}\nstderr: {run.stderr}"
     # Every event passed the -H filter and came from the watched namespace.
     netns = t.server.inode()
     assert all(e["netns"] == netns for e in run.events)
     assert all(t.client_ip in (e["saddr"], e["daddr"]) for e in run.events)
+    assert list(tmp_path.iterdir()) == []  # the private extracted copy is gone
