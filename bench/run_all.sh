@@ -20,3 +20,4 @@ python3 -m bench.kernel_cost $K
 python3 -m bench.userspace $U
 python3 -m bench.flood $F
 python3 -m bench.wakeups
+python3 -m bench.memory
