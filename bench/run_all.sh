@@ -14,10 +14,22 @@ if grep -q virtme /proc/cmdline 2>/dev/null; then
     echo "bench: refusing to run inside a virtme-ng/QEMU guest: its figures mean nothing" >&2
     exit 2
 fi
-python3 -m bench.startup $S
-python3 -m bench.loader_phases --samples 7
-python3 -m bench.kernel_cost $K
-python3 -m bench.userspace $U
-python3 -m bench.flood $F
-python3 -m bench.wakeups
-python3 -m bench.memory
+failed=""
+run() {
+    # One benchmark failing must not hide the others' results; the exit status still says so.
+    if ! python3 -m "$@"; then
+        failed="$failed $1"
+        echo "bench: $* FAILED" >&2
+    fi
+}
+run bench.startup $S
+run bench.loader_phases --samples 7
+run bench.kernel_cost $K
+run bench.userspace $U
+run bench.flood $F
+run bench.wakeups
+run bench.memory
+if [ -n "$failed" ]; then
+    echo "bench: failed:$failed" >&2
+    exit 1
+fi
