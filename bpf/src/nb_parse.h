@@ -34,6 +34,15 @@
 #define HK_SOCK      0x4   /* headers not built yet: 4-tuple from the socket */
 #define HK_NO_L4HDR  0x8   /* not even the transport header exists yet */
 
+/*
+ * Reads of kernel objects. direct: the pointer is a BTF pointer (tp_btf,
+ * fentry, netfilter programs), so a plain load does, which the JIT guards
+ * like a probe read but without a helper call (the difference is most of
+ * a hook's cost). Otherwise (kprobe: a plain number) bpf_probe_read_kernel.
+ * Both forms are CO-RE relocated. direct is a constant in each program.
+ */
+#define NB_RD(direct, plain, core) ((direct) ? (plain) : (core))
+
 struct nb_skbview {
 	unsigned char *head;
 	__u32 lin_end;          /* end of linear data, offset from head */
@@ -289,7 +298,7 @@ static __always_inline void nb_parse_sock(struct nb_event *ev, struct sock *sk, 
  * to transmit functions (HK_SOCK), else NULL.
  */
 static __always_inline void nb_parse_skb(struct nb_event *ev, struct sk_buff *skb, __u32 hints,
-					 __u8 want_family, struct sock *sk)
+					 __u8 want_family, struct sock *sk, bool direct)
 {
 	struct nb_skbview v;
 	unsigned char *data;
@@ -298,20 +307,20 @@ static __always_inline void nb_parse_skb(struct nb_event *ev, struct sk_buff *sk
 	__u8 family, ver;
 	int l4_bytes = 0;
 
-	v.head = BPF_CORE_READ(skb, head);
-	data = BPF_CORE_READ(skb, data);
-	len = BPF_CORE_READ(skb, len);
-	data_len = BPF_CORE_READ(skb, data_len);
-	mh = BPF_CORE_READ(skb, mac_header);
-	nh = BPF_CORE_READ(skb, network_header);
-	proto = bpf_ntohs(BPF_CORE_READ(skb, protocol));
+	v.head = NB_RD(direct, skb->head, BPF_CORE_READ(skb, head));
+	data = NB_RD(direct, skb->data, BPF_CORE_READ(skb, data));
+	len = NB_RD(direct, skb->len, BPF_CORE_READ(skb, len));
+	data_len = NB_RD(direct, skb->data_len, BPF_CORE_READ(skb, data_len));
+	mh = NB_RD(direct, skb->mac_header, BPF_CORE_READ(skb, mac_header));
+	nh = NB_RD(direct, skb->network_header, BPF_CORE_READ(skb, network_header));
+	proto = bpf_ntohs(NB_RD(direct, skb->protocol, BPF_CORE_READ(skb, protocol)));
 	data_off = (__u32)(data - v.head);
 	v.lin_end = data_off + (len - data_len);
 	ev->skb_len = len;
 
 	if (hints & HK_SOCK) {
 		if (!sk)
-			sk = BPF_CORE_READ(skb, sk);
+			sk = NB_RD(direct, skb->sk, BPF_CORE_READ(skb, sk));
 		if (sk)
 			nb_parse_sock(ev, sk, want_family);
 		if (hints & HK_NO_L4HDR) {
@@ -321,7 +330,7 @@ static __always_inline void nb_parse_skb(struct nb_event *ev, struct sk_buff *sk
 		}
 		/* the transport header is built and skb->data points at it */
 		if (ev->family && nb_is_l4_ports(ev->ip_proto)) {
-			__u16 th = BPF_CORE_READ(skb, transport_header);
+			__u16 th = NB_RD(direct, skb->transport_header, BPF_CORE_READ(skb, transport_header));
 
 			nb_parse_l4(ev, &v, th != NB_UNSET_HDR ? th : data_off, (int)(v.lin_end - data_off));
 		}

@@ -158,13 +158,10 @@ struct nb_extra {
 	__u8 verdict;
 	__u8 family;            /* 0: from the hook or skb->protocol */
 	__u8 stack;             /* capture a call stack (if cfg.want_stack) */
+	__u8 direct;            /* skb is a BTF pointer: plain loads (see NB_RD) */
 	struct sock *sk;
 };
 
-static __always_inline __u32 nb_netns_of_dev(struct net_device *dev)
-{
-	return BPF_CORE_READ(dev, nd_net.net, ns.inum);
-}
 
 /* Fill ev completely (zeroed first). Returns whether the filter matched. */
 static __always_inline bool nb_build(struct nb_event *ev, struct sk_buff *skb, __u32 hook,
@@ -182,24 +179,27 @@ static __always_inline bool nb_build(struct nb_event *ev, struct sk_buff *skb, _
 	ev->pid = id >> 32;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 
-	nb_parse_skb(ev, skb, nb_hook_hints(hook), family, x->sk);
+	nb_parse_skb(ev, skb, nb_hook_hints(hook), family, x->sk, x->direct);
 
-	dev = BPF_CORE_READ(skb, dev);
+	dev = NB_RD(x->direct, skb->dev, BPF_CORE_READ(skb, dev));
 	ev->ifindex = x->ifindex;
 	ev->netns = x->netns;
 	if (dev) {
 		if (!ev->ifindex)
-			ev->ifindex = BPF_CORE_READ(dev, ifindex);
+			ev->ifindex = NB_RD(x->direct, dev->ifindex, BPF_CORE_READ(dev, ifindex));
 		if (!ev->netns)
-			ev->netns = nb_netns_of_dev(dev);
+			ev->netns = NB_RD(x->direct, dev->nd_net.net->ns.inum, BPF_CORE_READ(dev, nd_net.net, ns.inum));
 	}
 	if (!ev->ifindex)
-		ev->ifindex = BPF_CORE_READ(skb, skb_iif);
+		ev->ifindex = NB_RD(x->direct, skb->skb_iif, BPF_CORE_READ(skb, skb_iif));
 	if (!ev->netns || ev->ip_proto == IPPROTO_TCP) {
-		struct sock *sk = x->sk ? x->sk : BPF_CORE_READ(skb, sk);
+		/* an sk passed as an argument (kprobe) is a plain number: probe reads */
+		bool direct = x->direct && !x->sk;
+		struct sock *sk = x->sk ? x->sk : NB_RD(x->direct, skb->sk, BPF_CORE_READ(skb, sk));
 
 		if (sk) {
-			__u32 sk_netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+			__u32 sk_netns = NB_RD(direct, sk->__sk_common.skc_net.net->ns.inum,
+					       BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum));
 
 			if (!ev->netns)
 				ev->netns = sk_netns;
@@ -209,7 +209,8 @@ static __always_inline bool nb_build(struct nb_event *ev, struct sk_buff *skb, _
 			 * packet's connection as seen here.
 			 */
 			if (ev->ip_proto == IPPROTO_TCP && sk_netns == ev->netns) {
-				ev->tcp_state = BPF_CORE_READ(sk, __sk_common.skc_state);
+				ev->tcp_state = NB_RD(direct, sk->__sk_common.skc_state,
+						      BPF_CORE_READ(sk, __sk_common.skc_state));
 				ev->flags |= NB_F_TCP_STATE;
 			}
 		}
@@ -287,24 +288,26 @@ out:
 	return 0;
 }
 
-static __always_inline int nb_on_skb(void *ctx, struct sk_buff *skb, __u32 hook)
+static __always_inline int nb_on_skb(void *ctx, struct sk_buff *skb, __u32 hook, bool direct)
 {
-	struct nb_extra x = {};
+	struct nb_extra x = { .direct = direct };
 
 	return nb_handle(ctx, skb, hook, &x);
 }
 
-static __always_inline int nb_on_skb_sk(void *ctx, struct sk_buff *skb, struct sock *sk, __u32 hook)
+static __always_inline int nb_on_skb_sk(void *ctx, struct sk_buff *skb, struct sock *sk, __u32 hook,
+					 bool direct)
 {
-	struct nb_extra x = { .sk = sk };
+	struct nb_extra x = { .sk = sk, .direct = direct };
 
 	return nb_handle(ctx, skb, hook, &x);
 }
 
-static __always_inline int nb_on_drop(void *ctx, struct sk_buff *skb, __u32 reason, __u64 location)
+static __always_inline int nb_on_drop(void *ctx, struct sk_buff *skb, __u32 reason, __u64 location,
+				       bool direct)
 {
 	struct nb_extra x = {
-		.location = location, .drop_reason = reason, .flags = NB_F_DROP, .stack = 1,
+		.location = location, .drop_reason = reason, .flags = NB_F_DROP, .stack = 1, .direct = direct,
 	};
 
 	return nb_handle(ctx, skb, NB_HOOK_KFREE_SKB, &x);
@@ -459,7 +462,7 @@ static __always_inline void nb_flight_push(struct sk_buff *skb, __u32 hook, cons
 
 #define KP_ARG1(fn, hook)                                                        \
 	SEC("kprobe/" #fn) int kp_##fn(struct pt_regs *ctx)                      \
-	{ return nb_on_skb(ctx, (struct sk_buff *)PT_REGS_PARM1(ctx), hook); }
+	{ return nb_on_skb(ctx, (struct sk_buff *)PT_REGS_PARM1(ctx), hook, false); }
 
 KP_ARG1(netif_rx, NB_HOOK_NETIF_RX)
 KP_ARG1(ip_rcv, NB_HOOK_IP_RCV)
@@ -480,7 +483,7 @@ KP_ARG1(icmpv6_rcv, NB_HOOK_ICMPV6_RCV)
 #define KP_SK_SKB(fn, hook)                                                      \
 	SEC("kprobe/" #fn) int kp_##fn(struct pt_regs *ctx)                      \
 	{ return nb_on_skb_sk(ctx, (struct sk_buff *)PT_REGS_PARM2(ctx),         \
-			      (struct sock *)PT_REGS_PARM1(ctx), hook); }
+			      (struct sock *)PT_REGS_PARM1(ctx), hook, false); }
 
 KP_SK_SKB(tcp_transmit_skb, NB_HOOK_TCP_TRANSMIT_SKB)
 KP_SK_SKB(ip_queue_xmit, NB_HOOK_IP_QUEUE_XMIT)
@@ -489,7 +492,7 @@ KP_SK_SKB(ip6_xmit, NB_HOOK_IP6_XMIT)
 /* (net, sk, skb) */
 #define KP_ARG3(fn, hook)                                                        \
 	SEC("kprobe/" #fn) int kp_##fn(struct pt_regs *ctx)                      \
-	{ return nb_on_skb(ctx, (struct sk_buff *)PT_REGS_PARM3(ctx), hook); }
+	{ return nb_on_skb(ctx, (struct sk_buff *)PT_REGS_PARM3(ctx), hook, false); }
 
 KP_ARG3(ip_output, NB_HOOK_IP_OUTPUT)
 KP_ARG3(ip6_output, NB_HOOK_IP6_OUTPUT)
@@ -507,7 +510,7 @@ SEC("kprobe/kfree_skb_reason")
 int kp_kfree_skb_reason(struct pt_regs *ctx)
 {
 	return nb_on_drop(ctx, (struct sk_buff *)PT_REGS_PARM1(ctx), (__u32)PT_REGS_PARM2(ctx),
-			  kp_return_address(ctx));
+			  kp_return_address(ctx), false);
 }
 
 /* 6.12+: sk_skb_reason_drop(sk, skb, reason) */
@@ -515,7 +518,7 @@ SEC("kprobe/sk_skb_reason_drop")
 int kp_sk_skb_reason_drop(struct pt_regs *ctx)
 {
 	return nb_on_drop(ctx, (struct sk_buff *)PT_REGS_PARM2(ctx), (__u32)PT_REGS_PARM3(ctx),
-			  kp_return_address(ctx));
+			  kp_return_address(ctx), false);
 }
 
 static __always_inline void nb_nf_slow_entry(struct sk_buff *skb, const struct nf_hook_state *state)
@@ -570,7 +573,7 @@ int kr_nf_hook_slow(struct pt_regs *ctx)
 
 #define FE_ARG1(fn, hook)                                                        \
 	SEC("fentry/" #fn) int BPF_PROG(fe_##fn, struct sk_buff *skb)             \
-	{ return nb_on_skb(ctx, skb, hook); }
+	{ return nb_on_skb(ctx, skb, hook, true); }
 
 FE_ARG1(netif_rx, NB_HOOK_NETIF_RX)
 FE_ARG1(ip_rcv, NB_HOOK_IP_RCV)
@@ -589,7 +592,7 @@ FE_ARG1(icmpv6_rcv, NB_HOOK_ICMPV6_RCV)
 
 #define FE_SK_SKB(fn, hook)                                                      \
 	SEC("fentry/" #fn) int BPF_PROG(fe_##fn, struct sock *sk, struct sk_buff *skb) \
-	{ return nb_on_skb_sk(ctx, skb, sk, hook); }
+	{ return nb_on_skb_sk(ctx, skb, sk, hook, true); }
 
 FE_SK_SKB(tcp_transmit_skb, NB_HOOK_TCP_TRANSMIT_SKB)
 FE_SK_SKB(ip_queue_xmit, NB_HOOK_IP_QUEUE_XMIT)
@@ -597,7 +600,7 @@ FE_SK_SKB(ip6_xmit, NB_HOOK_IP6_XMIT)
 
 #define FE_ARG3(fn, hook)                                                        \
 	SEC("fentry/" #fn) int BPF_PROG(fe_##fn, void *net, struct sock *sk, struct sk_buff *skb) \
-	{ return nb_on_skb(ctx, skb, hook); }
+	{ return nb_on_skb(ctx, skb, hook, true); }
 
 FE_ARG3(ip_output, NB_HOOK_IP_OUTPUT)
 FE_ARG3(ip6_output, NB_HOOK_IP6_OUTPUT)
@@ -632,25 +635,25 @@ int BPF_PROG(fx_nf_hook_slow, struct sk_buff *skb, const struct nf_hook_state *s
 SEC("tp_btf/netif_receive_skb")
 int BPF_PROG(tp_netif_receive_skb, struct sk_buff *skb)
 {
-	return nb_on_skb(ctx, skb, NB_HOOK_NETIF_RECEIVE_SKB);
+	return nb_on_skb(ctx, skb, NB_HOOK_NETIF_RECEIVE_SKB, true);
 }
 
 SEC("tp_btf/netif_rx")
 int BPF_PROG(tp_netif_rx, struct sk_buff *skb)
 {
-	return nb_on_skb(ctx, skb, NB_HOOK_NETIF_RX);
+	return nb_on_skb(ctx, skb, NB_HOOK_NETIF_RX, true);
 }
 
 SEC("tp_btf/net_dev_queue")
 int BPF_PROG(tp_net_dev_queue, struct sk_buff *skb)
 {
-	return nb_on_skb(ctx, skb, NB_HOOK_DEV_QUEUE_XMIT);
+	return nb_on_skb(ctx, skb, NB_HOOK_DEV_QUEUE_XMIT, true);
 }
 
 SEC("tp_btf/net_dev_start_xmit")
 int BPF_PROG(tp_net_dev_start_xmit, struct sk_buff *skb)
 {
-	return nb_on_skb(ctx, skb, NB_HOOK_NET_DEV_START_XMIT);
+	return nb_on_skb(ctx, skb, NB_HOOK_NET_DEV_START_XMIT, true);
 }
 
 /*
@@ -682,7 +685,7 @@ int BPF_PROG(tp_kfree_skb, struct sk_buff *skb, void *location, unsigned int rea
 				nb_flight_remove(st, i, NB_VERDICT_STOLEN);
 		}
 	}
-	return nb_on_drop(ctx, skb, reason, (__u64)location);
+	return nb_on_drop(ctx, skb, reason, (__u64)location, true);
 }
 
 /* A packet in flight that is consumed was taken by its hook (defragmentation, queue). */
@@ -708,14 +711,15 @@ static __always_inline void nb_nf_extra(struct nb_extra *x, const struct nf_hook
 	__u8 pf = state->pf;
 
 	x->flags = NB_F_NF;
+	x->direct = 1;
 	x->nf_hook = state->hook;
 	x->family = pf == 2 ? 4 : pf == 10 ? 6 : 0;
-	x->netns = BPF_CORE_READ(state, net, ns.inum);
+	x->netns = state->net->ns.inum;
 	dev = state->in;
 	if (!dev)
 		dev = state->out;
 	if (dev)
-		x->ifindex = BPF_CORE_READ(dev, ifindex);
+		x->ifindex = dev->ifindex;
 }
 
 /* Attached at priority INT_MIN+1 of each hook: the packet enters the hook. */

@@ -161,8 +161,8 @@ def test_decode_speed() -> None:
     buf = raw_event(hook=abi.NbHook.IP_RCV, flags=abi.F_HAS_L2 | abi.F_HAS_L3 | abi.F_HAS_L4, family=4,
                     ip_proto=6, saddr=a16("10.210.0.1"), daddr=a16("10.210.0.2"), sport=1, dport=2)
     unpack = decode.EVENT_STRUCT.unpack_from
-    n, base, full = 5000, [], []
-    for _ in range(15):
+    n, base, full = 200, [], []
+    for _ in range(150):    # many short windows: some escape preemption even on a busy machine
         base.append(timeit.timeit(lambda: unpack(buf, 0), number=n) / n)
         full.append(timeit.timeit(lambda: decode.decode_event(buf), number=n) / n)
     ratio = min(full) / min(base)
