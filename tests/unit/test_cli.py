@@ -193,3 +193,16 @@ def test_interface_and_netns_become_filter_terms(fake, capsys):
     assert any(r.field == 10 and r.value == netns.current().inode for r in rules)
     rc, out, err = run_main(["-i", "lo", "--netns", "all"], capsys)
     assert rc == 2 and err.startswith("netbee: -i needs a single --netns")
+
+
+def test_ctrl_c_prints_the_summary(fake, capsys, monkeypatch):
+    def events(self, timeout=0.1):
+        if not self.batches:
+            signal.raise_signal(signal.SIGINT)
+            return
+        yield from self.batches.pop(0)
+    monkeypatch.setattr(FakeTracer, "events", events)
+    rc, out, err = run_main(["--json"], capsys)
+    assert rc == 0 and len(out.splitlines()) == 3
+    assert err.splitlines()[-1].startswith("netbee: 3 events shown, 7 filtered in the kernel")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
