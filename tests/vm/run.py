@@ -71,6 +71,21 @@ def boot(series: str, pytest_args: Sequence[str] = (), timeout: int = BOOT_TIMEO
          keep: bool = False) -> GuestRun:
     """Boot the series' kernel once, run the guest test subset, return what came back."""
     root = kernels.kernel_dir(series)
+    run = _boot_once(series, root, pytest_args, timeout)
+    if run.exitstatus is None and not run.pytest_log:
+        # The guest never started pytest (QEMU/vng failed early, seen once with exit 255 and no
+        # output while several guests ran at once): one more boot, keeping the first failure visible.
+        first = run
+        shutil.rmtree(first.results_dir, ignore_errors=True)
+        run = _boot_once(series, root, pytest_args, timeout)
+        run.console = f"[first boot failed after {first.seconds:.0f}s: {first.console.strip()}]\n" + run.console
+    if not keep:
+        _save_btf(root, run.results_dir)
+        shutil.rmtree(run.results_dir, ignore_errors=True)
+    return run
+
+
+def _boot_once(series: str, root: Path, pytest_args: Sequence[str], timeout: int) -> GuestRun:
     results = Path(tempfile.mkdtemp(prefix=f"netbee-vm-{series}-"))
     # sys.executable is the interpreter itself (not a pyenv shim); no realpath: a venv's python is a
     # symlink whose location is what makes the venv's site-packages visible.
@@ -93,9 +108,6 @@ def boot(series: str, pytest_args: Sequence[str] = (), timeout: int = BOOT_TIMEO
     run.junit = _junit_counts(results / "junit.xml")
     if proc.returncode != 0 and status is None:
         run.console += f"\n[vng exited {proc.returncode}; 124 means the {timeout}s timeout hit]"
-    if not keep:
-        _save_btf(root, results)
-        shutil.rmtree(results, ignore_errors=True)
     return run
 
 
