@@ -73,6 +73,7 @@ class Map:
     def __init__(self, name: str, map_type: int, key_size: int, value_size: int, max_entries: int,
                  flags: int = 0, *, btf_fd: Optional[int] = None, btf_key_type_id: int = 0,
                  btf_value_type_id: int = 0) -> None:
+        self._fd: Optional[sc.Fd] = None  # set once the kernel gave us one
         self.name = name
         self.type = int(map_type)
         self.key_size = key_size
@@ -118,17 +119,20 @@ class Map:
     # --- fd ----------------------------------------------------------------------------------------
     @property
     def fd(self) -> int:
+        if self._fd is None:
+            raise ValueError(f"{self.name}: not loaded")
         return self._fd.fd
 
     def fileno(self) -> int:
-        return self._fd.fd
+        return self.fd
 
     def close(self) -> None:
-        self._fd.close()
+        if self._fd is not None:
+            self._fd.close()
 
     @property
     def closed(self) -> bool:
-        return self._fd.closed
+        return self._fd is None or self._fd.closed
 
     def __enter__(self) -> "Map":
         return self

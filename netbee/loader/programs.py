@@ -170,6 +170,7 @@ class Program:
         if kind not in KINDS and prog_type is None:
             raise ValueError(f"unknown program kind {kind!r}")
         ptype, atype = KINDS.get(kind, (ProgType.SOCKET_FILTER, AttachType.NONE))
+        self._fd: Optional[sc.Fd] = None  # set once the kernel gave us one
         self.name = name
         self.kind = kind
         self.attach_target = attach_target
@@ -232,17 +233,20 @@ class Program:
 
     @property
     def fd(self) -> int:
+        if self._fd is None:
+            raise ValueError(f"{self.name}: not loaded")
         return self._fd.fd
 
     def fileno(self) -> int:
-        return self._fd.fd
+        return self.fd
 
     @property
     def closed(self) -> bool:
-        return self._fd.closed
+        return self._fd is None or self._fd.closed
 
     def close(self) -> None:
-        self._fd.close()
+        if self._fd is not None:
+            self._fd.close()
 
     def __enter__(self) -> "Program":
         return self
