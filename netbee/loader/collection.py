@@ -67,9 +67,13 @@ class Collection:
         bad = [n for n in sizes if n not in self.spec.maps]
         if bad:
             raise ObjectFileError(f"map_sizes names unknown map(s): {', '.join(bad)}")
+        mmapable = None
         for name, mspec in self.spec.maps.items():
+            if mspec.data is not None and mmapable is None:
+                from netbee.loader.features import mmapable_array
+                mmapable = mmapable_array()[0]
             self.maps[name] = Map.from_spec(mspec, btf_fd=self.btf.fd if self.btf else None,
-                                            max_entries=sizes.get(name))
+                                            max_entries=sizes.get(name), mmapable=bool(mmapable))
 
     def _load_program(self, pspec: Any, override: Dict[str, Any], cand_cache: Dict[int, List[int]],
                       log_level: int) -> Program:

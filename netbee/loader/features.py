@@ -174,6 +174,17 @@ def map_type(name: str) -> Probe:
         return False, _errtext(e)
 
 
+@_cached
+def mmapable_array() -> Probe:
+    """BPF_F_MMAPABLE arrays (5.5+): global .data/.bss readable from user space without syscalls."""
+    from netbee.loader.maps import F_MMAPABLE, Map, MapType
+    try:
+        Map("nbprobe_mmap", MapType.ARRAY, 4, 8, 1, F_MMAPABLE).close()
+        return True, "created"
+    except NetBeeError as e:
+        return False, _errtext(e)
+
+
 def _mov(dst: int, imm: int) -> bytes:
     return struct.pack("<BBhi", 0xB7, dst, 0, imm)
 
@@ -308,6 +319,7 @@ def probe_table() -> List[Tuple[str, bool, str]]:
     add("attach: kprobe.multi", kprobe_multi())
     for name in MAP_PROBES:
         add(f"map type: {name}", map_type(name))
+    add("map flag: mmapable array", mmapable_array())
     for name in ("get_stack", "ringbuf_output", "ringbuf_reserve", "probe_read_kernel", "ktime_get_ns"):
         add(f"helper: {name} (raw_tp)", helper(name))
     add("helper: ringbuf_output (netfilter)", helper("ringbuf_output", "netfilter"))

@@ -246,6 +246,13 @@ class Map:
         """Make the map read-only for user space from now on (BPF_MAP_FREEZE)."""
         sc.bpf(sc.Cmd.MAP_FREEZE, sc.MapFreezeAttr(map_fd=self.fd), what=f"map {self.name!r}")
 
+    def mmap(self) -> mmap.mmap:
+        """Shared read-write mapping of a BPF_F_MMAPABLE array's values (close it before the map)."""
+        if not self.flags & F_MMAPABLE:
+            raise ValueError(f"map {self.name} was not created mmapable")
+        size = (self.value_size * self.max_entries + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
+        return mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
     def stack(self, stack_id: int) -> Optional[List[int]]:
         """Addresses of one stack of a STACK_TRACE map (trailing zero frames dropped)."""
         raw = self.lookup(stack_id)

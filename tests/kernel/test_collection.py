@@ -74,11 +74,20 @@ def test_prebuilt_object_loads_with_globals_and_line_info(kbtf) -> None:
 
 
 def test_every_host_kind_of_the_test_object_loads(kbtf) -> None:
+    from netbee.loader.maps import F_MMAPABLE, F_RDONLY_PROG
     spec = ObjectSpec.from_path(str(BASIC))
     names = _host_programs(spec)
     assert {"tpb_one", "rtp", "tp_kfree", "nf"} <= set(names)
     with Collection(spec, kbtf, programs=names) as coll:
         assert sorted(coll.programs) == sorted(names)
+        bss = coll.maps[".bss"]  # writable global data: mmapable, visible without a syscall
+        assert bss.flags & F_MMAPABLE and not bss.flags & F_RDONLY_PROG
+        mm = bss.mmap()
+        try:
+            mm[0:4] = b"\x01\x02\x03\x04"
+            assert bss.lookup(0)[:4] == b"\x01\x02\x03\x04"
+        finally:
+            mm.close()
 
 
 def _break(spec: ObjectSpec, prog: str) -> None:
