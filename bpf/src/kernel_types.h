@@ -89,9 +89,11 @@ struct net_device {
 	possible_net_t nd_net;
 } __attribute__((preserve_access_index));
 
+/* UAPI layout (16 bytes); the kernel's is a union of arrays, so no field
+ * names to relocate: only sock_common's offset of it is relocated. */
 struct in6_addr {
 	__u8 s6_addr[16];
-} __attribute__((preserve_access_index));
+};
 
 struct sock_common {
 	__be32 skc_daddr;
