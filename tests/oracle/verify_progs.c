@@ -6,7 +6,8 @@
  *
  *   verify_progs OBJ [--stress] PROG...
  *
- * --stress fills cfg with NB_MAX_RULES mixed filter rules, want_stack and a
+ * --stress fills cfg with 31 mixed filter rules (see tests/kernel/test_programs_verify.py
+ * for an exact NB_MAX_RULES program), want_stack and a
  * wakeup threshold, so the verifier walks the longest configured paths.
  * Prints "OK <prog> <insns>" or "FAIL <prog>" + the log tail; exit 1 on any failure.
  * Programs in SEC("netfilter") get their type set by hand (libbpf 1.1 lacks it).
