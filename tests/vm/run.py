@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -90,7 +91,7 @@ def _boot_once(series: str, root: Path, pytest_args: Sequence[str], timeout: int
     # sys.executable is the interpreter itself (not a pyenv shim); no realpath: a venv's python is a
     # symlink whose location is what makes the venv's site-packages visible.
     python = sys.executable
-    script = " ".join(["sh", str(GUEST_SCRIPT), str(results), python, str(TREE), series] + list(pytest_args))
+    script = shlex.join(["sh", str(GUEST_SCRIPT), str(results), python, str(TREE), series] + list(pytest_args))
     cmd = ["timeout", "-k", "10", str(timeout)] + vng_command(root, results, script)
     start = time.monotonic()
     # QEMU reopens /proc/self/fd/1 with truncation: a pipe, never a file, for its output.
