@@ -28,6 +28,7 @@ run bench.kernel_cost $K
 run bench.userspace $U
 run bench.flood $F
 run bench.wakeups
+run bench.wakeup_policy
 run bench.memory
 if [ -n "$failed" ]; then
     echo "bench: failed:$failed" >&2
