@@ -47,7 +47,7 @@ def machine() -> str:
         bt = subprocess.run(["bpftrace", "--version"], stdout=subprocess.PIPE, text=True).stdout.strip()
     except OSError:
         bt = "bpftrace absent"
-    ncpu = len(__import__("os").sched_getaffinity(0))
+    ncpu = __import__("os").cpu_count()
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f"{now}; kernel {platform.release()}; {ncpu} CPUs ({cpu}); Python {sys.version.split()[0]}; {bt}")
 

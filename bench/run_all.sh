@@ -26,6 +26,7 @@ run bench.startup $S
 run bench.loader_phases --samples 7
 run bench.kernel_cost $K
 run bench.userspace $U
+run bench.userspace_breakdown
 run bench.flood $F
 run bench.wakeups
 run bench.wakeup_policy
