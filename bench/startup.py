@@ -71,6 +71,9 @@ def main(argv: List[str] | None = None) -> int:
                     s["exit"].append(exit_s)
                     if need == "tracing" and t.t_first_event is not None:
                         s.setdefault("first_event", []).append(t.t_first_event - t.t_launch)
+                    summ = t.stderr_after_sigint("events shown")
+                    if summ is not None:
+                        s.setdefault("summary", []).append(summ)
             py = report.median(_python_floor() for _ in range(5))
         finally:
             trickle.kill()
@@ -80,10 +83,11 @@ def main(argv: List[str] | None = None) -> int:
     rows = []
     for name, s in samples.items():
         fe = f"{report.median(s['first_event']):.3f}" if s.get("first_event") else "-"
+        sm = f"{report.median(s['summary']):.3f}" if s.get("summary") else "-"
         rows.append([name, f"{report.median(s['ready']):.3f}", report.spread(s["ready"]), fe,
-                     f"{report.median(s['exit']):.3f}", report.spread(s["exit"])])
+                     f"{report.median(s['exit']):.3f}", report.spread(s["exit"]), sm])
     print(report.table(["tool", "ready s (median)", "ready min..max", "first event s", "Ctrl-C to exit s",
-                        "exit min..max"], rows))
+                        "exit min..max", "Ctrl-C to summary line s"], rows))
     print(f"\nRounds: {args.rounds}. Python interpreter start+exit alone: {py:.3f} s.")
     names = {key: tools[key][0] for key in wanted}
     if "netbee" not in names or "bt1" not in names:

@@ -138,7 +138,7 @@ class Tracer:
 
     def interrupt(self, timeout: float = 20.0) -> float:
         """Ctrl-C (SIGINT); returns seconds until the process has exited."""
-        t0 = time.monotonic()
+        t0 = self.t_sigint = time.monotonic()
         self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(timeout=timeout)
@@ -149,6 +149,16 @@ class Tracer:
         for t in self._threads:
             t.join(timeout=5)
         return dt
+
+    def stderr_after_sigint(self, needle: str) -> Optional[float]:
+        """Seconds from SIGINT to the first later stderr line containing needle (netbee's summary)."""
+        t0 = getattr(self, "t_sigint", None)
+        if t0 is None:
+            return None
+        for line, t in zip(self.stderr_lines, self.stderr_times):
+            if t >= t0 and needle in line:
+                return t - t0
+        return None
 
     def kill(self) -> None:
         if self.proc.poll() is None:
