@@ -432,12 +432,19 @@ static __always_inline void nb_flight_push(struct sk_buff *skb, __u32 hook, cons
 		i = nb_flight_find(st, (__u64)skb);
 		if (i < NB_NF_DEPTH)
 			nb_flight_remove(st, i, NB_VERDICT_STOLEN);
-		/* stale tops left their hook unseen long ago */
+		/* stale tops left their hook unseen long ago; stop at the first fresh one,
+		 * which may be a packet we are nested in */
+		bool fresh = false;
+
 #pragma clang loop unroll(full)
 		for (j = NB_NF_DEPTH - 1; j >= 0; j--) {
-			if (j < st->depth && now - st->e[j].ts > NB_NF_STALE_NS) {
+			if (fresh || j >= st->depth)
+				continue;
+			if (now - st->e[j].ts > NB_NF_STALE_NS) {
 				nb_flight_emit(st, j, NB_VERDICT_STOLEN, 0, 0);
 				st->depth = j;
+			} else {
+				fresh = true;
 			}
 		}
 	}
