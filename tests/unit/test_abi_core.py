@@ -56,3 +56,32 @@ def test_netfilter_drop_reason_is_relocated() -> None:
         want = kbtf.enum_values("skb_drop_reason")["SKB_DROP_REASON_NETFILTER_DROP"]
         fixes = [fx for fx in core.relocate("tp_kfree_skb", enum_relos, spec.btf, kbtf)]
         assert {fx.target_value for fx in fixes} == {want}, which
+
+
+@pytest.mark.parametrize("which", ["host", "6.1", "6.12"])
+def test_hook_table_targets_exist_in_kernel_btf(which: str) -> None:
+    """hooks.py against real kernels: every tp_btf target has its btf_trace_<name> type, and every
+    kprobe/fentry hook has at least one symbol candidate that is a BTF function (what fentry needs;
+    the tracer also checks kallsyms at run time). KFREE_SKB's kprobe alternatives are per kernel:
+    one of them must resolve."""
+    from netbee import hooks
+    from netbee.loader.btf import BtfKind
+
+    kbtf = target_btf(which)
+    missing = []
+    for h in hooks.HOOKS:
+        for backend, alts in h.backends.items():
+            usable = []
+            for alt in alts:
+                ok = True
+                for t in alt:
+                    if t.kind == "tp_btf":
+                        ok &= bool(kbtf.find("btf_trace_" + t.symbols[0]))
+                    elif t.kind in ("kprobe", "kretprobe", "fentry", "fexit"):
+                        ok &= any(kbtf.find(s, BtfKind.FUNC) for s in t.symbols)
+                    elif t.kind == "netfilter":
+                        ok &= bool(kbtf.find("bpf_nf_ctx"))
+                usable.append(ok)
+            if not any(usable) and not (backend == "tracepoint" and which == "6.1"):
+                missing.append(f"{h.key}/{backend}")
+    assert not missing, missing
