@@ -31,6 +31,7 @@ run bench.flood $F
 run bench.wakeups
 run bench.wakeup_policy
 run bench.memory
+run bench.exit_teardown
 if [ -n "$failed" ]; then
     echo "bench: failed:$failed" >&2
     exit 1
