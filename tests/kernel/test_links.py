@@ -289,3 +289,11 @@ def test_kprobe_events_gone_after_signal(sig: int) -> None:
         mine = tracefs.add_kprobe(PROBE_FUNC, False)
         tracefs.remove_kprobe(mine)
     assert _our_events(child.pid) == []
+
+
+def test_run_stats_count_program_runs(counter) -> None:
+    from netbee.loader import syscall as sc
+    with sc.enable_stats(), _load("raw_tp", counter, "task_rename") as prog, L.attach(prog):
+        rename_self(4)
+        info = prog.info()
+        assert info.run_cnt >= 5 and info.run_time_ns > 0

@@ -127,3 +127,10 @@ def test_huge_log_grows_buffer() -> None:
 def test_kernel_version_code() -> None:
     assert P.kernel_version_code("6.1.0-27-amd64") == (6 << 16) | (1 << 8)
     assert P.kernel_version_code("5.4.300") == (5 << 16) | (4 << 8) | 255
+
+
+def test_prog_fd_by_id_reaches_the_same_program() -> None:
+    with P.Program("nbk_byid", "raw_tp", RET0) as p:
+        pid = p.info().id
+        with sc.prog_fd_by_id(pid) as fd:
+            assert sc.obj_info(fd.fd, sc.ProgInfo()).id == pid
