@@ -11,6 +11,7 @@ the same way (taskset to CPU 1, from the init netns; netbee gets --netns), and t
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -41,6 +42,8 @@ def main(argv: List[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--tools", default="netbee,bt1,bt5", help="comma list of: netbee, bt1, bt5")
     args = ap.parse_args(argv)
+    # The benchmark's own threads (pipe readers) stay off the sender's CPU.
+    os.sched_setaffinity(0, {OTHER_CPU})
     tracers.ensure_tracefs()
     samples: Dict[str, Dict[str, List[float]]] = {}
     with Pair() as pair:
