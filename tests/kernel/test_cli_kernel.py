@@ -25,12 +25,14 @@ from tests import netlab
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 pytestmark = [pytest.mark.kernel, pytest.mark.backend("tracepoint")]
+# Python runs ~15x slower inside the QEMU (TCG) guests of tests/vm: stretch every wait there.
+SLOW = 15.0 if os.environ.get("NETBEE_IN_VM") == "1" else 1.0
 
 
 class NetbeeRun:
     """`python -m netbee ARGS` in the background; events() after stop() gives parsed JSON lines."""
 
-    def __init__(self, *args: str, ready_timeout: float = 60.0, json_out: bool = True) -> None:
+    def __init__(self, *args: str, ready_timeout: float = 60.0 * SLOW, json_out: bool = True) -> None:
         argv = [sys.executable, "-m", "netbee"] + (["--json"] if json_out else []) + list(args)
         self.argv = argv
         self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -66,7 +68,7 @@ class NetbeeRun:
         self.proc.wait()
         raise AssertionError(f"netbee not ready after {timeout}s: {seen.decode(errors='replace')}")
 
-    def read_until(self, until, timeout: float = 15.0) -> bool:
+    def read_until(self, until, timeout: float = 15.0 * SLOW) -> bool:
         """Read JSON lines as they come until until(events so far) holds (or timeout)."""
         fd = self.proc.stdout.fileno()  # type: ignore[union-attr]
         sel = selectors.DefaultSelector()
@@ -86,12 +88,12 @@ class NetbeeRun:
         if until is not None:
             self.read_until(until)
         else:
-            time.sleep(settle)  # events of the last packets may still be in the ring buffer
+            time.sleep(settle * SLOW)  # events of the last packets may still be in the ring buffer
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         return self.wait()
 
-    def wait(self, timeout: float = 30.0) -> "NetbeeRun":
+    def wait(self, timeout: float = 30.0 * SLOW) -> "NetbeeRun":
         # Read through the file objects (not communicate(), which bypasses what readline()
         # already buffered); a timer kills a netbee that does not exit.
         timer = threading.Timer(timeout, self.proc.kill)
@@ -338,7 +340,8 @@ def test_fentry_refused_here_is_one_line():
 def test_kprobe_backend(two_hosts):
     t = two_hosts
     run = traced(t, "--backend", "kprobe", "-p", "icmp",
-                 action=lambda: netlab.ping(t.client, t.server_ip, count=1))
+                 action=lambda: netlab.ping(t.client, t.server_ip, count=1, timeout=2 * SLOW),
+                 until=lambda evs: {"echo request", "echo reply"} <= {e["icmp_type"] for e in evs})
     assert "the kprobe backend" in run.start_line
     assert {e["icmp_type"] for e in run.events()} >= {"echo request", "echo reply"}
 
