@@ -17,11 +17,12 @@ import time
 from typing import List, Optional
 
 from bench import report, tracers
+from bench.lab import Pair
 
 CHILD = """
 import os, sys
 from netbee.tracer import TraceOptions, Tracer
-t = Tracer(TraceOptions(backend="tracepoint"))
+t = Tracer(TraceOptions(backend="tracepoint", netns=sys.argv[2:]))
 t.start()
 t.close()
 print("closed", file=sys.stderr, flush=True)
@@ -30,17 +31,20 @@ if sys.argv[1] == "os._exit":
 """
 
 
-def one(mode: str) -> float:
+def one(pair: Pair, mode: str) -> float:
     env = dict(os.environ, PYTHONPATH=str(tracers.ROOT))
-    p = subprocess.Popen([sys.executable, "-c", CHILD, mode], stderr=subprocess.PIPE, env=env)
+    # Netfilter links only in the benchmark's own namespaces, never the init netns.
+    p = subprocess.Popen([sys.executable, "-c", CHILD, mode, pair.tx, pair.rx], stderr=subprocess.PIPE, env=env)
     t0 = None
+    seen = []
     for line in p.stderr:
         if line.startswith(b"closed"):
             t0 = time.monotonic()
             break
+        seen.append(line.decode(errors="replace"))
     p.wait()
     if t0 is None or p.returncode != 0:
-        raise RuntimeError(f"exit_teardown child ({mode}) failed with {p.returncode}")
+        raise RuntimeError(f"exit_teardown child ({mode}) failed with {p.returncode}:\n{''.join(seen[-20:])}")
     return time.monotonic() - t0
 
 
@@ -49,9 +53,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--samples", type=int, default=5)
     args = ap.parse_args(argv)
     res = {"return normally": [], "os._exit(0)": []}
-    for _ in range(args.samples):
-        res["return normally"].append(one("return"))
-        res["os._exit(0)"].append(one("os._exit"))
+    with Pair() as pair:
+        for _ in range(args.samples):
+            res["return normally"].append(one(pair, "return"))
+            res["os._exit(0)"].append(one(pair, "os._exit"))
     report.header("Diagnostic: interpreter teardown at exit", ["python3", "-m", "bench.exit_teardown"] +
                   (argv if argv is not None else sys.argv[1:]))
     print(report.table(["after Tracer.close()", "ms to exit (median)", "ms min..max"],
