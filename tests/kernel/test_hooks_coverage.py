@@ -33,13 +33,14 @@ def routed():
 
 
 def traffic(t: netlab.RoutedHosts) -> None:
+    # Generous timeouts: in an emulated guest, on shared cores, a Python listener can take seconds.
     netlab.ping(t.client, t.server_ip, count=1)
     netlab.ping(t.client, t.server_ip6, count=1)
-    netlab.tcp_transfer(t.client, t.server, t.server_ip, 5001, 2000)
-    netlab.tcp_transfer(t.client, t.server, t.server_ip6, 5002, 2000)
-    netlab.udp_send(t.client, t.server_ip, 5003, open_port=True, dst_ns=t.server)
-    netlab.udp_send(t.client, t.server_ip6, 5004, open_port=True, dst_ns=t.server)
-    netlab.udp_send(t.client, t.server_ip, 5005, open_port=False)  # a drop: NO_SOCKET
+    netlab.tcp_transfer(t.client, t.server, t.server_ip, 5001, 2000, timeout=60)
+    netlab.tcp_transfer(t.client, t.server, t.server_ip6, 5002, 2000, timeout=60)
+    netlab.udp_send(t.client, t.server_ip, 5003, open_port=True, dst_ns=t.server, timeout=30)
+    netlab.udp_send(t.client, t.server_ip6, 5004, open_port=True, dst_ns=t.server, timeout=30)
+    netlab.udp_send(t.client, t.server_ip, 5005, open_port=False, timeout=10)  # a drop: NO_SOCKET
 
 
 @pytest.mark.parametrize("backend", [
