@@ -118,13 +118,16 @@ def test_nft_drop_at_input_is_reported_with_reason_and_stack(hosts, family):
     assert not [e for e in ours if e.hook == NF_BRACKET and e.nf_hook == NF_LOCAL_IN and e.verdict == VERDICT_ACCEPT]
 
 
-def test_excluded_flow_yields_no_event_and_is_counted_as_filtered(hosts):
+@pytest.mark.parametrize("family", [4, 6])
+def test_excluded_flow_yields_no_event_and_is_counted_as_filtered(hosts, family):
+    dst = hosts.server_ip if family == 4 else hosts.server_ip6
     events, counters, _ = trace_during(
         options_for(hosts.namespaces(), expression="udp"),
-        lambda: netlab.ping(hosts.client, hosts.server_ip, count=3, interval=0.05))
-    icmp = [e for e in events if e.proto == 1]
+        lambda: netlab.ping(hosts.client, dst, count=3, interval=0.05))
+    icmp = [e for e in events if e.proto in (1, 58)]
     assert icmp == [], [describe(e) for e in icmp]
-    # The netns term keeps everybody else's traffic out, and ours is all ICMP (plus ARP): nothing passes.
+    # The netns term keeps everybody else's traffic out, and ours is all ICMP (plus ARP or neighbour
+    # discovery, also ICMPv6): nothing passes.
     assert counters.received == 0 and counters.submitted == 0, counters
     assert counters.filtered >= 3 * 8, counters  # 3 requests + 3 replies through >= 4 hooks each
     assert counters.seen >= counters.filtered
