@@ -23,26 +23,11 @@ import time
 from typing import Dict, List, Optional
 
 from bench import build, configs, kcounters, report, tracers
+from bench.userspace import wait_idle
 from bench.lab import Pair
 from bench.traffic import OTHER_CPU, SEND_CPU, UDP_PORT
 
 TARGET_RSS_MB = 60.0
-
-
-def _wait_idle(pid: int, limit: float = 60.0) -> float:
-    """Wait until netbee has drained its ring buffer: its CPU use drops to almost nothing.
-    Returns the seconds it took after the traffic stopped."""
-    from bench.userspace import _cpu_seconds
-
-    t0 = time.monotonic()
-    last = _cpu_seconds(pid)
-    while time.monotonic() - t0 < limit:
-        time.sleep(0.25)
-        now = _cpu_seconds(pid)
-        if now - last <= 0.01:
-            return time.monotonic() - t0
-        last = now
-    raise RuntimeError(f"netbee still busy {limit}s after the flood stopped")
 
 
 def flood(pair: Pair, fmt: str, seconds: float) -> Dict[str, object]:
@@ -58,7 +43,7 @@ def flood(pair: Pair, fmt: str, seconds: float) -> Dict[str, object]:
             samples.append(tracers.rss_kb(t.pid))
             time.sleep(0.25)
         sent = json.loads(snd.stdout.read())
-        drain_s = _wait_idle(t.pid)
+        drain_s = wait_idle(t.pid)
         kc = kcounters.read(t.pid)
         hwm = tracers.peak_rss_kb(t.pid)
         exit_s = t.interrupt()

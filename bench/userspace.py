@@ -20,13 +20,14 @@ Two measurements per output format (--json, and the table), netbee pinned to CPU
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 import time
 from typing import Dict, List, Optional, Tuple
 
-from bench import build, configs, report, tracers
+from bench import build, configs, kcounters, report, tracers
 from bench.lab import Pair
 from bench.traffic import OTHER_CPU, SEND_CPU, UDP_PORT
 
@@ -39,6 +40,20 @@ def _cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def wait_idle(pid: int, limit: float = 60.0) -> float:
+    """Wait until netbee has drained its ring buffer: its CPU use drops to almost nothing.
+    Returns the seconds it took."""
+    t0 = time.monotonic()
+    last = _cpu_seconds(pid)
+    while time.monotonic() - t0 < limit:
+        time.sleep(0.25)
+        now = _cpu_seconds(pid)
+        if now - last <= 0.01:
+            return time.monotonic() - t0
+        last = now
+    raise RuntimeError(f"netbee still busy {limit}s after the traffic stopped")
 
 
 def _wait_rusage(t: tracers.Tracer, timeout: float) -> Tuple[float, float]:
@@ -91,26 +106,27 @@ def live(pair: Pair, fmt: str, eps: float, seconds: float, events_per_packet: fl
         t.wait_ready(need="tracing")
         snd = _sender(pair, seconds, eps / events_per_packet)
         out, _ = snd.communicate()
-        time.sleep(0.5)  # let netbee drain what is queued
+        wait_idle(t.pid)  # netbee has drained what is queued
         t.interrupt()
         summ = configs.parse_summary(t.stderr_lines)
-    import json
     sent = json.loads(out)
     return {"offered_eps": eps, "achieved_pps": sent["pps"], "shown": summ.get("shown", -1),
             "lost": summ.get("lost", -1), "shown_eps": summ.get("shown", 0) / sent["seconds"]}
 
 
 def events_per_packet(pair: Pair) -> float:
-    """How many events one probe packet yields with no filter (from netbee's own summary)."""
+    """How many events one probe packet yields with no filter, from the kernel's own counters."""
     args = ["--backend", "tracepoint", "--netns", pair.tx, "--netns", pair.rx, "--json"]
     with tracers.Tracer(configs.pin(tracers.netbee_argv(args)), stdout_to_null=True) as t:
         t.wait_ready(need="tracing")
+        k0 = kcounters.read(t.pid)
         snd = _sender(pair, 1.0, 1000)
         out, _ = snd.communicate()
-        time.sleep(0.5)
+        time.sleep(0.2)  # the last packet's ICMP error and drop
+        k1 = kcounters.read(t.pid)
         t.interrupt()
-    import json
-    return configs.parse_summary(t.stderr_lines)["shown"] / json.loads(out)["sent"]
+    events = sum(k1[k] - k0[k] for k in ("submitted", "lost"))
+    return events / json.loads(out)["sent"]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
