@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 if [ "${1:-}" = quick ]; then
     S="--rounds 2"; K="--rounds 1 --seconds 1 --tcp-seconds 1"; U="--rounds 1 --events 20000"; F="--seconds 3"
 else
-    S="--rounds 9"; K="--rounds 5 --seconds 2 --tcp-seconds 2"; U="--rounds 3 --events 100000"; F="--seconds 8"
+    S="--rounds 7"; K="--rounds 4 --seconds 2 --tcp-seconds 1.5"; U="--rounds 3 --events 50000"; F="--seconds 6"
 fi
 # netbee's own kernel tests boot QEMU guests with virtme-ng; figures taken in one would mean nothing.
 if grep -q virtme /proc/cmdline 2>/dev/null; then
