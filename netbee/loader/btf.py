@@ -2,15 +2,19 @@
 
 Pure Python, no kernel. Parsing is lazy because the kernel's vmlinux BTF holds
 over 100,000 types: construction only walks the type headers to record where
-each type starts; a type is decoded when asked for, and the name index is a
-search of the string table done on demand.
+each type starts; a type is decoded when asked for, and look-ups by name go
+through btf_index.NameIndex (sorted name offsets + string table search, built on
+the first look-up). Btf.load_kernel shares one parse (and its index) between the
+callers of one process that load the same unchanged file.
 """
 from __future__ import annotations
 
+import os
 import sys
+import weakref
 from array import array
 from collections.abc import Sequence
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from netbee.loader.btf_types import (INT_BOOL, INT_CHAR, INT_SIGNED, MODIFIERS, Array, BtfKind,  # noqa: F401
                                      BtfType, Const, Datasec, DeclTag, Enum, Enum64, EnumValue,
@@ -18,14 +22,16 @@ from netbee.loader.btf_types import (INT_BOOL, INT_CHAR, INT_SIGNED, MODIFIERS, 
                                      Struct, Typedef, TypeTag, Union, Var, VarSecInfo, Void,
                                      Volatile)
 from netbee.loader.btf_encode import StringTable, encode_type
+from netbee.loader.btf_index import NameIndex
 from netbee.loader.errors import BTFError
 
 BTF_MAGIC = 0xEB9F
 HEADER_SIZE = 24
 KERNEL_BTF_PATH = "/sys/kernel/btf/vmlinux"
 
-# find() calls answered by searching before a name dict is built (~50 ms on vmlinux)
-_FINDS_BEFORE_INDEX = 4
+# load_kernel: (path, dev, inode, size, mtime) -> the parsed raw types, while some Btf uses them.
+# features.py and the tracer each load the kernel BTF; the second load costs a stat.
+_PARSED: "weakref.WeakValueDictionary[tuple, NameIndex]" = weakref.WeakValueDictionary()
 
 # Guards recursion through typedef/array chains of corrupt or cyclic BTF.
 _MAX_CHAIN = 64
@@ -77,15 +83,12 @@ class Btf:
         self._first_id = len(base) if base is not None else 1
         self._str_base = base._str_end if base is not None else 0
         self._words = array("I")          # raw type section as native u32 words
-        self._offsets: List[int] = []     # word index of each raw type
+        self._offsets: "array[int]" = array("I")   # word index of each raw type
         self._strings = b"\0" if base is None else b""
         self._cache: Dict[int, BtfType] = {}
         self._replaced: Dict[int, BtfType] = {}
         self._added: List[BtfType] = []
-        self._name_index: Optional[Dict[int, List[int]]] = None
-        self._name_offs: Optional[bytes] = None   # name_off of each raw type, packed u32
-        self._by_name: Optional[Dict[bytes, List[int]]] = None
-        self._finds = 0
+        self._index: Optional[NameIndex] = None
         self.types = _Types(self)
 
     # ------------------------------------------------------------------ parsing
@@ -131,9 +134,9 @@ class Btf:
         btf._offsets = btf._scan(words)
         return btf
 
-    def _scan(self, w: "array[int]") -> List[int]:
+    def _scan(self, w: "array[int]") -> "array[int]":
         """Record the start of every type; validates kinds and lengths."""
-        offsets: List[int] = []
+        offsets: "array[int]" = array("I")
         append = offsets.append
         fixed, per = _FIXED_WORDS, _VLEN_WORDS
         n = len(w)
@@ -160,15 +163,36 @@ class Btf:
         path = path or KERNEL_BTF_PATH
         try:
             with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+                raw = _PARSED.get(key)
+                if raw is not None:
+                    return cls._from_index(raw)
                 data = f.read()
         except OSError as e:
             raise BTFError(f"cannot read kernel BTF from {path}: {e.strerror or e}") from e
         if data[:4] == b"\x7fELF":
             data = btf_section_from_elf(data, path)
         try:
-            return cls.parse(data)
+            btf = cls.parse(data)
         except BTFError as e:
             raise BTFError(f"{path}: {e}") from e
+        _PARSED[key] = btf._idx()
+        return btf
+
+    @classmethod
+    def _from_index(cls, raw: NameIndex) -> "Btf":
+        """A fresh Btf over already parsed raw types: edits (replace/add_type) stay its own."""
+        btf = cls()
+        btf._strings, btf._words, btf._offsets = raw.strings, raw.words, raw.offsets
+        btf._index = raw
+        return btf
+
+    def _idx(self) -> NameIndex:
+        if self._index is None:
+            self._index = NameIndex(self._strings, self._str_base, self._words, self._offsets,
+                                    self._first_id)
+        return self._index
 
     # ------------------------------------------------------------------ strings
     @property
@@ -186,15 +210,10 @@ class Btf:
         end = self._strings.find(b"\0", local)
         return self._strings[local:end].decode("utf-8", "replace")
 
-    def _string_offsets(self, name: str) -> List[int]:
-        """Every offset at which the string table holds exactly `name`."""
-        out = self.base._string_offsets(name) if self.base is not None else []
-        pat = name.encode() + b"\0"
-        s = self._strings
-        pos = s.find(pat)
-        while pos >= 0:
-            out.append(self._str_base + pos)
-            pos = s.find(pat, pos + 1)
+    def _string_positions(self, pattern: bytes) -> List[int]:
+        """Every offset of the (base + own) string table at which `pattern` starts."""
+        out = self.base._string_positions(pattern) if self.base is not None else []
+        out.extend(self._idx().positions(pattern))
         return out
 
     # ------------------------------------------------------------------ types
@@ -205,6 +224,9 @@ class Btf:
         return iter(self.types)
 
     def type(self, type_id: int) -> BtfType:
+        t = self._cache.get(type_id)   # decoded, replaced and added types alike
+        if t is not None:
+            return t
         if type_id < 0 or type_id >= len(self):
             raise BTFError(f"BTF type id {type_id} out of range (0..{len(self) - 1})")
         if type_id < self._first_id:
@@ -212,15 +234,13 @@ class Btf:
                 return Void()
             return self.base.type(type_id)
         t = self._replaced.get(type_id)
-        if t is not None:
-            return t
-        local = type_id - self._first_id
-        if local >= len(self._offsets):
-            return self._added[local - len(self._offsets)]
-        t = self._cache.get(type_id)
         if t is None:
-            t = self._decode(self._offsets[local])
-            self._cache[type_id] = t
+            local = type_id - self._first_id
+            if local >= len(self._offsets):
+                t = self._added[local - len(self._offsets)]
+            else:
+                t = self._decode(self._offsets[local])
+        self._cache[type_id] = t
         return t
 
     def _decode(self, i: int) -> BtfType:
@@ -288,23 +308,47 @@ class Btf:
         raise BTFError(f"unknown BTF kind {kind}")  # _scan rejects these; kept for safety
 
     def find(self, name: str, kind: Optional[BtfKind] = None) -> List[int]:
-        """All type ids named `name` (optionally of one kind), in id order."""
+        """All type ids named `name` (optionally of one kind), in id order. The first call
+        sorts the name offsets (~15 ms on vmlinux); each new name then costs one search of
+        the string table (~0.5 ms) and a repeated name a dict hit."""
         if not name:
             return []
-        ids: List[int] = []
-        if self.base is not None:
-            ids.extend(self.base.find(name, kind))
-        own = self._own_ids_named(name)
-        own = [i for i in own if i not in self._replaced]
-        for tid, t in self._replaced.items():
-            if t.name == name:
-                own.append(tid)
-        start = self._first_id + len(self._offsets)
-        own.extend(start + n for n, t in enumerate(self._added) if t.name == name)
-        for tid in sorted(set(own)):
+        key = name.encode()
+        ids = self.base.find(name, kind) if self.base is not None else []
+        idx = self._idx()
+        raw = idx.memo(key)
+        if raw is None:
+            raw = idx.remember(key, idx.ids_named_at(self._string_positions(key + b"\0")))
+        for tid in self._edited(raw, name.__eq__):
             if kind is None or self.type(tid).kind == kind:
                 ids.append(tid)
         return ids
+
+    def ids_with_prefix(self, prefix: str) -> List[int]:
+        """Ids of the types whose name starts with `prefix` (CO-RE: "sk_buff___" finds every
+        flavor of sk_buff), by searching the string table, without decoding every type."""
+        if not prefix:
+            raise ValueError("ids_with_prefix needs a non-empty prefix")
+        ids = self.base.ids_with_prefix(prefix) if self.base is not None else []
+        key = b"\0" + prefix.encode()   # memo key; no name holds a NUL
+        idx = self._idx()
+        raw = idx.memo(key)
+        if raw is None:
+            raw = idx.remember(key, idx.ids_named_at(self._string_positions(key[1:])))
+        ids.extend(self._edited(raw, lambda n: n.startswith(prefix)))
+        return ids
+
+    def _edited(self, raw: Iterable[int], match: Callable[[str], bool]) -> List[int]:
+        """Own ids answering a query: the raw answer minus replaced types, plus the replaced
+        and added types whose name matches, ascending."""
+        rep = self._replaced
+        if not rep and not self._added:
+            return list(raw)
+        own = {i for i in raw if i not in rep}
+        own.update(tid for tid, t in rep.items() if match(t.name))
+        start = self._first_id + len(self._offsets)
+        own.update(start + n for n, t in enumerate(self._added) if match(t.name))
+        return sorted(own)
 
     def names(self) -> Iterator[Tuple[int, str]]:
         """(type id, name) of every named type, base first, without decoding the types."""
@@ -336,102 +380,30 @@ class Btf:
                 yield start + n, t.name
 
     def names_containing(self, part: str) -> List[Tuple[int, str]]:
-        """(type id, name) of the types whose name contains `part` (e.g. "___" for CO-RE
-        flavors), found by searching the string table rather than decoding every type."""
+        """(type id, name) of the types whose name contains `part`, found by searching the
+        string table rather than decoding every type."""
         out: List[Tuple[int, str]] = []
         if self.base is not None:
             out.extend(self.base.names_containing(part))
-        index = self._name_offsets()
         pat = part.encode()
+        idx = self._idx()
         own = set()
-        tables = []
         b: Optional[Btf] = self
         while b is not None:   # split types may be named by their base's strings
-            tables.append((b._strings, b._str_base))
-            b = b.base
-        for s, str_base in tables:
+            s, str_base = b._strings, b._str_base
             pos = s.find(pat) if pat else -1
             while pos >= 0:
-                start = s.rfind(b"\0", 0, pos) + 1
                 # a name may begin anywhere in this string up to where `part` starts
-                for off in range(start, pos + 1):
-                    own.update(index.get(str_base + off, ()))
+                start = s.rfind(b"\0", 0, pos) + 1
+                own.update(idx.ids_named_between(str_base + start, str_base + pos))
                 pos = s.find(pat, pos + 1)
+            b = b.base
         own.difference_update(self._replaced)
         first_added = self._first_id + len(self._offsets)
         extra = list(self._replaced.items()) + [(first_added + n, t) for n, t in enumerate(self._added)]
         own.update(tid for tid, t in extra if part in t.name)
         out.extend((tid, self.type(tid).name) for tid in sorted(own))
         return out
-
-    def _own_ids_named(self, name: str) -> List[int]:
-        """Raw (unreplaced or not) own type ids called `name`. The first few look-ups search
-        the string table and the packed name column; a caller that looks up many names
-        (CO-RE, hook resolution) gets a name -> ids dict built once."""
-        self._finds += 1
-        if self._by_name is None and self._finds > _FINDS_BEFORE_INDEX:
-            self._by_name = self._build_by_name()
-        if self._by_name:
-            return list(self._by_name.get(name.encode(), ()))
-        return self._ids_named_at(self._string_offsets(name))
-
-    def _build_by_name(self) -> Dict[bytes, List[int]]:
-        """name -> ids, or {} when some name_off points into the middle of a string (legal,
-        though deduplicated BTF never does it); then look-ups keep searching."""
-        starts: Dict[int, bytes] = {}
-        pos = self._str_base
-        for chunk in self._strings.split(b"\0"):
-            starts[pos] = chunk
-            pos += len(chunk) + 1
-        by_name: Dict[bytes, List[int]] = {}
-        for off, ids in self._name_offsets().items():
-            key = starts.get(off)
-            if key is None:
-                if off < self._str_base and self.base is not None:
-                    key = self.base.string(off).encode()
-                else:
-                    return {}
-            lst = by_name.get(key)
-            if lst is None:
-                by_name[key] = list(ids)
-            else:
-                lst.extend(ids)
-        return by_name
-
-    def _ids_named_at(self, offsets: List[int]) -> List[int]:
-        """Raw type ids whose name_off is one of `offsets`: a C-speed search of the packed
-        name_off column, cheaper than building a dict of 100,000 entries for a few lookups."""
-        if self._name_offs is None:
-            w = self._words
-            self._name_offs = array("I", [w[i] for i in self._offsets]).tobytes()
-        col, first = self._name_offs, self._first_id
-        ids: List[int] = []
-        for off in offsets:
-            pat = off.to_bytes(4, sys.byteorder)
-            pos = col.find(pat)
-            while pos >= 0:
-                if pos % 4 == 0:
-                    ids.append(first + pos // 4)
-                    pos = col.find(pat, pos + 4)
-                else:
-                    pos = col.find(pat, pos + 1)
-        return ids
-
-    def _name_offsets(self) -> Dict[int, List[int]]:
-        """string offset -> ids of the raw types named by it (built on first use)."""
-        if self._name_index is None:
-            index: Dict[int, List[int]] = {}
-            w, first = self._words, self._first_id
-            for n, i in enumerate(self._offsets):
-                off = w[i]
-                if off:
-                    lst = index.get(off)
-                    if lst is None:
-                        index[off] = [first + n]
-                    else:
-                        lst.append(first + n)
-            self._name_index = index
-        return self._name_index
 
     def resolve(self, type_id: int) -> int:
         """Follow typedef/volatile/const/restrict/type_tag to the underlying type id."""
@@ -487,6 +459,7 @@ class Btf:
             self._added[local - len(self._offsets)] = t
         else:
             self._replaced[type_id] = t
+        self._cache.pop(type_id, None)
 
     # ------------------------------------------------------------------ encoding
     def to_bytes(self) -> bytes:

@@ -1,0 +1,84 @@
+"""Name look-ups over the types of one parsed BTF blob, without a dict of every name.
+
+The kernel's BTF has ~126,000 types and a 2.3 MB string table, and NetBee asks for a few
+dozen names per start.  A Python dict of every name costs ~100 ms to build; instead this
+keeps the types' name offsets sorted (one C-level sort, ~15 ms on vmlinux, built on the
+first look-up) and finds a name's offsets by searching the string table (C speed, ~0.5 ms).
+Each answer is memoized, so asking again is a dict hit.  Searching for `name\\0` anywhere
+in the table, not only at string starts, keeps look-ups exact for name offsets that point
+into the middle of a longer string (our encoder shares suffixes, "bar" inside "foobar").
+
+Everything here describes the data as parsed: types replaced or added later through
+Btf.replace/add_type are handled by btf.py on top of these answers.
+"""
+from __future__ import annotations
+
+from array import array
+from bisect import bisect_left, bisect_right
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+
+class NameIndex:
+    """Raw type ids by name offset for one parsed type section (immutable, shareable)."""
+
+    __slots__ = ("strings", "str_base", "words", "offsets", "first_id", "_keys", "_ids", "_memo",
+                 "__weakref__")
+
+    def __init__(self, strings: bytes, str_base: int, words: "array[int]", offsets: Sequence[int],
+                 first_id: int) -> None:
+        self.strings = strings
+        self.str_base = str_base
+        self.words = words
+        self.offsets = offsets
+        self.first_id = first_id
+        self._keys: Optional["array[int]"] = None   # name_off of every named type, ascending
+        self._ids: Optional["array[int]"] = None    # the matching local type numbers
+        self._memo: Dict[bytes, Tuple[int, ...]] = {}
+
+    def _sorted(self) -> Tuple["array[int]", "array[int]"]:
+        if self._keys is None:
+            # every step is a C loop: map/sorted with a C key function, arrays from iterators
+            col = array("I", map(self.words.__getitem__, self.offsets))
+            order = sorted(range(len(col)), key=col.__getitem__)   # stable: ids ascend per key
+            keys = array("I", map(col.__getitem__, order))
+            unnamed = bisect_right(keys, 0)
+            self._keys = keys[unnamed:]
+            self._ids = array("I", order[unnamed:])
+        assert self._ids is not None
+        return self._keys, self._ids
+
+    def positions(self, pattern: bytes) -> List[int]:
+        """Absolute string offsets at which this table holds `pattern`."""
+        s, base = self.strings, self.str_base
+        out: List[int] = []
+        pos = s.find(pattern)
+        while pos >= 0:
+            out.append(base + pos)
+            pos = s.find(pattern, pos + 1)
+        return out
+
+    def ids_named_at(self, name_offs: Iterable[int]) -> List[int]:
+        """Raw type ids whose name_off is one of `name_offs`, ascending."""
+        keys, ids = self._sorted()
+        first = self.first_id
+        out: List[int] = []
+        for off in name_offs:
+            lo = bisect_left(keys, off)
+            hi = bisect_right(keys, off, lo)
+            out.extend(first + ids[k] for k in range(lo, hi))
+        out.sort()
+        return out
+
+    def ids_named_between(self, lo_off: int, hi_off: int) -> List[int]:
+        """Raw type ids whose name_off lies in [lo_off, hi_off]."""
+        keys, ids = self._sorted()
+        lo = bisect_left(keys, lo_off)
+        hi = bisect_right(keys, hi_off, lo)
+        return [self.first_id + ids[k] for k in range(lo, hi)]
+
+    def memo(self, key: bytes) -> Optional[Tuple[int, ...]]:
+        return self._memo.get(key)
+
+    def remember(self, key: bytes, ids: Sequence[int]) -> Tuple[int, ...]:
+        t = self._memo[key] = tuple(ids)
+        return t
