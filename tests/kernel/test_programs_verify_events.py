@@ -283,3 +283,66 @@ def test_defragmentation_steals_fragments(hosts: netlab.TwoHosts) -> None:
     local_in = [e for e in evs if e.netns == server_ns and e.nf_hook == 1 and e.icmp_type == 8]
     assert [hooks.verdict_name(e.verdict) for e in local_in] == ["ACCEPT"]
     assert local_in[0].ip_len == 3028
+
+
+# ---------------------------------------------------------------- kprobe / fentry backends (QEMU guests)
+
+class FuncRig(Rig):
+    """kprobe or fentry backend programs from hooks.py, symbols resolved like the tracer does."""
+
+    def __init__(self, topo: netlab.TwoHosts, backend: str):   # noqa: D107 - replaces Rig's loading
+        from tests.kernel.test_programs_verify import resolve
+        self.topo = topo
+        self.netns = (topo.client.inode(), topo.server.inode())
+        rules = [Rule(op=abi.RuleOp.TERM, field=abi.RuleField.NETNS, value=self.netns[0]),
+                 Rule(op=abi.RuleOp.TERM, field=abi.RuleField.NETNS, value=self.netns[1]),
+                 Rule(op=abi.RuleOp.OR)]
+        spec = ObjectSpec.from_path(str(OBJ))
+        spec.set_global("cfg", abi.build_config(encode_rules(rules), len(rules), want_stack=True,
+                                                self_pid=os.getpid()))
+        plan = {}
+        for h in hooks.hooks_for(backend):
+            for alt in h.alternatives(backend):
+                syms = {t.program: (resolve(t) if t.kind not in ("tp_btf",) else None) for t in alt}
+                if all(s is not None or t.kind == "tp_btf" for t, s in zip(alt, syms.values())):
+                    plan.update(syms)
+                    break
+        assert "kp_ip_rcv" in plan or "fe_ip_rcv" in plan, plan
+        self.links = []
+        self.coll = Collection(spec, kernel_btf=KBTF, programs=list(plan), map_sizes={"events": 1 << 22},
+                               overrides={p: {"attach_target": s} for p, s in plan.items() if s})
+        try:
+            for name, prog in self.coll.programs.items():
+                self.links.append(links.attach(prog))
+            self.reader = RingBufReader(self.coll.maps["events"])
+        except BaseException:
+            self.close()
+            raise
+
+
+@pytest.mark.parametrize("backend", [
+    pytest.param("kprobe", marks=pytest.mark.requires_kernel("kprobe")),
+    pytest.param("fentry", marks=pytest.mark.requires_kernel("fentry"))])
+def test_function_backends_echo_and_nf_drop(hosts: netlab.TwoHosts, backend: str) -> None:
+    """Echo through the IP functions with nf_hook_slow verdicts; then an nft DROP at input gives
+    nf_hook_slow LOCAL_IN DROP and a kfree_skb event with reason NETFILTER_DROP."""
+    netfilter_drop = KBTF.enum_values("skb_drop_reason")["SKB_DROP_REASON_NETFILTER_DROP"]
+    netlab.nft(hosts.server, "table inet nbp {\n chain inp {\n type filter hook input priority 0;\n"
+                             " icmp type echo-request counter\n }\n}\n")
+    with FuncRig(hosts, backend) as rig:
+        netlab.ping(hosts.client, hosts.server_ip, count=1)
+        evs = rig.events()
+        ident = ping_id(evs, 8)
+        names = [where(e) for e in echo_path(evs, 8, ident)]
+        assert_subsequence(names, ["ip_output", "dev_queue_xmit", "ip_rcv", "ip_local_deliver",
+                                   "nf_hook_slow/LOCAL_IN/ACCEPT", "icmp_rcv"])
+        netlab.nft(hosts.server, "table inet nbp {\n chain inp {\n icmp type echo-request drop\n }\n}\n")
+        netlab.ping(hosts.client, hosts.server_ip, count=1, timeout=1, expect_reply=False)
+        evs = rig.events()
+    ident = ping_id(evs, 8)
+    mine = [e for e in evs if e.icmp_type == 8 and e.icmp_id == ident]
+    names = [where(e) for e in mine]
+    assert_subsequence(names, ["ip_rcv", "ip_local_deliver", "kfree_skb", "nf_hook_slow/LOCAL_IN/DROP"])
+    assert "icmp_rcv" not in names
+    drop = next(e for e in mine if e.hook == abi.NbHook.KFREE_SKB)
+    assert drop.drop_reason == netfilter_drop and drop.location and drop.stack
