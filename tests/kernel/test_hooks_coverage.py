@@ -58,6 +58,8 @@ def test_every_attached_hook_sees_traffic(routed, backend):
     assert report.backend == backend
     ours = in_namespaces(events, routed.namespaces())
     seen = Counter(e.func for e in ours)
+    print(f"{backend}: attached {report.attached}; skipped {report.skipped}; seen {dict(seen)}; "
+          f"timings {({k: round(v, 3) for k, v in report.timings.items()})}")
     silent = [h for h in report.attached if not seen.get(h)]
     assert not silent, f"attached hooks that saw none of our packets: {silent}; seen: {dict(seen)}"
     nf = {(e.family, e.nf_hook) for e in ours
