@@ -94,12 +94,11 @@ class BtfExt:
         reader = _Reader(body, order, btf)
         strings: Dict[int, str] = {}
 
-        def _str(off: int) -> str:
-            # line_info repeats the same file name and lines many times
-            s = strings.get(off)
-            if s is None:
-                s = strings[off] = btf.string(off)
-            return s
+        def _strs(offs: Iterable[int]) -> Dict[int, str]:
+            # line_info names the same few files and lines many times: decode each once
+            for off in set(offs).difference(strings):
+                strings[off] = btf.string(off)
+            return strings
 
         func_info = {
             sec: [FuncInfo(r[0], r[1]) for r in recs]
@@ -107,19 +106,21 @@ class BtfExt:
         }
         line_info = {}
         for sec, recs in reader.sections("line_info", li_off, li_len, 16).items():
+            st = _strs([r[1] for r in recs] + [r[2] for r in recs])
             line_info[sec] = [
-                LineInfo(r[0], _str(r[1]), _str(r[2]), r[3] >> 10, r[3] & 0x3FF, r[1], r[2])
-                for r in recs
+                LineInfo(off, st[f], st[ln], lc >> 10, lc & 0x3FF, f, ln)
+                for off, f, ln, lc in recs
             ]
         core_relos = {}
+        kinds = {k.value: k for k in CoreReloKind}
         for sec, recs in reader.sections("core_relo", cr_off, cr_len, 16).items():
+            st = _strs(r[2] for r in recs)
             out = []
-            for r in recs:
-                try:
-                    kind = CoreReloKind(r[3])
-                except ValueError:
-                    raise BTFError(f".BTF.ext core_relo in {sec!r}: unknown relocation kind {r[3]}") from None
-                out.append(CoreRelo(r[0], r[1], _str(r[2]), kind))
+            for off, tid, acc, k in recs:
+                kind = kinds.get(k)
+                if kind is None:
+                    raise BTFError(f".BTF.ext core_relo in {sec!r}: unknown relocation kind {k}")
+                out.append(CoreRelo(off, tid, st[acc], kind))
             core_relos[sec] = out
         return cls(func_info, line_info, core_relos)
 
@@ -143,8 +144,8 @@ class _Reader:
         rec_size = struct.unpack_from(self.order + "I", block, 0)[0]
         if rec_size < min_rec or rec_size % 4:
             raise BTFError(f".BTF.ext {what}: bad record size {rec_size}")
-        nwords = min_rec // 4
-        fmt = self.order + f"{nwords}I"
+        # the fields we know, then padding up to rec_size (newer compilers may add fields)
+        fmt = struct.Struct(self.order + f"{min_rec // 4}I" + (f"{rec_size - min_rec}x" if rec_size > min_rec else ""))
         pos = 4
         out: Dict[str, List[Tuple[int, ...]]] = {}
         while pos < length:
@@ -155,10 +156,9 @@ class _Reader:
             if num == 0 or num * rec_size > length - pos:
                 raise BTFError(f".BTF.ext {what}: bad record count {num}")
             name = self.btf.string(name_off)
-            recs = out.setdefault(name, [])
-            for _ in range(num):
-                recs.append(struct.unpack_from(fmt, block, pos))
-                pos += rec_size
+            end = pos + num * rec_size
+            out.setdefault(name, []).extend(fmt.iter_unpack(block[pos:end]))
+            pos = end
         return out
 
 
