@@ -683,7 +683,8 @@ int BPF_PROG(tp_kfree_skb, struct sk_buff *skb, void *location, unsigned int rea
 	if (st && st->depth) {
 		__u32 i = nb_flight_find(st, (__u64)skb);
 
-		if (i < NB_NF_DEPTH) {
+		/* fentry's nf_hook_slow entries share the stack: fexit reports those */
+		if (i < NB_NF_DEPTH && st->e[i & (NB_NF_DEPTH - 1)].ev.hook == NB_HOOK_NF_BRACKET) {
 			if (reason == bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_NETFILTER_DROP))
 				/* dropped inside its hook: what sits above it has finished */
 				nb_flight_resolve(st, i, NB_VERDICT_DROP, reason, (__u64)location);
@@ -705,7 +706,7 @@ int BPF_PROG(tp_consume_skb, struct sk_buff *skb)
 	if (!st || !st->depth)
 		return 0;
 	i = nb_flight_find(st, (__u64)skb);
-	if (i < NB_NF_DEPTH)
+	if (i < NB_NF_DEPTH && st->e[i & (NB_NF_DEPTH - 1)].ev.hook == NB_HOOK_NF_BRACKET)
 		nb_flight_remove(st, i, NB_VERDICT_STOLEN);
 	return 0;
 }
