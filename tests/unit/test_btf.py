@@ -332,3 +332,25 @@ def test_find_with_names_inside_other_strings():
         assert p.find("bar") == [2] and p.find("foobar") == [1] and p.find("oobar") == []
     assert p.ids_with_prefix("foo") == [1] and p.ids_with_prefix("ba") == [2]
     assert p.ids_with_prefix("o") == []
+
+
+def test_ids_with_prefix_and_find_see_edits_and_split_btf():
+    """Prefix look-ups (CO-RE flavors) and finds agree with a full walk of names(), also for
+    replaced and added types and for split BTF named by its base's strings."""
+    base = Btf.parse(_build().to_bytes())
+    base.replace(4, Struct("s___flav", 16, []))
+    added = base.add_type(Struct("s___v2", 4, []))
+    assert base.find("s") == [] and base.find("s___flav") == [4]
+    assert base.ids_with_prefix("s___") == [4, added]
+    split = Btf(Btf.parse(_build().to_bytes()))
+    split.add_type(Struct("s___x", 4, []))
+    split.add_type(Typedef("s", 4))          # named by a string the base already has
+    parsed = Btf.parse(split.to_bytes(), base=split.base)
+    for b in (base, parsed):
+        for prefix in ("s", "s___", "td", "zz"):
+            want = [i for i, n in b.names() if n.startswith(prefix)]
+            assert b.ids_with_prefix(prefix) == want, (prefix, want)
+        for name in ("s", "s___x", "td", "zz"):
+            assert b.find(name) == [i for i, n in b.names() if n == name]
+    with pytest.raises(ValueError):
+        base.ids_with_prefix("")
