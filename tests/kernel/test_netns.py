@@ -124,13 +124,42 @@ def test_watcher_name_deleted():
     assert added == [] and [(ns.name, ns.inode) for ns in removed] == [(lab.name, ino)]
 
 
-def test_watcher_is_cheap():
+def test_watcher_is_cheap(monkeypatch):
+    """The watcher runs every 0.5 s from the event loop: it must only stat, one path per process
+    and per name, never open or read a file. That is checked by counting calls (load-proof); a
+    generous CPU bound per process (best of three, CPU not wall: the CI cores are shared) catches
+    a poll that does far more work than stats."""
+    import builtins
     import time
     w = netns.NetnsWatcher(["all"], interval=0.0)
-    t = time.process_time()  # CPU, not wall: the CI cores are shared and often oversubscribed
-    for _ in range(10):
-        w.poll()
-    per_poll = (time.process_time() - t) / 10
+    calls = {"stat": 0, "open": 0}
+    real_stat, real_open = os.stat, builtins.open
+
+    def counting_stat(*a, **kw):
+        calls["stat"] += 1
+        return real_stat(*a, **kw)
+
+    def counting_open(*a, **kw):
+        calls["open"] += 1
+        return real_open(*a, **kw)
+    monkeypatch.setattr(os, "stat", counting_stat)
+    monkeypatch.setattr(builtins, "open", counting_open)
+    before = sum(1 for p in os.listdir("/proc") if p.isdigit()) + len(os.listdir(netns.NETNS_RUN_DIR))
+    w.poll()
+    after = sum(1 for p in os.listdir("/proc") if p.isdigit()) + len(os.listdir(netns.NETNS_RUN_DIR))
+    monkeypatch.undo()
+    assert calls["open"] == 0, calls
+    # one stat per process and per name, plus a few for the nsfs device; processes come and go.
+    assert 0 < calls["stat"] <= max(before, after) + 16, (calls, before, after)
+
+    best = None
+    for _ in range(3):
+        t = time.process_time()
+        for _ in range(10):
+            w.poll()
+        per_poll = (time.process_time() - t) / 10
+        best = per_poll if best is None else min(best, per_poll)
     procs = sum(1 for p in os.listdir("/proc") if p.isdigit())
-    # Run every 0.5 s from the event loop: a few ms of CPU for a few hundred processes.
-    assert per_poll < 0.02, f"one poll of every namespace ({procs} processes) took {per_poll * 1e3:.1f} ms CPU"
+    # ~0.006 ms of CPU per process measured; 0.2 ms allows a loaded machine's slow caches.
+    assert best < 0.0002 * max(procs, 50), \
+        f"one poll of every namespace ({procs} processes) took {best * 1e3:.1f} ms CPU"

@@ -176,9 +176,11 @@ def test_start_report_and_timings(hosts):
     assert {"netif_rx", "netif_receive_skb", "dev_queue_xmit", "net_dev_start_xmit", "kfree_skb", "netfilter"} <= set(report.attached), report
     assert len(report.netns) == 2
     print("startup timings:", {k: round(v, 4) for k, v in report.timings.items()})
-    # Target 0.6 s on an idle machine. Wall time on the shared CI cores swings with the load (4-7 s
-    # seen at load average 17), so the bound is on the CPU time start() used, verifier included.
-    assert report.timings["ready_cpu"] < 0.8, report.timings
+    # Target 0.6 s on an idle machine (bench/ measures it). Wall time on the shared CI cores swings
+    # with the load (4-7 s seen at load average 17), so the bound is on the CPU time start() used,
+    # verifier included, and generous (~0.45 s measured next to a QEMU guest): it catches a start
+    # that does whole-BTF or whole-object work again (seconds), not noise.
+    assert report.timings["ready_cpu"] < 1.5, report.timings
 
 
 def test_close_releases_everything(hosts):
@@ -200,7 +202,9 @@ def test_events_returns_after_timeout_when_idle(hosts):
         got = list(tr.events(timeout=0.2))
         took = time.perf_counter() - t
     assert got == []
-    assert 0.15 <= took < 1.5, took
+    # It waited for the timeout and then returned: the upper bound only has to tell "returned"
+    # from "blocked", so it is loose enough for a loaded machine.
+    assert 0.15 <= took < 10, took
 
 
 def test_ringbuf_size_must_be_a_power_of_two(hosts):

@@ -133,8 +133,8 @@ def test_relocating_all_prebuilt_programs_is_fast(kernel):
     path = pathlib.Path(__file__).resolve().parent.parent.parent / "bpf/prebuilt/netbee.bpf.o"
     spec = ObjectSpec.from_path(str(path))
     fresh = Btf.load_kernel()
-    start = time.perf_counter()
+    start = time.process_time()   # CPU, not wall: the CI cores are shared
     n = sum(len(core.relocate(name, p.core_relos, spec.btf, fresh)) for name, p in spec.programs.items())
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert n > 0
-    assert elapsed < 5.0, f"{n} relocations took {elapsed:.2f}s"
+    assert elapsed < 5.0, f"{n} relocations took {elapsed:.2f}s of CPU"

@@ -23,9 +23,11 @@ with open(ROOT / "tests/bpf/elf_basic.bpf.o", "rb") as _f:
     BASIC_BTF = _elf.get_section_by_name(".BTF").data()
     BASIC_EXT = _elf.get_section_by_name(".BTF.ext").data()
 
-SETTINGS = settings(max_examples=200, deadline=2000, derandomize=True,
+SETTINGS = settings(max_examples=200, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-TIME_LIMIT = 2.0   # seconds for one parse of a corrupt input
+# CPU seconds for one parse of a corrupt input (this process's CPU time: wall time on the shared CI
+# cores measures the other tenants; hypothesis' wall-clock deadline is off for the same reason).
+TIME_LIMIT = 2.0
 
 
 def _exercise_btf(btf: Btf) -> None:
@@ -43,33 +45,33 @@ def _exercise_btf(btf: Btf) -> None:
 
 
 def _btf(data: bytes) -> None:
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     try:
         _exercise_btf(Btf.parse(data))
     except BTFError as e:
         assert str(e)
-    assert time.perf_counter() - t0 < TIME_LIMIT
+    assert time.process_time() - t0 < TIME_LIMIT
 
 
 def _ext(data: bytes) -> None:
     btf = Btf.parse(BASIC_BTF)
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     try:
         BtfExt.parse(data, btf)
     except BTFError as e:
         assert str(e)
-    assert time.perf_counter() - t0 < TIME_LIMIT
+    assert time.process_time() - t0 < TIME_LIMIT
 
 
 def _obj(data: bytes) -> None:
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     try:
         spec = ObjectSpec.from_bytes(data, what="corrupt.o")
         if spec.btf is not None:
             _exercise_btf(spec.btf)
     except (ObjectFileError, BTFError) as e:
         assert str(e)
-    assert time.perf_counter() - t0 < TIME_LIMIT
+    assert time.process_time() - t0 < TIME_LIMIT
 
 
 def _flip(data: bytes, flips) -> bytes:
