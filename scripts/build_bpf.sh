@@ -8,8 +8,10 @@
 #
 # Reproducible: the same source gives byte-identical objects on any machine
 # and in any checkout path. Compiler and libbpf headers are pinned Debian
-# packages (installed when missing); every path recorded in DWARF/BTF is
-# mapped to a fixed prefix; inputs are processed in sorted order; nothing
+# packages (installed when missing); clang runs in the repository root on
+# relative paths with the compilation directory recorded as ".", so no
+# absolute path enters the object, and clang can still reopen each source to
+# put its line text into .BTF.ext (prefix maps would break that); inputs are processed in sorted order; nothing
 # records a time. The .BTF/.BTF.ext sections stay (the loader needs them):
 # no stripping.
 set -euo pipefail
@@ -25,10 +27,8 @@ CLANG=clang-19
 CFLAGS=(-g -O2 -target bpf -mcpu=v3 -D__TARGET_ARCH_x86 -Wall
 	-fno-ident
 	-idirafter /usr/include/x86_64-linux-gnu
-	"-ffile-prefix-map=$ROOT/=netbee/" "-fdebug-prefix-map=$ROOT/=netbee/"
-	"-fmacro-prefix-map=$ROOT/=netbee/"
-	-fdebug-compilation-dir=netbee
-	-I "$ROOT/bpf/src")
+	-fdebug-compilation-dir=.
+	-I bpf/src)
 
 need_tools() {
 	local missing=()

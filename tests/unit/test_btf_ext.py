@@ -66,7 +66,6 @@ def test_line_info_text_and_positions(parsed):
 # reopen the source and leaves every line text empty: verifier logs then show no source.
 # Compiling from the repository root with -fdebug-compilation-dir=. (no prefix maps) keeps
 # the text and stays reproducible. strict: this starts failing once the script is fixed.
-@pytest.mark.xfail(strict=True, reason="build_bpf.sh prefix maps drop BTF line text (reported)")
 def test_line_info_has_source_text(parsed):
     _, ext = parsed
     src_lines = SRC.read_text().splitlines()
