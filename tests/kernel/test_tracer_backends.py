@@ -29,8 +29,9 @@ ACCEPT_ALL = """table inet nbt_accept {
 """
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def hosts():
+    # One lab for the module: in the emulated guests every namespace set-up costs seconds.
     topo = netlab.make_two_hosts(NET)
     try:
         for ns in topo.namespaces():
@@ -58,14 +59,27 @@ def path(src, dst):
     ]
 
 
+@pytest.fixture(scope="module")
+def echo_trace(hosts):
+    """One traced ping per backend, shared by the tests that inspect it: a tracer start costs
+    ~30 s in the emulated guests."""
+    done = {}
+
+    def get(backend):
+        if backend not in done:
+            done[backend] = trace_during(
+                options_for(hosts.namespaces(), backend=backend, expression="icmp"),
+                lambda: netlab.ping(hosts.client, hosts.server_ip, count=1), settle=1.0)
+        return done[backend]
+    return get
+
+
 @pytest.mark.parametrize("backend", [
     pytest.param("kprobe", marks=pytest.mark.requires_kernel("kprobe")),
     pytest.param("fentry", marks=pytest.mark.requires_kernel("fentry")),
 ])
-def test_icmp_echo_order(hosts, backend):
-    events, counters, report = trace_during(
-        options_for(hosts.namespaces(), backend=backend, expression="icmp"),
-        lambda: netlab.ping(hosts.client, hosts.server_ip, count=1), settle=1.0)
+def test_icmp_echo_order(hosts, echo_trace, backend):
+    events, counters, report = echo_trace(backend)
     assert report.backend == backend
     for hook in ("ip_rcv", "ip_local_deliver", "icmp_rcv", "dev_queue_xmit", "nf_hook_slow", "kfree_skb"):
         assert hook in report.attached, report
@@ -83,9 +97,9 @@ def test_auto_prefers_fentry(hosts):
 
 
 @pytest.mark.requires_kernel("kprobe")
-def test_kprobe_backend_reports_symbols_it_cannot_find(hosts):
-    with Tracer(options_for(hosts.namespaces(), backend="kprobe")) as tr:
-        report = tr.start()
+def test_kprobe_backend_reports_symbols_it_cannot_find(echo_trace):
+    report = echo_trace("kprobe")[2]
+    assert report.backend == "kprobe"
     # tcp_transmit_skb is inlined on some kernels and __tcp_transmit_skb is tried first; whichever
     # is missing, every hook is either attached or skipped with a reason, never silently absent.
     from netbee import hooks
