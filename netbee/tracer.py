@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Iterator
 
 from netbee import netns as _netns
 from netbee.loader.errors import AttachError, NetBeeError, NotSupportedError, SyscallError
+from netbee.resolvers.kallsyms import SymbolNames
 
 BACKENDS = ("fentry", "kprobe", "tracepoint")
 PF_INET = 2
@@ -30,7 +31,6 @@ BRACKET_ENTRY_PRIO = INT_MIN + 1
 BRACKET_EXIT_PRIO = INT_MAX - 1
 BRACKET_MAX_STEPS = 64
 DEFAULT_RINGBUF_BYTES = 1 << 22
-KALLSYMS = "/proc/kallsyms"
 
 
 # --- backend choice ------------------------------------------------------------------------------
@@ -45,38 +45,6 @@ def choose_backend(requested: str, fentry_ok: bool, kprobe_ok: bool) -> str:
     if requested == "kprobe" and not kprobe_ok:
         raise NotSupportedError("the kprobe backend", "no kprobe PMU and no tracefs kprobe_events")
     return requested
-
-
-# --- kallsyms ------------------------------------------------------------------------------------
-class Kallsyms:
-    """Which text symbols exist, from one read of /proc/kallsyms (about 40 ms), searched with find().
-
-    Only a handful of names are looked up per run, so no index is built.
-    """
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    @classmethod
-    def load(cls, path: str = KALLSYMS) -> "Kallsyms":
-        with open(path, "rb") as f:
-            return cls(f.read())
-
-    def lookup(self, name: str) -> str | None:
-        """The symbol to attach to for name: name itself, else a compiler clone (name.constprop.0 ...)."""
-        key = name.encode()
-        for tag in (b" T ", b" t ", b" W ", b" w "):
-            for end in (b"\n", b"\t"):
-                if self.data.find(tag + key + end) >= 0:
-                    return name
-        for tag in (b" T ", b" t "):
-            i = self.data.find(tag + key + b".")
-            if i >= 0:
-                start = i + len(tag)
-                stop = min(j for j in (self.data.find(b"\n", start), self.data.find(b"\t", start), len(self.data))
-                           if j >= 0)
-                return self.data[start:stop].decode()
-        return None
 
 
 # --- netfilter bracket ---------------------------------------------------------------------------
@@ -212,7 +180,7 @@ class _Planned:
     priority: int | None = None
 
 
-def _resolve_target(t, backend: str, kbtf, kallsyms: "Kallsyms | None") -> tuple[str | None, str]:
+def _resolve_target(t, backend: str, kbtf, kallsyms: "SymbolNames | None") -> tuple[str | None, str]:
     """(symbol, "") when the target exists on this kernel, else (None, why)."""
     from netbee.loader.btf import BtfKind
 
@@ -241,7 +209,7 @@ def _resolve_target(t, backend: str, kbtf, kallsyms: "Kallsyms | None") -> tuple
     return None, "no candidate on this kernel: " + ", ".join(tried)
 
 
-def plan_hooks(backend: str, kbtf, kallsyms: "Kallsyms | None") -> tuple[list[_Planned], list[tuple[str, str]]]:
+def plan_hooks(backend: str, kbtf, kallsyms: "SymbolNames | None") -> tuple[list[_Planned], list[tuple[str, str]]]:
     """For each hook the backend can observe, the first alternative whose every target resolves.
 
     Hooks the backend cannot observe at all are not listed; those whose candidates are all absent
@@ -397,7 +365,7 @@ class Tracer:
         spec = ObjectSpec.from_path(self.opts.object_path or default_object_path())
         lap("object_parse")
         # Tracepoints are found in the BTF alone; kprobe/fentry symbols also need kallsyms.
-        kallsyms = Kallsyms.load() if backend != "tracepoint" else None
+        kallsyms = SymbolNames.load() if backend != "tracepoint" else None
         lap("kallsyms")
         plan, skipped = plan_hooks(backend, kbtf, kallsyms)
         missing = sorted({p.prog for p in plan} - set(spec.programs))

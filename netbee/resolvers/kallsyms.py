@@ -1,4 +1,5 @@
-"""Kernel text addresses -> "sym+0xoff [module]", from /proc/kallsyms (or any file object).
+"""/proc/kallsyms, both ways: addresses -> "sym+0xoff [module]" (Kallsyms, for call stacks) and
+"does this function exist, under which clone name" (SymbolNames, for choosing attach targets).
 
 The file is not guaranteed to be sorted (module symbols follow the core kernel in load order), so
 we sort by address ourselves and binary-search. Loaded lazily: only --stack needs it.
@@ -11,6 +12,7 @@ from typing import IO, List, Optional, Tuple
 TEXT_TYPES = frozenset("tT")
 # Beyond this distance from the nearest symbol an address is not attributed to it.
 MAX_OFFSET = 1 << 20
+KALLSYMS = "/proc/kallsyms"
 
 
 def parse(f: IO[str]) -> Tuple[List[int], List[str]]:
@@ -35,7 +37,7 @@ def parse(f: IO[str]) -> Tuple[List[int], List[str]]:
 class Kallsyms:
     """resolve(addr) -> "ip_rcv+0x1c" or "nft_do_chain+0x3a [nf_tables]"; unknown -> "0x..."."""
 
-    def __init__(self, path: str = "/proc/kallsyms", f: Optional[IO[str]] = None) -> None:
+    def __init__(self, path: str = KALLSYMS, f: Optional[IO[str]] = None) -> None:
         self.path = path
         self._file = f
         self._addrs: Optional[List[int]] = None
@@ -66,3 +68,34 @@ class Kallsyms:
         label = self._labels[i]
         name, _, mod = label.partition(" ")
         return f"{name}+0x{addr - self._addrs[i]:x}" + (f" {mod}" if mod else "")
+
+
+class SymbolNames:
+    """Which text symbols exist, from one read of /proc/kallsyms (about 40 ms), searched with find().
+
+    Only a handful of names are looked up per run, so no index is built.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    @classmethod
+    def load(cls, path: str = KALLSYMS) -> "SymbolNames":
+        with open(path, "rb") as f:
+            return cls(f.read())
+
+    def lookup(self, name: str) -> str | None:
+        """The symbol to attach to for name: name itself, else a compiler clone (name.constprop.0 ...)."""
+        key = name.encode()
+        for tag in (b" T ", b" t ", b" W ", b" w "):
+            for end in (b"\n", b"\t"):
+                if self.data.find(tag + key + end) >= 0:
+                    return name
+        for tag in (b" T ", b" t "):
+            i = self.data.find(tag + key + b".")
+            if i >= 0:
+                start = i + len(tag)
+                stop = min(j for j in (self.data.find(b"\n", start), self.data.find(b"\t", start), len(self.data))
+                           if j >= 0)
+                return self.data[start:stop].decode()
+        return None

@@ -8,6 +8,7 @@ import pytest
 
 from netbee import tracer
 from netbee.loader.errors import AttachError, NotSupportedError, SyscallError
+from netbee.resolvers.kallsyms import SymbolNames
 
 
 @pytest.mark.parametrize("fentry,kprobe,want", [
@@ -35,7 +36,7 @@ ffffffffc0a01000 t nft_do_chain\t[nf_tables]
 
 
 def test_kallsyms_lookup_exact_clone_and_module():
-    ks = tracer.Kallsyms(KALLSYMS)
+    ks = SymbolNames(KALLSYMS)
     assert ks.lookup("ip_rcv") == "ip_rcv"           # not fooled by ip_rcv_core
     assert ks.lookup("ip_rcv_co") is None
     assert ks.lookup("__netif_receive_skb_core") == "__netif_receive_skb_core.constprop.0"
@@ -44,7 +45,7 @@ def test_kallsyms_lookup_exact_clone_and_module():
 
 
 def test_kallsyms_real_file():
-    ks = tracer.Kallsyms.load()
+    ks = SymbolNames.load()
     assert ks.lookup("nf_hook_slow") == "nf_hook_slow"
 
 
@@ -122,9 +123,9 @@ def _kernel_btf():
 
 def test_plan_picks_the_symbol_this_kernel_has():
     # On 6.18 kfree_skb_reason is inlined and dev_queue_xmit is a stub around __dev_queue_xmit.
-    plan, skipped = tracer.plan_hooks("kprobe", _kernel_btf(), tracer.Kallsyms.load())
+    plan, skipped = tracer.plan_hooks("kprobe", _kernel_btf(), SymbolNames.load())
     targets = {p.prog: p.target for p in plan}
-    ks = tracer.Kallsyms.load()
+    ks = SymbolNames.load()
     assert targets["kp_dev_queue_xmit"] == "__dev_queue_xmit"
     if ks.lookup("kfree_skb_reason") is None:
         assert targets["kp_sk_skb_reason_drop"] == "sk_skb_reason_drop"
@@ -134,7 +135,7 @@ def test_plan_picks_the_symbol_this_kernel_has():
 
 
 def test_plan_reports_every_hook_it_cannot_place():
-    plan, skipped = tracer.plan_hooks("kprobe", _kernel_btf(), tracer.Kallsyms(b""))
+    plan, skipped = tracer.plan_hooks("kprobe", _kernel_btf(), SymbolNames(b""))
     # Only tracepoint-backed hooks remain; every kernel-function hook is skipped, with the names tried.
     assert {p.kind for p in plan} == {"tp_btf"}
     reasons = dict(skipped)
@@ -143,7 +144,7 @@ def test_plan_reports_every_hook_it_cannot_place():
 
 
 def test_plan_fentry_refuses_compiler_clones_kprobe_takes_them():
-    ks = tracer.Kallsyms(b"ffffffff81ff6000 t ip_rcv_core.isra.0\nffffffff81ff6a80 T ip_rcv\n")
+    ks = SymbolNames(b"ffffffff81ff6000 t ip_rcv_core.isra.0\nffffffff81ff6a80 T ip_rcv\n")
     kbtf = _kernel_btf()
     fentry = {p.prog: p.target for p in tracer.plan_hooks("fentry", kbtf, ks)[0]}
     kprobe = {p.prog: p.target for p in tracer.plan_hooks("kprobe", kbtf, ks)[0]}
