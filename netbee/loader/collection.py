@@ -10,6 +10,7 @@ import copy
 from typing import Any, Dict, Iterable, List, Optional
 
 from netbee.loader import insn as I
+from netbee.loader import syscall as sc
 from netbee.loader.errors import NetBeeError, ObjectFileError, VerifierError
 from netbee.loader.maps import Map
 from netbee.loader.programs import KINDS, LoadedBtf, Program, resolve_attach_btf_id
@@ -18,7 +19,7 @@ POISON_MARK = "unknown#195896080"  # how the verifier names core.py's poisoned c
 BTF_TARGET_KINDS = ("fentry", "fexit", "tp_btf")
 
 
-class Collection:
+class Collection(sc.Closeable):
     """Loaded maps and programs of one object (a context manager)."""
 
     def __init__(self, spec: Any, kernel_btf: Any = None, programs: Optional[Iterable[str]] = None,
@@ -129,9 +130,3 @@ class Collection:
             m.close()
         if self.btf is not None:
             self.btf.close()
-
-    def __enter__(self) -> "Collection":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

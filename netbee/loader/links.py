@@ -29,9 +29,11 @@ ENOTSUPP = 524  # kernel-internal "not supported", leaks to user space from BPF
 _FALLBACK_ERRNOS = (errno.EINVAL, errno.EOPNOTSUPP, ENOTSUPP, errno.ENOSYS, errno.EPERM)
 
 
-class Link:
+class Link(sc.Closeable):
     """An attachment; close() detaches (idempotent) and runs cleanups such as removing a
     tracefs kprobe event. `method` says which path was taken."""
+
+    close_on_gc = True
 
     def __init__(self, kind: str, target: str, method: str, fds: Sequence[sc.Fd],
                  cleanups: Sequence[Callable[[], None]] = ()) -> None:
@@ -55,18 +57,6 @@ class Link:
         cleanups, self._cleanups = self._cleanups, []
         for fn in cleanups:
             fn()
-
-    def __enter__(self) -> "Link":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def info(self) -> sc.LinkInfo:
         return sc.obj_info(self.fd, sc.LinkInfo())

@@ -67,7 +67,7 @@ def kernel_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.]", "_", name)[:15]
 
 
-class Map:
+class Map(sc.Closeable):
     """A kernel map owned by this process."""
 
     def __init__(self, name: str, map_type: int, key_size: int, value_size: int, max_entries: int,
@@ -133,12 +133,6 @@ class Map:
     @property
     def closed(self) -> bool:
         return self._fd is None or self._fd.closed
-
-    def __enter__(self) -> "Map":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"Map({self.name!r}, type={self.type}, fd={None if self.closed else self.fd})"

@@ -157,7 +157,7 @@ def _line_info_blob(line_info: Iterable[Any], btf: LoadedBtf) -> Optional[bytes]
     return b"".join(out)
 
 
-class Program:
+class Program(sc.Closeable):
     """A loaded program. kind/attach_target tell links.py how to attach it."""
 
     log = ""  # the verifier log, when a load was made with one
@@ -247,12 +247,6 @@ class Program:
     def close(self) -> None:
         if self._fd is not None:
             self._fd.close()
-
-    def __enter__(self) -> "Program":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def info(self) -> sc.ProgInfo:
         return sc.obj_info(self.fd, sc.ProgInfo())

@@ -14,6 +14,8 @@ import mmap
 import select
 from typing import Any, Iterator, List, Optional, Union
 
+from netbee.loader import syscall as sc
+
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
 HDR_SIZE = 8
@@ -92,8 +94,10 @@ class RingCursor:
             v.release()
 
 
-class RingBufReader:
+class RingBufReader(sc.Closeable):
     """Reader over a BPF_MAP_TYPE_RINGBUF map (a maps.Map or (fd, size))."""
+
+    close_on_gc = True
 
     def __init__(self, ringbuf: Any, size: Optional[int] = None) -> None:
         fd = ringbuf if isinstance(ringbuf, int) else ringbuf.fd
@@ -152,11 +156,3 @@ class RingBufReader:
         except Exception:
             pass
 
-    def __enter__(self) -> "RingBufReader":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        self.close()

@@ -306,8 +306,37 @@ def cstring(s: str) -> ctypes.Array:
 
 
 # --- file descriptors ----------------------------------------------------------------------------
-class Fd:
+class Closeable:
+    """Context-manager protocol for everything that owns kernel objects: `with x:` closes it.
+
+    Subclasses define close(), idempotent. Those that also set `close_on_gc` close from __del__,
+    so a forgotten object still releases its fd; errors there are swallowed because the
+    interpreter may be shutting down.
+    """
+
+    close_on_gc = False
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if self.close_on_gc:
+            try:
+                self.close()
+            except Exception:
+                pass
+
+
+class Fd(Closeable):
     """An owned file descriptor: close() is idempotent and also runs from __del__."""
+
+    close_on_gc = True
 
     def __init__(self, fd: int, what: str = "") -> None:
         self._fd: Optional[int] = fd
@@ -333,18 +362,6 @@ class Fd:
                 os.close(fd)
             except OSError:
                 pass
-
-    def __enter__(self) -> "Fd":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __int__(self) -> int:
         return self.fd
