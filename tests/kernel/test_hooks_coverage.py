@@ -3,12 +3,14 @@ through a router, with the tracepoint backend here and kprobe/fentry in the QEMU
 from __future__ import annotations
 
 from collections import Counter
+from typing import Dict, List, Tuple
 
 import pytest
 
 from tests import netlab
 from tests.kernel.test_tracer_lab import (
-    KFREE_SKB, NF_BRACKET, NF_HOOK_SLOW, NF_NAMES, VERDICT_ACCEPT, in_namespaces, options_for, trace_during)
+    ECHO_ID4, ECHO_ID6, KFREE_SKB, NF_BRACKET, NF_HOOK_SLOW, NF_NAMES, VERDICT_ACCEPT, echo_expectation,
+    field_errors, in_namespaces, label, options_for, ping_with_id, trace_during)
 
 pytestmark = pytest.mark.kernel
 NET = 232  # and 233: make_routed_hosts uses two /24s
@@ -34,13 +36,75 @@ def routed():
 
 def traffic(t: netlab.RoutedHosts) -> None:
     # Generous timeouts: in an emulated guest, on shared cores, a Python listener can take seconds.
-    netlab.ping(t.client, t.server_ip, count=1)
-    netlab.ping(t.client, t.server_ip6, count=1)
-    netlab.tcp_transfer(t.client, t.server, t.server_ip, 5001, 2000, timeout=60)
-    netlab.tcp_transfer(t.client, t.server, t.server_ip6, 5002, 2000, timeout=60)
-    netlab.udp_send(t.client, t.server_ip, 5003, open_port=True, dst_ns=t.server, timeout=30)
-    netlab.udp_send(t.client, t.server_ip6, 5004, open_port=True, dst_ns=t.server, timeout=30)
-    netlab.udp_send(t.client, t.server_ip, 5005, open_port=False, timeout=10)  # a drop: NO_SOCKET
+    ping_with_id(t.client, t.server_ip, ECHO_ID4)
+    ping_with_id(t.client, t.server_ip6, ECHO_ID6)
+    for proto, family, port in SERVER_PORTS:
+        dst = t.server_ip if family == 4 else t.server_ip6
+        if proto == 6:
+            netlab.tcp_transfer(t.client, t.server, dst, port, 2000, timeout=60)
+        elif port == CLOSED_UDP:  # a drop: NO_SOCKET
+            netlab.udp_send(t.client, dst, port, open_port=False, timeout=10)
+        else:
+            netlab.udp_send(t.client, dst, port, open_port=True, dst_ns=t.server, timeout=30)
+
+
+# (proto, family, server port) of every TCP/UDP flow traffic() starts; nothing else runs in the lab.
+CLOSED_UDP = 5005
+SERVER_PORTS = [(6, 4, 5001), (6, 6, 5002), (17, 4, 5003), (17, 6, 5004), (17, 4, CLOSED_UDP)]
+
+
+def packet_field_errors(events, t: netlab.RoutedHosts) -> List[str]:
+    """What each hook read from our packets, against what traffic() sent: addresses and ICMP echo
+    fields for pings, addresses and ports for TCP/UDP, one line per hook and wrong field.
+
+    Events are sorted by something a broken parser still gets right enough to be recognised
+    (family, proto, ICMP type, or either port being a server port); an L4 event that matches no
+    flow at all is itself an error.
+    """
+    client = {4: t.client_ip, 6: t.client_ip6}
+    server = {4: t.server_ip, 6: t.server_ip6}
+    ident = {4: ECHO_ID4, 6: ECHO_ID6}
+    ports = {(proto, fam): [p for pr, f, p in SERVER_PORTS if (pr, f) == (proto, fam)]
+             for proto, fam, _ in SERVER_PORTS}
+    client_ports: Dict[Tuple[int, int, int], set] = {}
+    errors: List[str] = []
+    for ev in events:
+        fam = ev.family
+        if fam not in (4, 6):
+            continue
+        echo = {4: (8, 0), 6: (128, 129)}[fam]
+        if ev.proto in (1, 58) and ev.icmp_type in echo:
+            request = ev.icmp_type == echo[0]
+            src, dst = (client[fam], server[fam]) if request else (server[fam], client[fam])
+            exp = echo_expectation(fam, src, dst, request, ident[fam], hops=1)
+            errors.extend(field_errors(ev, exp, f"IPv{fam} echo {'request' if request else 'reply'}"))
+            continue
+        if ev.proto not in (6, 17):
+            continue
+        what = f"IPv{fam} {'TCP' if ev.proto == 6 else 'UDP'}"
+        known = ports.get((ev.proto, fam), [])
+        if ev.dport in known:
+            to_server, port, peer = True, ev.dport, ev.sport
+        elif ev.sport in known:
+            to_server, port, peer = False, ev.sport, ev.dport
+        else:
+            errors.append(f"{what} at {label(ev)} ({ev.func}): ports {ev.sport}->{ev.dport} match no "
+                          f"flow (server ports {known}), {ev.saddr}->{ev.daddr}")
+            continue
+        src, dst = (client[fam], server[fam]) if to_server else (server[fam], client[fam])
+        errors.extend(field_errors(ev, {"saddr": src, "daddr": dst, "ttl": (63, 64)},
+                                   f"{what} port {port} {'request' if to_server else 'reply'}"))
+        if peer is None or not 1024 <= peer <= 65535:
+            errors.append(f"{what} port {port} at {label(ev)} ({ev.func}): client port = {peer!r}, "
+                          f"expected an ephemeral port")
+        else:
+            client_ports.setdefault((ev.proto, fam, port), set()).add(peer)
+    for (proto, fam, port), peers in sorted(client_ports.items()):
+        # One connection/datagram per server port: every hook must agree on the client's port.
+        if len(peers) != 1:
+            errors.append(f"IPv{fam} proto {proto} port {port}: hooks disagree on the client port: "
+                          f"{sorted(peers)}")
+    return errors
 
 
 @pytest.mark.parametrize("backend", [
@@ -60,6 +124,8 @@ def test_every_attached_hook_sees_traffic(routed, backend):
     seen = Counter(e.func for e in ours)
     print(f"{backend}: attached {report.attached}; skipped {report.skipped}; seen {dict(seen)}; "
           f"timings {({k: round(v, 3) for k, v in report.timings.items()})}")
+    wrong = packet_field_errors(ours, routed)
+    assert not wrong, f"{backend}: hooks read wrong packet fields:\n" + "\n".join(wrong)
     silent = [h for h in report.attached if not seen.get(h)]
     assert not silent, f"attached hooks that saw none of our packets: {silent}; seen: {dict(seen)}"
     nf = {(e.family, e.nf_hook) for e in ours

@@ -5,9 +5,11 @@ inodes of this test's own namespaces (NB_FIELD_NETNS) and events are also checke
 """
 from __future__ import annotations
 
+import ipaddress
+import re
 import threading
 import time
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from netbee.filter import compile_filter
 from netbee.tracer import TraceOptions, Tracer
@@ -99,8 +101,9 @@ def describe(ev) -> str:
         extra = f" verdict={ev.verdict}"
     if ev.hook == KFREE_SKB:
         extra = f" reason={ev.drop_reason}"
-    return (f"{label(ev):<20} ns={ev.netns} if={ev.ifindex} skb={ev.skb:#x} {ev.saddr}->{ev.daddr} "
-            f"icmp={ev.icmp_type}/{ev.icmp_id}/{ev.icmp_seq}{extra}")
+    return (f"{label(ev):<20} ns={ev.netns} if={ev.ifindex} skb={ev.skb:#x} fam={ev.family} "
+            f"proto={ev.proto} ttl={ev.ttl} {ev.saddr}:{ev.sport}->{ev.daddr}:{ev.dport} "
+            f"icmp={ev.icmp_type}/{ev.icmp_code}/{ev.icmp_id}/{ev.icmp_seq}{extra}")
 
 
 def hook_is(*hooks: int) -> Callable[[object], bool]:
@@ -119,3 +122,60 @@ def both(p: Callable[[object], bool], q: Callable[[object], bool]) -> Callable[[
 def in_ns(ns) -> Callable[[object], bool]:
     ino = ns.inode()
     return lambda e: e.netns == ino
+
+
+# Echo identifiers the tests choose (ping -e), so that every hook's icmp_id can be compared with
+# what was really sent rather than only with the other hooks.
+ECHO_ID4, ECHO_ID6 = 0x4e42, 0x4e43
+
+
+def ping_with_id(ns, dst: str, ident: int) -> None:
+    """One echo request with a chosen identifier (sequence 1); fails unless the reply came back."""
+    fam = "-6" if ":" in dst else "-4"
+    res = ns.run(["ping", fam, "-n", "-c", "1", "-W", "5", "-e", str(ident), dst], check=False, timeout=30)
+    if not re.search(r"\b1 (?:packets )?received", res.stdout):
+        raise AssertionError(f"ping -e {ident} {dst} from {ns.name}: no reply\n{res.stdout}{res.stderr}")
+
+
+def field_errors(ev, expected: Dict[str, object], what: str) -> List[str]:
+    """One line per field of ev that differs from expected, naming the hook and the field.
+
+    Addresses compare as ipaddress objects; ttl expects a (low, high) range.
+    """
+    errors = []
+    for name, want in expected.items():
+        got = getattr(ev, name)
+        if name == "ttl":
+            ok = got is not None and want[0] <= got <= want[1]  # type: ignore[index]
+        elif name in ("saddr", "daddr"):
+            ok = got is not None and got == ipaddress.ip_address(want)  # type: ignore[arg-type]
+        else:
+            ok = got == want
+        if not ok:
+            errors.append(f"{what} at {label(ev)} ({ev.func}): {name} = {got!r}, expected {want!r}")
+    return errors
+
+
+def echo_expectation(family: int, src: str, dst: str, request: bool, ident: int,
+                     seq: int = 1, hops: int = 0) -> Dict[str, object]:
+    """The fields an ICMP/ICMPv6 echo request or reply from src to dst carries at every hook.
+
+    ttl/hop limit: ping and the kernel's echo reply both start at 64 and each of `hops` routers
+    takes one off; a wrong L3 offset reads some other byte there.
+    """
+    if family == 4:
+        proto, icmp_type = 1, (8 if request else 0)
+    else:
+        proto, icmp_type = 58, (128 if request else 129)
+    return {"family": family, "saddr": src, "daddr": dst, "proto": proto, "icmp_type": icmp_type,
+            "icmp_code": 0, "icmp_id": ident, "icmp_seq": seq, "ttl": (64 - hops, 64),
+            "sport": None, "dport": None}
+
+
+def assert_fields(events: Iterable[object], expected: Dict[str, object], what: str) -> None:
+    """Every event carries the expected fields; the failure lists every hook and field that differ."""
+    errors: List[str] = []
+    for ev in events:
+        errors.extend(field_errors(ev, expected, what))
+    if errors:
+        raise AssertionError("\n".join(errors))
