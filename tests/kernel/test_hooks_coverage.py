@@ -58,8 +58,8 @@ def packet_field_errors(events, t: netlab.RoutedHosts) -> List[str]:
     fields for pings, addresses and ports for TCP/UDP, one line per hook and wrong field.
 
     Events are sorted by something a broken parser still gets right enough to be recognised
-    (family, proto, ICMP type, or either port being a server port); an L4 event that matches no
-    flow at all is itself an error.
+    (family, proto, ICMP type, or either port being a server port: the direction is judged by
+    which port is the server's); an L4 event that matches no flow at all is itself an error.
     """
     client = {4: t.client_ip, 6: t.client_ip6}
     server = {4: t.server_ip, 6: t.server_ip6}
@@ -125,7 +125,8 @@ def test_every_attached_hook_sees_traffic(routed, backend):
     print(f"{backend}: attached {report.attached}; skipped {report.skipped}; seen {dict(seen)}; "
           f"timings {({k: round(v, 3) for k, v in report.timings.items()})}")
     wrong = packet_field_errors(ours, routed)
-    assert not wrong, f"{backend}: hooks read wrong packet fields:\n" + "\n".join(wrong)
+    assert not wrong, (f"{backend}: hooks read wrong packet fields ({len(wrong)}, first 40):\n"
+                       + "\n".join(wrong[:40]))
     silent = [h for h in report.attached if not seen.get(h)]
     assert not silent, f"attached hooks that saw none of our packets: {silent}; seen: {dict(seen)}"
     nf = {(e.family, e.nf_hook) for e in ours
