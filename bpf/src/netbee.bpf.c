@@ -223,18 +223,26 @@ static __always_inline bool nb_build(struct nb_event *ev, struct sk_buff *skb, _
 	return nb_filter_match(ev, fst);
 }
 
-static __always_inline __u64 nb_wakeup_flags(void)
+/*
+ * Wake the reader once per batch: when this record makes the backlog cross
+ * cfg.wakeup_bytes. Waking on every record above the threshold cost a wakeup
+ * interrupt per event while the reader was busy; the reader also polls with a
+ * short timeout, so a backlog below the threshold is never stranded.
+ */
+static __always_inline __u64 nb_wakeup_flags(__u64 size)
 {
 	__u32 want = cfg.wakeup_bytes;
+	__u64 avail;
 
 	if (!want)
 		return 0;       /* the kernel's own policy: wake when the reader caught up */
-	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= want ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	return (avail < want && avail + size + 8 >= want) ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 }
 
 static __always_inline void nb_output(void *data, __u64 size)
 {
-	if (bpf_ringbuf_output(&events, data, size, nb_wakeup_flags()))
+	if (bpf_ringbuf_output(&events, data, size, nb_wakeup_flags(size)))
 		nb_count(NB_CNT_LOST);
 	else
 		nb_count(NB_CNT_SUBMITTED);
