@@ -9,7 +9,7 @@ import pytest
 
 from tests import netlab
 from tests.kernel.test_tracer_lab import (
-    ECHO_ID4, ECHO_ID6, KFREE_SKB, NF_BRACKET, NF_HOOK_SLOW, NF_NAMES, VERDICT_ACCEPT, echo_expectation,
+    ECHO_ID4, ECHO_ID6, IP_QUEUE_XMIT, KFREE_SKB, NF_BRACKET, NF_HOOK_SLOW, NF_NAMES, VERDICT_ACCEPT, echo_expectation,
     field_errors, in_namespaces, label, options_for, ping_with_id, trace_during)
 
 pytestmark = pytest.mark.kernel
@@ -47,6 +47,10 @@ def traffic(t: netlab.RoutedHosts) -> None:
         else:
             netlab.udp_send(t.client, dst, port, open_port=True, dst_ns=t.server, timeout=30)
 
+
+# Hooks that run before the IP header exists: addresses and ports come from the socket, no ttl.
+TCP_TRANSMIT_SKB, IP6_XMIT = 9, 22
+SOCKET_HOOKS = (TCP_TRANSMIT_SKB, IP_QUEUE_XMIT, IP6_XMIT)
 
 # (proto, family, server port) of every TCP/UDP flow traffic() starts; nothing else runs in the lab.
 CLOSED_UDP = 5005
@@ -92,7 +96,10 @@ def packet_field_errors(events, t: netlab.RoutedHosts) -> List[str]:
                           f"flow (server ports {known}), {ev.saddr}->{ev.daddr}")
             continue
         src, dst = (client[fam], server[fam]) if to_server else (server[fam], client[fam])
-        errors.extend(field_errors(ev, {"saddr": src, "daddr": dst, "ttl": (63, 64)},
+        exp: Dict[str, object] = {"saddr": src, "daddr": dst}
+        if ev.hook not in SOCKET_HOOKS:
+            exp["ttl"] = (63, 64)
+        errors.extend(field_errors(ev, exp,
                                    f"{what} port {port} {'request' if to_server else 'reply'}"))
         if peer is None or not 1024 <= peer <= 65535:
             errors.append(f"{what} port {port} at {label(ev)} ({ev.func}): client port = {peer!r}, "
