@@ -15,8 +15,8 @@ from netbee.tracer import Tracer
 from tests import netlab
 from tests.kernel.test_tracer_lab import (
     DEV_QUEUE_XMIT, ICMP_RCV, IP_LOCAL_DELIVER, IP_OUTPUT, IP_RCV, NET_DEV_START_XMIT, NETIF_RECEIVE_SKB,
-    ECHO_ID4, KFREE_SKB, NF_LOCAL_IN, NF_LOCAL_OUT, NF_POST_ROUTING, NF_PRE_ROUTING, VERDICT_ACCEPT, assert_fields,
-    assert_subsequence, both, echo_expectation, hook_is, in_namespaces, in_ns, nf_is, options_for,
+    ECHO_ID4, KFREE_SKB, NF_LOCAL_IN, NF_LOCAL_OUT, NF_POST_ROUTING, NF_PRE_ROUTING, VERDICT_ACCEPT,
+    assert_subsequence, both, echo_expectation, field_errors, hook_is, in_namespaces, in_ns, nf_is, options_for,
     ping_with_id, trace_during)
 
 pytestmark = pytest.mark.kernel
@@ -93,10 +93,11 @@ def test_icmp_echo_order(hosts, echo_trace, backend):
     req = assert_subsequence(echo, path(hosts.client, hosts.server), f"{backend} request")
     after = next(i for i, e in enumerate(echo) if e is req[-1]) + 1
     rep = assert_subsequence(echo[after:], path(hosts.server, hosts.client), f"{backend} reply")
-    assert_fields(req, echo_expectation(4, hosts.client_ip, hosts.server_ip, True, ECHO_ID4),
-                  f"{backend} request")
-    assert_fields(rep, echo_expectation(4, hosts.server_ip, hosts.client_ip, False, ECHO_ID4),
-                  f"{backend} reply")
+    want_req = echo_expectation(4, hosts.client_ip, hosts.server_ip, True, ECHO_ID4)
+    want_rep = echo_expectation(4, hosts.server_ip, hosts.client_ip, False, ECHO_ID4)
+    wrong = ([err for e in req for err in field_errors(e, want_req, f"{backend} request")]
+             + [err for e in rep for err in field_errors(e, want_rep, f"{backend} reply")])
+    assert not wrong, "\n".join(wrong)
     assert counters.lost == 0
 
 
