@@ -65,7 +65,7 @@ def packet_field_errors(events, t: netlab.RoutedHosts) -> Tuple[List[str], List[
     Events are sorted by something a broken parser still gets right enough to be recognised
     (family, proto, ICMP type, or either port being a server port: the direction is judged by
     which port is the server's); an L4 event that matches no flow at all is itself an error.
-    Returns (errors, known): known lists the one tolerated product defect (see below).
+    Returns (errors, tolerated): tolerated lists the one tolerated product defect (see below).
     """
     client = {4: t.client_ip, 6: t.client_ip6}
     server = {4: t.server_ip, 6: t.server_ip6}
@@ -74,7 +74,7 @@ def packet_field_errors(events, t: netlab.RoutedHosts) -> Tuple[List[str], List[
              for proto, fam, _ in SERVER_PORTS}
     client_ports: Dict[Tuple[int, int, int], set] = {}
     errors: List[str] = []
-    known: List[str] = []
+    tolerated: List[str] = []
     for ev in events:
         fam = ev.family
         if fam not in (4, 6):
@@ -107,7 +107,7 @@ def packet_field_errors(events, t: netlab.RoutedHosts) -> Tuple[List[str], List[
             # SYN-ACK leaves through ip6_xmit with the listening socket, whose peer address is
             # unset, so the event says daddr ::. Printed, not failed, until the parser takes the
             # address from the flow; every other field of the event is still checked.
-            known.append(f"{what} port {port} reply at ip6_xmit: daddr = :: (listener socket)")
+            tolerated.append(f"{what} port {port} reply at ip6_xmit: daddr = :: (listener socket)")
             del exp["daddr"]
         errors.extend(field_errors(ev, exp,
                                    f"{what} port {port} {'request' if to_server else 'reply'}"))
@@ -121,7 +121,7 @@ def packet_field_errors(events, t: netlab.RoutedHosts) -> Tuple[List[str], List[
         if len(peers) != 1:
             errors.append(f"IPv{fam} proto {proto} port {port}: hooks disagree on the client port: "
                           f"{sorted(peers)}")
-    return errors, known
+    return errors, tolerated
 
 
 @pytest.mark.parametrize("backend", [
