@@ -248,6 +248,8 @@ static __always_inline __u8 nb_version_at(const struct nb_skbview *v, __u32 off)
 	return b >> 4;
 }
 
+#define NB_TCP_LISTEN 10        /* include/net/tcp_states.h, a stable kernel ABI */
+
 /* IPv4/IPv6 4-tuple from the socket, for transmit hooks before the headers exist. */
 static __always_inline void nb_parse_sock(struct nb_event *ev, struct sock *sk, __u8 want_family)
 {
@@ -319,9 +321,14 @@ static __always_inline void nb_parse_skb(struct nb_event *ev, struct sk_buff *sk
 	ev->skb_len = len;
 
 	if (hints & HK_SOCK) {
-		if (!sk)
+		/*
+		 * A SYN-ACK leaves through the listener (ip6_xmit(listener, skb, fl6)),
+		 * which has no peer: the skb belongs to the request socket, whose
+		 * sock_common carries the connection's addresses and ports.
+		 */
+		if (!sk || BPF_CORE_READ(sk, __sk_common.skc_state) == NB_TCP_LISTEN)
 			sk = NB_RD(direct, skb->sk, BPF_CORE_READ(skb, sk));
-		if (sk)
+		if (sk && BPF_CORE_READ(sk, __sk_common.skc_state) != NB_TCP_LISTEN)
 			nb_parse_sock(ev, sk, want_family);
 		if (hints & HK_NO_L4HDR) {
 			if (ev->ip_proto == IPPROTO_TCP)
