@@ -9,7 +9,7 @@ import ipaddress
 import re
 import threading
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from netbee.filter import compile_filter
 from netbee.tracer import TraceOptions, Tracer
@@ -170,12 +170,3 @@ def echo_expectation(family: int, src: str, dst: str, request: bool, ident: int,
     return {"family": family, "saddr": src, "daddr": dst, "proto": proto, "icmp_type": icmp_type,
             "icmp_code": 0, "icmp_id": ident, "icmp_seq": seq, "ttl": (64 - hops, 64),
             "sport": None, "dport": None}
-
-
-def assert_fields(events: Iterable[object], expected: Dict[str, object], what: str) -> None:
-    """Every event carries the expected fields; the failure lists every hook and field that differ."""
-    errors: List[str] = []
-    for ev in events:
-        errors.extend(field_errors(ev, expected, what))
-    if errors:
-        raise AssertionError("\n".join(errors))
