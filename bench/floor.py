@@ -10,6 +10,7 @@ import errno
 from typing import List, Sequence
 
 from bench import build
+from bench.lab import SetUpOnEnter
 from netbee.loader import links
 from netbee.loader.btf import Btf
 from netbee.loader.elf import ObjectSpec
@@ -25,7 +26,7 @@ ENTRY_PRIO = -(1 << 31) + 1
 EXIT_PRIO = (1 << 31) - 2
 
 
-class Floor:
+class Floor(SetUpOnEnter):
     """Programs that return at once, attached to netbee's hooks; closes everything on exit."""
 
     def __init__(self, netns: Sequence[str], tracepoints: Sequence[str] = NETBEE_TRACEPOINTS) -> None:
@@ -34,18 +35,7 @@ class Floor:
         self.programs: List[Program] = []
         self.links: List[links.Link] = []
 
-    def __enter__(self) -> "Floor":
-        try:
-            self._load_and_attach()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _load_and_attach(self) -> None:
+    def _setup(self) -> None:
         spec = ObjectSpec.from_path(str(build.floor_object()))
         kbtf = Btf.load_kernel()
         by_target = {p.attach_target: p for p in spec.programs.values() if p.kind == "tp_btf"}

@@ -22,7 +22,28 @@ def sh(cmd: Sequence[str], check: bool = True, **kw) -> subprocess.CompletedProc
     return res
 
 
-class Pair:
+class SetUpOnEnter:
+    """A context manager whose close() also undoes a set-up that failed half-way."""
+
+    def _setup(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Pair(SetUpOnEnter):
     """nbb-<pid>-tx (10.208.0.1) <-> nbb-<pid>-rx (10.208.0.2); removed on exit, also on error."""
 
     def __init__(self, tag: Optional[str] = None) -> None:
@@ -32,18 +53,7 @@ class Pair:
         self.tx_ip = TX_IP
         self.rx_ip = RX_IP
 
-    def __enter__(self) -> "Pair":
-        try:
-            self._create()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _create(self) -> None:
+    def _setup(self) -> None:
         for ns in (self.tx, self.rx):
             sh(["ip", "netns", "add", ns])
         # Created inside the namespaces, so no device name ever exists in the init netns.
