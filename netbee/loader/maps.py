@@ -67,7 +67,7 @@ def kernel_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.]", "_", name)[:15]
 
 
-class Map(sc.Closeable):
+class Map(sc.KernelObject):
     """A kernel map owned by this process."""
 
     def __init__(self, name: str, map_type: int, key_size: int, value_size: int, max_entries: int,
@@ -116,23 +116,6 @@ class Map(sc.Closeable):
             raise
         return m
 
-    # --- fd ----------------------------------------------------------------------------------------
-    @property
-    def fd(self) -> int:
-        if self._fd is None:
-            raise ValueError(f"{self.name}: not loaded")
-        return self._fd.fd
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def close(self) -> None:
-        if self._fd is not None:
-            self._fd.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._fd is None or self._fd.closed
 
     def __repr__(self) -> str:
         return f"Map({self.name!r}, type={self.type}, fd={None if self.closed else self.fd})"

@@ -157,7 +157,7 @@ def _line_info_blob(line_info: Iterable[Any], btf: LoadedBtf) -> Optional[bytes]
     return b"".join(out)
 
 
-class Program(sc.Closeable):
+class Program(sc.KernelObject):
     """A loaded program. kind/attach_target tell links.py how to attach it."""
 
     log = ""  # the verifier log, when a load was made with one
@@ -230,23 +230,6 @@ class Program(sc.Closeable):
                     raise VerifierError(self.name, text, e.errno) from None
                 raise SyscallError("BPF_PROG_LOAD", e.errno,
                                    f"{what}: the kernel refused it without a verifier log") from None
-
-    @property
-    def fd(self) -> int:
-        if self._fd is None:
-            raise ValueError(f"{self.name}: not loaded")
-        return self._fd.fd
-
-    def fileno(self) -> int:
-        return self.fd
-
-    @property
-    def closed(self) -> bool:
-        return self._fd is None or self._fd.closed
-
-    def close(self) -> None:
-        if self._fd is not None:
-            self._fd.close()
 
     def info(self) -> sc.ProgInfo:
         return sc.obj_info(self.fd, sc.ProgInfo())

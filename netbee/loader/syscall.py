@@ -333,6 +333,30 @@ class Closeable:
                 pass
 
 
+class KernelObject(Closeable):
+    """A named kernel object (map, program) owning one Fd in `_fd`, None until created."""
+
+    name: str
+    _fd: "Optional[Fd]"
+
+    @property
+    def fd(self) -> int:
+        if self._fd is None:
+            raise ValueError(f"{self.name}: not loaded")
+        return self._fd.fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+    @property
+    def closed(self) -> bool:
+        return self._fd is None or self._fd.closed
+
+    def close(self) -> None:
+        if self._fd is not None:
+            self._fd.close()
+
+
 class Fd(Closeable):
     """An owned file descriptor: close() is idempotent and also runs from __del__."""
 
