@@ -2,7 +2,9 @@
 
 Resident set (VmRSS) after each step of a start like the command's and the
 resident size of the BPF map mappings (/proc/self/smaps); then, in a second
-process, the largest Python allocation sites (tracemalloc) once the tracer runs.
+process, the largest Python allocation sites (tracemalloc) once the tracer runs; then the
+`netbee` command itself: VmRSS and VmHWM (peak, start-up included) at its `tracing` line and
+after a few seconds of tracing pings (every packet shown, JSON to /dev/null), medians of runs.
 
     python3 -m bench.memory
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from typing import List, Optional
 
 from bench import report, tracers
@@ -71,6 +74,28 @@ def _run_child(pair: Pair, mode: str) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def command_peaks(pair: Pair, runs: int = 3, seconds: float = 3.0) -> List[dict]:
+    """VmRSS/VmHWM of `netbee --netns <tx> --json` at ready and after `seconds` of pings."""
+    out = []
+    for _ in range(runs):
+        ping = None
+        with tracers.Tracer(tracers.netbee_argv(["--netns", pair.tx, "--json"]), stdout_to_null=True) as t:
+            t.wait_ready(need="tracing")
+            at_ready = (tracers.rss_kb(t.pid), tracers.peak_rss_kb(t.pid))
+            ping = subprocess.Popen(pair.cmd(pair.tx, ["ping", "-q", "-i", "0.01", pair.rx_ip]),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                time.sleep(seconds)
+                traced = (tracers.rss_kb(t.pid), tracers.peak_rss_kb(t.pid))
+            finally:
+                ping.kill()
+                ping.wait()
+            t.interrupt()
+        out.append({"ready_rss": at_ready[0], "ready_hwm": at_ready[1],
+                    "trace_rss": traced[0], "trace_hwm": traced[1]})
+    return out
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
@@ -80,12 +105,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     with Pair() as pair:
         rss = _run_child(pair, "--rss")
         data = _run_child(pair, "--heap")
+        peaks = command_peaks(pair)
     report.header("Diagnostic: where the resident memory goes", ["python3", "-m", "bench.memory"])
     print(report.table(["step", "VmRSS MiB"], [[s, f"{kb / 1024:.1f}"] for s, kb in rss["steps"]]))
     print(f"\nOf that, resident BPF map mappings (the ring buffer, mapped twice): "
           f"{rss['bpf_maps_rss_kb'] / 1024:.1f} MiB. In a second process with tracemalloc on, the Python heap "
           f"held after Tracer.start() is {data['py_heap_kb'] / 1024:.1f} MiB; largest allocation sites:\n")
     print(report.table(["site", "KiB", "objects"], [[f"`{a}`", f"{b:,}", f"{c:,}"] for a, b, c in data["top"]]))
+    keys = [("ready_rss", "VmRSS at `tracing`"), ("ready_hwm", "VmHWM at `tracing`"),
+            ("trace_rss", "VmRSS after 3 s of pings"), ("trace_hwm", "VmHWM after 3 s of pings")]
+    print(f"\nThe `netbee --netns <tx> --json` command ({len(peaks)} runs; ping every 10 ms, every packet "
+          "shown):\n")
+    print(report.table(["measure", "MiB (median)", "MiB min..max"],
+                       [[label, f"{report.median(p[k] for p in peaks) / 1024:.1f}",
+                         report.spread([p[k] / 1024 for p in peaks])] for k, label in keys]))
     print()
     return 0
 

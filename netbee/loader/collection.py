@@ -2,11 +2,14 @@
 
 Order: object BTF (sanitized for this kernel) -> maps (global data written, .rodata frozen) ->
 per program: copy instructions, put map fds into ld_imm64s, CO-RE relocate against the kernel
-BTF, resolve the BTF attach target, load (with a verifier log on rejection).
+BTF, resolve the BTF attach target -> load them all, a few at a time in threads (the verifier
+is most of the start-up time; with a verifier log on rejection).
 """
 from __future__ import annotations
 
 import copy
+import os
+from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional
 
 from netbee.loader import insn as I
@@ -17,6 +20,25 @@ from netbee.loader.programs import KINDS, LoadedBtf, Program, resolve_attach_btf
 
 POISON_MARK = "unknown#195896080"  # how the verifier names core.py's poisoned calls
 BTF_TARGET_KINDS = ("fentry", "fexit", "tp_btf")
+
+
+def load_workers(n_programs: int) -> int:
+    """Threads for loading n programs: one per CPU this process may run on, at most one each."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(n_programs, cpus))
+
+
+@dataclass
+class _Prepared:
+    """A program ready for the verifier: relocated instructions and its BTF attach id."""
+
+    spec: Any
+    insns: bytes
+    attach_btf_id: int
+    poisoned: List[Any]
 
 
 class Collection(sc.Closeable):
@@ -42,10 +64,7 @@ class Collection(sc.Closeable):
         try:
             self._load_btf(btf_features)
             self._create_maps(map_sizes or {})
-            cand_cache: Dict[int, List[int]] = {}
-            for name in wanted:
-                self.programs[name] = self._load_program(spec.programs[name], overrides.get(name, {}),
-                                                         cand_cache, log_level)
+            self._load_programs(wanted, overrides, log_level)
         except BaseException:
             self.close()
             raise
@@ -76,8 +95,9 @@ class Collection(sc.Closeable):
             self.maps[name] = Map.from_spec(mspec, btf_fd=self.btf.fd if self.btf else None,
                                             max_entries=sizes.get(name), mmapable=bool(mmapable))
 
-    def _load_program(self, pspec: Any, override: Dict[str, Any], cand_cache: Dict[int, List[int]],
-                      log_level: int) -> Program:
+    def _prepare_program(self, pspec: Any, override: Dict[str, Any],
+                         cand_cache: Dict[int, List[int]]) -> "_Prepared":
+        """Everything before the verifier: map fds, CO-RE, the BTF attach target (pure Python)."""
         pspec = copy.copy(pspec)
         for key, value in override.items():
             if key not in ("attach_target", "kind"):
@@ -107,16 +127,62 @@ class Collection(sc.Closeable):
             if self.kernel_btf is None:
                 raise ObjectFileError(f"program {pspec.name!r} ({pspec.kind}) needs the kernel BTF")
             attach_btf_id = resolve_attach_btf_id(self.kernel_btf, pspec.kind, pspec.attach_target)
-        use_btf = self.btf is not None
+        return _Prepared(pspec, bytes(insns), attach_btf_id, poisoned)
+
+    def _load_programs(self, wanted: List[str], overrides: Dict[str, Dict[str, Any]], log_level: int) -> None:
+        """Prepare each program in turn and hand it to the verifier, several at a time.
+
+        The verifier runs in the calling thread and ctypes releases the GIL during bpf(2), so
+        worker threads overlap verification on several CPUs, and with the preparation of the
+        next programs here. Every started load is waited for; the loaded programs land in
+        self.programs in the requested order (close() frees them), and the first failure in that
+        order is raised. A program that fails to prepare stops the ones after it from starting.
+        """
+        cand_cache: Dict[int, List[int]] = {}
+        workers = load_workers(len(wanted))
+        if workers <= 1:
+            for name in wanted:
+                p = self._prepare_program(self.spec.programs[name], overrides.get(name, {}), cand_cache)
+                self.programs[name] = self._load_prepared(p, log_level)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        jobs: list = []   # (name, future or None, preparation error or None), in order
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="netbee-load")
         try:
-            return Program(pspec.name, pspec.kind, bytes(insns), license=pspec.license or self.spec.license or "GPL",
-                           attach_target=pspec.attach_target, attach_btf_id=attach_btf_id,
+            for name in wanted:
+                try:
+                    p = self._prepare_program(self.spec.programs[name], overrides.get(name, {}), cand_cache)
+                except Exception as e:
+                    jobs.append((name, None, e))
+                    break
+                jobs.append((name, pool.submit(self._load_prepared, p, log_level), None))
+            pool.shutdown(wait=True)
+        finally:
+            # also on Ctrl-C: nothing new starts, and what did load is kept so close() frees it
+            pool.shutdown(wait=True, cancel_futures=True)
+            first: Optional[BaseException] = None
+            for name, fut, err in jobs:
+                if fut is not None and not fut.cancelled():
+                    err = fut.exception()
+                    if err is None:
+                        self.programs[name] = fut.result()
+                if err is not None and first is None:
+                    first = err
+        if first is not None:
+            raise first
+
+    def _load_prepared(self, p: "_Prepared", log_level: int) -> Program:
+        pspec, use_btf = p.spec, self.btf is not None
+        try:
+            return Program(pspec.name, pspec.kind, p.insns, license=pspec.license or self.spec.license or "GPL",
+                           attach_target=pspec.attach_target, attach_btf_id=p.attach_btf_id,
                            btf=self.btf if use_btf else None,
                            func_info=pspec.func_info if use_btf else (),
                            line_info=pspec.line_info if use_btf else (), log_level=log_level)
         except VerifierError as e:
-            if poisoned and POISON_MARK in e.log:
-                why = "\n".join(f"  insn {idx}: {reason}" for idx, reason in poisoned)
+            if p.poisoned and POISON_MARK in e.log:
+                why = "\n".join(f"  insn {idx}: {reason}" for idx, reason in p.poisoned)
                 raise VerifierError(pspec.name, e.log + "\nCO-RE relocations that could not be "
                                     f"satisfied on this kernel:\n{why}", e.errno) from None
             raise
