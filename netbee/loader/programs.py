@@ -144,6 +144,11 @@ def _func_info_blob(func_info: Iterable[Any]) -> bytes:
 
 def _line_info_blob(line_info: Iterable[Any], btf: LoadedBtf) -> Optional[bytes]:
     """struct bpf_line_info; None when a string is missing from the loaded BTF."""
+    blob = getattr(line_info, "blob", None)
+    if blob is not None:
+        # raw records (elf.py's LineInfos): the object's string offsets, which the loaded BTF
+        # keeps (btf.to_bytes preserves the string section), so nothing is decoded
+        return blob()
     out = []
     for r in line_info:
         # offsets straight from .BTF.ext stay valid: the loaded BTF keeps the object's string table

@@ -118,3 +118,20 @@ def test_malformed(sections):
         BtfExt.parse(_patch(ext, hdr_len + fi_off + 8, 0xFFFFFFF), btf)
     with pytest.raises(BTFError, match="string offset"):
         BtfExt.parse(_patch(ext, hdr_len + fi_off + 4, 0xFFFFFF), btf)
+
+
+def test_raw_line_info_blob_equals_the_decoded_records_encoding(parsed):
+    """LineInfos.blob() works on the raw words; it must equal encoding the decoded records."""
+    _, ext = parsed
+    assert max(len(v) for v in ext.line_info.values()) >= 3
+    for recs in ext.line_info.values():
+        decoded = list(recs)
+        assert all(isinstance(r, LineInfo) for r in decoded)
+        for base in (0, 7):
+            assert recs.blob(base) == encode_line_info(decoded, base)
+        if len(decoded) < 3:
+            continue
+        lo, hi = decoded[1].insn_off, decoded[-1].insn_off
+        part = recs.between(lo, hi, shift=80)
+        assert [(r.insn_off, r.line, r.col, r.file_name) for r in part] == [
+            (r.insn_off + 80, r.line, r.col, r.file_name) for r in decoded if lo <= r.insn_off < hi]
