@@ -18,7 +18,7 @@ import os
 import re
 import time
 from json.encoder import encode_basestring_ascii as _jstr  # type: ignore[attr-defined]
-from typing import Any, Callable, Dict, List, Optional, TextIO
+from typing import Any, Dict, List, Optional, TextIO, Tuple
 
 from netbee.resolvers import names
 from netbee.resolvers.drop_reasons import DropReasons
@@ -33,6 +33,9 @@ JSON_KEYS = ("time", "func", "iface", "ifindex", "netns", "proto", "saddr", "dad
 
 _CTRL = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
 NB_HOOK_KFREE_SKB = 15
+# Every cache of rendered text holds at most this many entries (emptied when full): a trace
+# repeats a few flows, and a flood of distinct ones must not grow the process.
+CACHE_MAX = 4096
 NB_F_DROP = 0x0020
 
 
@@ -82,7 +85,7 @@ class Resolvers:
         name = self._iface.get(key)
         if name is None:
             name = escape(self.ifnames.name(netns, ifindex))
-            if not name.isdigit() and len(self._iface) < 4096:
+            if not name.isdigit() and len(self._iface) < CACHE_MAX:
                 self._iface[key] = name  # numbers are retried: the device may show up later
         return name
 
@@ -90,7 +93,7 @@ class Resolvers:
         s = self._addr.get(a)
         if s is None:
             s = str(a)
-            if len(self._addr) > 65536:
+            if len(self._addr) >= CACHE_MAX:
                 self._addr.clear()
             self._addr[a] = s
         return s
@@ -101,7 +104,7 @@ class Resolvers:
         if hit is None:
             text = ":".join("%02x" % b for b in mac)
             hit = (text, self.oui.describe(mac))
-            if len(self._mac) > 65536:
+            if len(self._mac) >= CACHE_MAX:
                 self._mac.clear()
             self._mac[mac] = hit
         return hit
@@ -111,110 +114,119 @@ def _is_drop(ev: Any) -> bool:
     return ev.drop_reason is not None or ev.hook == NB_HOOK_KFREE_SKB
 
 
-def _len(ev: Any) -> Optional[int]:
-    return ev.ip_len if ev.family in (4, 6) and ev.ip_len else ev.skb_len
-
-
 # ----------------------------------------------------------------------------- JSON
-
-def _n(v: Optional[int]) -> str:
-    return "null" if v is None else str(v)
-
 
 def _s(v: Optional[str]) -> str:
     return "null" if v is None else _jstr(v)
 
 
+def _lit(text: str) -> str:
+    """text as a literal part of a %-format template."""
+    return text.replace("%", "%%")
+
+
 class JsonRenderer:
+    """Each line is '{"time":...,' + a head (func .. daddr) + a tail template (sport .. comm) with
+    %-slots for the values that change with every packet (ports, ttl, len, seq, ack, stack, skb).
+    Heads and tails depend only on fields that repeat endlessly in a trace (hook, interface,
+    addresses, MACs, flags, names, cpu, pid, comm), so both come from bounded caches."""
+
     def __init__(self, res: Resolvers, clock: Optional[Clock] = None) -> None:
         self.res = res
         self.clock = clock or Clock()
-        # Per-kind caches of already JSON-encoded names: the values repeat endlessly.
-        self._func: Dict[Any, str] = {}
-        self._proto: Dict[Any, str] = {}
-        self._flags: Dict[Any, str] = {}
-        self._state: Dict[Any, str] = {}
-        self._nf: Dict[Any, str] = {}
-        self._verdict: Dict[Any, str] = {}
-        self._drop: Dict[Any, str] = {}
-        self._addrs: Dict[Any, str] = {}
-        self._macs: Dict[Any, str] = {}
-        self._icmp: Dict[Any, str] = {}
+        self._heads: Dict[tuple, str] = {}
+        self._tails: Dict[tuple, str] = {}
 
-    @staticmethod
-    def _cached(cache: Dict[Any, str], value: Any, fn: Callable[[Any], Optional[str]]) -> str:
-        s = cache.get(value)
-        if s is None:
-            s = _s(fn(value)) if value is not None else "null"
-            if len(cache) > 65536:
-                cache.clear()
-            cache[value] = s
-        return s
-
-    def render(self, ev: Any) -> str:
-        res = self.res
-        c = self._cached
+    def _head(self, ev: Any) -> Tuple[str, bool]:
+        """func .. daddr, and whether it may be cached (a numeric interface name is retried)."""
+        ifindex = ev.ifindex
+        stable = True
+        if ifindex:
+            name = self.res.iface(ev.netns, ifindex)
+            stable = not name.isdigit()
+            iface = _jstr(name)
+        else:
+            iface = "null"
         proto = ev.proto
-        family = ev.family
-        smac = ev.smac
-        if smac is not None:
-            mkey = (smac, ev.dmac)
-            macs = self._macs.get(mkey)
-            if macs is None:
-                stext, svend = res.mac(bytes(smac))
-                dtext, dvend = res.mac(bytes(ev.dmac))
-                macs = (f'"smac":"{stext}","dmac":"{dtext}","smac_vendor":{_s(svend)},'
-                        f'"dmac_vendor":{_s(dvend)}')
-                if len(self._macs) > 65536:
-                    self._macs.clear()
-                self._macs[mkey] = macs
-        else:
-            macs = '"smac":null,"dmac":null,"smac_vendor":null,"dmac_vendor":null'
-        if proto == 6:
-            tcp = (f'"tcp_flags":{c(self._flags, ev.tcp_flags, names.tcp_flags)},'
-                   f'"tcp_state":{c(self._state, ev.tcp_state, names.tcp_state)},'
-                   f'"seq":{_n(ev.seq)},"ack":{_n(ev.ack)}')
-        else:
-            tcp = (f'"tcp_flags":null,"tcp_state":{c(self._state, ev.tcp_state, names.tcp_state)},'
-                   f'"seq":null,"ack":null')
-        if (proto == 1 or proto == 58) and ev.icmp_type is not None:
-            key = (family, ev.icmp_type, ev.icmp_code or 0)
-            icmp = self._icmp.get(key)
-            if icmp is None:
-                tname, cname = names.icmp(*key)
-                icmp = self._icmp[key] = f'"icmp_type":{_s(tname)},"icmp_code":{_s(cname)}'
-        else:
-            icmp = '"icmp_type":null,"icmp_code":null'
-        if ev.stack:
-            stack = "[" + ",".join(_jstr(res.kallsyms.resolve(a)) for a in ev.stack) + "]"
-        else:
-            stack = "null"
+        pname = _s(names.proto_name(proto)) if proto is not None else "null"
         saddr = ev.saddr
         if saddr is not None:
-            # ipaddress objects hash in Python code; their integer value hashes in C.
-            akey = (family, saddr._ip, ev.daddr._ip)
-            addrs = self._addrs.get(akey)
-            if addrs is None:
-                addrs = f'"saddr":{_jstr(str(saddr))},"daddr":{_jstr(str(ev.daddr))}'
-                if len(self._addrs) > 65536:
-                    self._addrs.clear()
-                self._addrs[akey] = addrs
+            addrs = f'"saddr":{_jstr(str(saddr))},"daddr":{_jstr(str(ev.daddr))}'
         else:
             addrs = '"saddr":null,"daddr":null'
-        ifindex = ev.ifindex
-        iface = _jstr(res.iface(ev.netns, ifindex)) if ifindex else "null"
-        return (
-            f'{{"time":{ev.ts_ns / 1e9 + self.clock.offset:.6f},'
-            f'"func":{c(self._func, ev.func, str)},"iface":{iface},'
-            f'"ifindex":{ifindex},"netns":{ev.netns},"proto":{c(self._proto, proto, names.proto_name)},'
-            f'{addrs},"sport":{_n(ev.sport)},"dport":{_n(ev.dport)},"ttl":{_n(ev.ttl)},'
-            f'"len":{_n(_len(ev))},{macs},{tcp},{icmp},'
-            f'"nf_hook":{c(self._nf, ev.nf_hook, names.nf_hook)},'
-            f'"verdict":{c(self._verdict, ev.verdict, names.verdict)},'
-            f'"drop_reason":{c(self._drop, ev.drop_reason, res.drops.name)},"stack":{stack},'
-            f'"skb":"0x{ev.skb:x}","cpu":{ev.cpu},"pid":{ev.pid},'
-            f'"comm":{_jstr(escape(ev.comm))}}}'
-        )
+        return (f'"func":{_jstr(ev.func)},"iface":{iface},"ifindex":{ifindex},"netns":{ev.netns},'
+                f'"proto":{pname},{addrs}'), stable
+
+    def _tail(self, ev: Any) -> str:
+        """sport .. comm with %s slots for sport, dport, ttl, len, seq, ack, stack and %x for skb."""
+        res = self.res
+        proto = ev.proto
+        if ev.smac is not None:
+            stext, svend = res.mac(bytes(ev.smac))
+            dtext, dvend = res.mac(bytes(ev.dmac))
+            macs = (f'"smac":"{stext}","dmac":"{dtext}","smac_vendor":{_s(svend)},'
+                    f'"dmac_vendor":{_s(dvend)}')
+        else:
+            macs = '"smac":null,"dmac":null,"smac_vendor":null,"dmac_vendor":null'
+        flags = ev.tcp_flags
+        tflags = _s(names.tcp_flags(flags)) if proto == 6 and flags is not None else "null"
+        if (proto == 1 or proto == 58) and ev.icmp_type is not None:
+            tname, cname = names.icmp(ev.family, ev.icmp_type, ev.icmp_code or 0)
+            icmp = f'"icmp_type":{_s(tname)},"icmp_code":{_s(cname)}'
+        else:
+            icmp = '"icmp_type":null,"icmp_code":null'
+        drop = ev.drop_reason
+        # Traced text (comm, names, vendors) becomes part of a %-template: its % signs are doubled.
+        state = _s(names.tcp_state(ev.tcp_state))
+        nf = f'"nf_hook":{_s(names.nf_hook(ev.nf_hook))},"verdict":{_s(names.verdict(ev.verdict))},' \
+             f'"drop_reason":{_s(res.drops.name(drop)) if drop is not None else "null"}'
+        comm = _jstr(escape(ev.comm))
+        return (',"sport":%s,"dport":%s,"ttl":%s,"len":%s,' + _lit(f'{macs},"tcp_flags":{tflags},"tcp_state":{state}')
+                + ',"seq":%s,"ack":%s,' + _lit(f'{icmp},{nf}') + ',"stack":%s,"skb":"0x%x",'
+                + _lit(f'"cpu":{ev.cpu},"pid":{ev.pid},"comm":{comm}}}'))
+
+    def render(self, ev: Any) -> str:
+        proto = ev.proto
+        family = ev.family
+        saddr = ev.saddr
+        # ipaddress objects hash in Python code; their integer value hashes in C.
+        hkey = (ev.func, ev.ifindex, ev.netns, proto, family,
+                saddr._ip if saddr is not None else None, ev.daddr._ip if saddr is not None else None)
+        head = self._heads.get(hkey)
+        if head is None:
+            head, stable = self._head(ev)
+            if stable:
+                if len(self._heads) >= CACHE_MAX:
+                    self._heads.clear()
+                self._heads[hkey] = head
+        tkey = (proto, family, ev.smac, ev.dmac, ev.tcp_flags, ev.tcp_state, ev.icmp_type, ev.icmp_code,
+                ev.nf_hook, ev.verdict, ev.drop_reason, ev.cpu, ev.pid, ev.comm)
+        tail = self._tails.get(tkey)
+        if tail is None:
+            tail = self._tail(ev)
+            if len(self._tails) >= CACHE_MAX:
+                self._tails.clear()
+            self._tails[tkey] = tail
+        sport, dport, ttl = ev.sport, ev.dport, ev.ttl
+        ip_len = ev.ip_len
+        if proto == 6:
+            seq, ack = ev.seq, ev.ack
+            if seq is None:
+                seq = "null"
+            if ack is None:
+                ack = "null"
+        else:
+            seq = ack = "null"
+        stack = ev.stack
+        return ('{"time":%.6f,' % (ev.ts_ns / 1e9 + self.clock.offset) + head + tail % (
+            "null" if sport is None else sport, "null" if dport is None else dport,
+            "null" if ttl is None else ttl,
+            ip_len if (family == 4 or family == 6) and ip_len else ev.skb_len,
+            seq, ack, self._stack(stack) if stack else "null", ev.skb))
+
+    def _stack(self, stack: List[int]) -> str:
+        resolve = self.res.kallsyms.resolve
+        return "[" + ",".join(_jstr(resolve(a)) for a in stack) + "]"
 
 
 # ----------------------------------------------------------------------------- table

@@ -194,3 +194,83 @@ def test_decoded_records_render(res):
     assert objs[2]["icmp_type"] == "echo request" and objs[3]["drop_reason"] == "NO_SOCKET"
     assert all(tuple(o) == output.JSON_KEYS for o in objs)
     assert "DROP NO_SOCKET at sk_skb_reason_drop+0x10" in t.render(decode_event(bench.samples()[3]))
+
+
+# ----------------------------------------------------------------------------- equivalence
+
+def _random_event(rng):
+    """Any combination of present/absent fields the renderers must handle."""
+    family = rng.choice((0, 4, 6))
+    proto = None if family == 0 else rng.choice((1, 6, 17, 58, 132, 47, 200))
+    if family == 4:
+        saddr = ipaddress.IPv4Address(rng.getrandbits(32))
+        daddr = ipaddress.IPv4Address(rng.choice((0x0AC90102, rng.getrandbits(32))))
+    elif family == 6:
+        saddr = ipaddress.IPv6Address(rng.getrandbits(128))
+        daddr = ipaddress.IPv6Address(rng.choice((1, rng.getrandbits(128))))
+    else:
+        saddr = daddr = None
+    opt = lambda v: v if rng.random() < 0.6 else None  # noqa: E731
+    has_mac = rng.random() < 0.7
+    return event(
+        ts_ns=rng.getrandbits(60), skb=rng.getrandbits(64), hook=rng.randrange(26),
+        func=rng.choice(("ip_rcv", "kfree_skb", "f%s", "nf:LOCAL_IN", "hook#99", 'q"uote\\')),
+        cpu=rng.randrange(4), pid=rng.randrange(1 << 22),
+        comm=rng.choice(("ping", "", "50%s%d%%", "a\x1b]0;x\x07", "ünï\u2028", "tab\there", "x" * 15)),
+        netns=rng.choice((4026531999, 4026532000)), ifindex=rng.choice((0, 5, 6, 99)),
+        family=family, proto=proto, saddr=saddr, daddr=daddr,
+        sport=opt(rng.randrange(65536)), dport=opt(rng.randrange(65536)), ttl=opt(rng.randrange(256)),
+        ip_len=rng.choice((None, 0, rng.randrange(65536))), skb_len=rng.randrange(65536),
+        smac=bytes(rng.getrandbits(8) for _ in range(6)) if has_mac else None,
+        dmac=rng.choice((bytes.fromhex("3c22fb000001"), bytes(6))) if has_mac else None,
+        ethertype=rng.randrange(65536), tcp_flags=opt(rng.randrange(256)), tcp_state=opt(rng.randrange(14)),
+        seq=opt(rng.getrandbits(32)), ack=opt(rng.getrandbits(32)), window=opt(rng.randrange(65536)),
+        payload_len=opt(rng.randrange(2000)), udp_len=opt(rng.randrange(2000)),
+        icmp_type=opt(rng.choice((0, 3, 8, 11, 1, 128, 129, 250))), icmp_code=opt(rng.randrange(17)),
+        icmp_id=opt(rng.randrange(65536)), icmp_seq=opt(rng.randrange(65536)), inner=None,
+        nf_hook=opt(rng.randrange(7)), verdict=opt(rng.randrange(6)), drop_reason=opt(rng.choice((2, 12, 77))),
+        location=opt(0xFFFFFFFF81000010), flags=rng.getrandbits(16),
+        stack=rng.choice((None, None, [], [0xFFFFFFFF81000010, 0x10])))
+
+
+def _documented(ev, res, clock):
+    """The JSON object as the module docstring documents it, built the plain way."""
+    from netbee.resolvers import names
+    proto = ev.proto
+    icmp = (names.icmp(ev.family, ev.icmp_type, ev.icmp_code or 0)
+            if proto in (1, 58) and ev.icmp_type is not None else (None, None))
+    mac = lambda m: res.mac(bytes(m)) if m is not None else (None, None)  # noqa: E731
+    (smac, svend), (dmac, dvend) = mac(ev.smac), mac(ev.dmac)
+    d = {
+        "func": ev.func, "iface": res.iface(ev.netns, ev.ifindex) if ev.ifindex else None,
+        "ifindex": ev.ifindex, "netns": ev.netns,
+        "proto": names.proto_name(proto) if proto is not None else None,
+        "saddr": str(ev.saddr) if ev.saddr is not None else None,
+        "daddr": str(ev.daddr) if ev.saddr is not None else None,
+        "sport": ev.sport, "dport": ev.dport, "ttl": ev.ttl,
+        "len": ev.ip_len if ev.family in (4, 6) and ev.ip_len else ev.skb_len,
+        "smac": smac, "dmac": dmac, "smac_vendor": svend, "dmac_vendor": dvend,
+        "tcp_flags": names.tcp_flags(ev.tcp_flags) if proto == 6 and ev.tcp_flags is not None else None,
+        "tcp_state": names.tcp_state(ev.tcp_state),
+        "seq": ev.seq if proto == 6 else None, "ack": ev.ack if proto == 6 else None,
+        "icmp_type": icmp[0], "icmp_code": icmp[1],
+        "nf_hook": names.nf_hook(ev.nf_hook), "verdict": names.verdict(ev.verdict),
+        "drop_reason": res.drops.name(ev.drop_reason) if ev.drop_reason is not None else None,
+        "stack": [res.kallsyms.resolve(a) for a in ev.stack] if ev.stack else None,
+        "skb": f"0x{ev.skb:x}", "cpu": ev.cpu, "pid": ev.pid, "comm": output.escape(ev.comm),
+    }
+    assert ("time",) + tuple(d) == output.JSON_KEYS
+    return '{"time":%.6f,' % (ev.ts_ns / 1e9 + clock.offset) + json.dumps(d, separators=(",", ":"))[1:]
+
+
+def test_json_fast_path_is_byte_identical_to_json_dumps(res):
+    """The hand-assembled line equals json.dumps of the documented object, for random events
+    rendered in a row (so the renderer's caches are hit as well as filled)."""
+    import random
+    rng = random.Random(11)
+    clock = FixedClock()
+    r = output.JsonRenderer(res, clock)
+    pool = [_random_event(rng) for _ in range(400)]
+    for i in range(3000):
+        ev = pool[rng.randrange(len(pool))] if i % 3 else _random_event(rng)
+        assert r.render(ev) == _documented(ev, res, clock), ev
