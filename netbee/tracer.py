@@ -12,7 +12,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Callable, Iterable, Iterator
 
 from netbee import netns as _netns
@@ -31,6 +33,7 @@ BRACKET_ENTRY_PRIO = INT_MIN + 1
 BRACKET_EXIT_PRIO = INT_MAX - 1
 BRACKET_MAX_STEPS = 64
 DEFAULT_RINGBUF_BYTES = 1 << 22
+_FUNC = attrgetter("func")
 
 
 # --- backend choice ------------------------------------------------------------------------------
@@ -547,21 +550,35 @@ class Tracer:
         Wakeups are batched in the kernel (wakeup_bytes), so the wait may end by timeout while
         records are queued: they are read then all the same.
         """
+        while True:
+            batch = self.read_events(timeout)
+            if not batch:
+                return
+            yield from batch
+
+    def read_events(self, timeout: float | None = 0.1, limit: int | None = None) -> list:
+        """One batch: the decoded events queued now (at most limit; the rest stay in the ring
+        buffer), waiting up to timeout seconds for the first one; [] when none came.
+
+        Per batch, not per event, because this is the hot path: the counters are updated once and
+        the caller can render and write the whole batch at once.
+        """
         from netbee.decode import decode_event
 
         if self._reader is None:
             raise NetBeeError("tracer is not started")
-        while True:
-            self.poll_netns()
-            batch = self._reader.read(timeout=timeout)
-            if not batch:
-                return
-            for raw in batch:
-                ev = decode_event(raw)
-                self._received += 1
-                name = ev.func
-                self._per_hook[name] = self._per_hook.get(name, 0) + 1
-                yield ev
+        self.poll_netns()
+        events = list(map(decode_event, self._reader.read(timeout=timeout, limit=limit)))
+        if events:
+            self._received += len(events)
+            per_hook = self._per_hook
+            for name, n in Counter(map(_FUNC, events)).items():
+                per_hook[name] = per_hook.get(name, 0) + n
+        return events
+
+    def pending(self) -> bool:
+        """Records are queued in the ring buffer: a read now would not wait."""
+        return self._reader is not None and self._reader.cursor.available()
 
     def counters(self) -> Counters:
         """Kernel per-CPU counters summed, plus what userspace received (per hook by display name)."""

@@ -95,11 +95,13 @@ class FakeTracer:
     """Stands in for netbee.tracer.Tracer: records options, yields given batches."""
 
     instances = []
+    stop_signal = signal.SIGTERM
 
     def __init__(self, opts):
         self.opts = opts
         self.closed = False
-        self.batches = list(FakeTracer.batches)
+        self.batches = [list(b) for b in FakeTracer.batches]
+        self.reads = []
         FakeTracer.instances.append(self)
 
     def start(self):
@@ -107,11 +109,20 @@ class FakeTracer:
                                      skipped=[("ip_forward", "no tracepoint")], blind_spots=[],
                                      netns=["current (net:[1])"])
 
-    def events(self, timeout=0.1):
+    def read_events(self, timeout=0.1, limit=None):
+        """The next batch (its first `limit` events; the rest stay queued); SIGTERM once drained."""
         if not self.batches:
-            signal.raise_signal(signal.SIGTERM)
-            return
-        yield from self.batches.pop(0)
+            signal.raise_signal(self.stop_signal)
+            return []
+        batch = self.batches[0]
+        taken, self.batches[0] = batch[:limit], batch[limit:] if limit is not None else []
+        if not self.batches[0]:
+            self.batches.pop(0)
+        self.reads.append((timeout, limit))
+        return taken
+
+    def pending(self):
+        return bool(self.batches)
 
     def counters(self):
         return types.SimpleNamespace(seen=10, filtered=7, submitted=3, lost=0, received=3,
@@ -196,13 +207,29 @@ def test_interface_and_netns_become_filter_terms(fake, capsys):
 
 
 def test_ctrl_c_prints_the_summary(fake, capsys, monkeypatch):
-    def events(self, timeout=0.1):
-        if not self.batches:
-            signal.raise_signal(signal.SIGINT)
-            return
-        yield from self.batches.pop(0)
-    monkeypatch.setattr(FakeTracer, "events", events)
+    monkeypatch.setattr(FakeTracer, "stop_signal", signal.SIGINT)
     rc, out, err = run_main(["--json"], capsys)
     assert rc == 0 and len(out.splitlines()) == 3
     assert err.splitlines()[-1].startswith("netbee: 3 events shown, 7 filtered in the kernel")
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_events_queued_at_stop_are_shown_and_count_is_exact(fake, capsys, monkeypatch):
+    """A stop request shows what the kernel already queued (it counted those as submitted); -c N
+    takes exactly N records from the ring buffer, however large its batches."""
+    orig = FakeTracer.read_events
+
+    def read_events(self, timeout=0.1, limit=None):
+        if len(self.reads) == 1:
+            signal.raise_signal(signal.SIGINT)  # arrives while the second batch is queued
+        return orig(self, timeout, limit)
+    monkeypatch.setattr(FakeTracer, "read_events", read_events)
+    FakeTracer.batches = [[event()], [event(func="icmp_rcv")] * 3, [event(func="udp_rcv")] * 2]
+    rc, out, err = run_main(["--json"], capsys)
+    assert rc == 0 and len(out.splitlines()) == 6
+    assert fake.instances[0].reads[-1][0] == 0  # the drain does not wait for more
+    monkeypatch.setattr(FakeTracer, "read_events", orig)
+    FakeTracer.batches = [[event()] * 5, [event()] * 5]
+    rc, out, err = run_main(["--json", "-c", "7"], capsys)
+    assert rc == 0 and len(out.splitlines()) == 7
+    assert [limit for _, limit in fake.instances[-1].reads] == [7, 2]
