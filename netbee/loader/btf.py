@@ -14,7 +14,7 @@ import sys
 import weakref
 from array import array
 from collections.abc import Sequence
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import BinaryIO, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from netbee.loader.btf_types import (INT_BOOL, INT_CHAR, INT_SIGNED, MODIFIERS, Array, BtfKind,  # noqa: F401
                                      BtfType, Const, Datasec, DeclTag, Enum, Enum64, EnumValue,
@@ -95,39 +95,57 @@ class Btf:
     @classmethod
     def parse(cls, data: bytes, base: Optional["Btf"] = None) -> "Btf":
         """Parse raw BTF (the .BTF section or /sys/kernel/btf/* contents)."""
-        btf = cls(base)
         data = bytes(data)
         if len(data) < HEADER_SIZE:
             raise BTFError(f"BTF too short: {len(data)} bytes, header needs {HEADER_SIZE}")
-        magic = int.from_bytes(data[0:2], sys.byteorder)
-        if magic == BTF_MAGIC:
-            swap = False
-        elif magic == 0x9FEB:
-            swap = True
-        else:
-            raise BTFError(f"bad BTF magic 0x{magic:04x}")
-        hdr = array("I")
-        hdr.frombytes(data[4:HEADER_SIZE])
-        if swap:
-            hdr.byteswap()
-        hdr_len, type_off, type_len, str_off, str_len = hdr
-        if data[2] != 1:
-            raise BTFError(f"unsupported BTF version {data[2]}")
-        if hdr_len < HEADER_SIZE or hdr_len > len(data):
+        swap, hdr_len, type_off, type_len, str_off, str_len = _header(data)
+        if hdr_len > len(data):
             raise BTFError(f"bad BTF header length {hdr_len}")
         body = len(data) - hdr_len
-        if type_off % 4 or type_len % 4:
-            raise BTFError("BTF type section is not 4-byte aligned")
         if type_off + type_len > body or str_off + str_len > body:
             raise BTFError(f"BTF sections exceed the data ({len(data)} bytes): truncated?")
-        strings = data[hdr_len + str_off:hdr_len + str_off + str_len]
+        view = memoryview(data)
+        words = array("I")
+        words.frombytes(view[hdr_len + type_off:hdr_len + type_off + type_len])   # one copy, not two
+        return cls._from_sections(data[hdr_len + str_off:hdr_len + str_off + str_len], words, swap, base)
+
+    @classmethod
+    def _read(cls, head: bytes, f: BinaryIO) -> "Btf":
+        """Parse raw BTF from a file positioned after its first HEADER_SIZE bytes (`head`),
+        reading the type section straight into its array: the kernel's 5.5 MB are never held
+        twice (start-up peak memory)."""
+        if len(head) < HEADER_SIZE:
+            raise BTFError(f"BTF too short: {len(head)} bytes, header needs {HEADER_SIZE}")
+        swap, hdr_len, type_off, type_len, str_off, str_len = _header(head)
+        if type_off + type_len > str_off:   # not the usual types-then-strings layout
+            return cls.parse(head + f.read())
+        pos = HEADER_SIZE
+
+        def skip_to(where: int) -> None:
+            nonlocal pos
+            if where > pos and len(f.read(where - pos)) != where - pos:
+                raise BTFError("BTF sections exceed the data: truncated?")
+            pos = where
+
+        skip_to(hdr_len + type_off)
+        words = array("I", [0]) * (type_len // 4)
+        if f.readinto(memoryview(words).cast("B")) != type_len:
+            raise BTFError("BTF sections exceed the data: truncated?")
+        pos += type_len
+        skip_to(hdr_len + str_off)
+        strings = f.read(str_len)
+        if len(strings) != str_len:
+            raise BTFError("BTF sections exceed the data: truncated?")
+        return cls._from_sections(strings, words, swap, None)
+
+    @classmethod
+    def _from_sections(cls, strings: bytes, words: "array[int]", swap: bool, base: Optional["Btf"]) -> "Btf":
+        btf = cls(base)
         if base is None and (not strings or strings[0] != 0):
             raise BTFError("BTF string section must start with an empty string")
         if strings and strings[-1] != 0:
             raise BTFError("BTF string section is not NUL-terminated")
         btf._strings = strings
-        words = array("I")
-        words.frombytes(data[hdr_len + type_off:hdr_len + type_off + type_len])
         if swap:
             words.byteswap()
         btf._words = words
@@ -168,13 +186,14 @@ class Btf:
                 raw = _PARSED.get(key)
                 if raw is not None:
                     return cls._from_index(raw)
-                data = f.read()
+                head = f.read(HEADER_SIZE)
+                if head[:4] == b"\x7fELF":
+                    data = btf_section_from_elf(head + f.read(), path)
+                    btf = cls.parse(data)
+                else:
+                    btf = cls._read(head, f)
         except OSError as e:
             raise BTFError(f"cannot read kernel BTF from {path}: {e.strerror or e}") from e
-        if data[:4] == b"\x7fELF":
-            data = btf_section_from_elf(data, path)
-        try:
-            btf = cls.parse(data)
         except BTFError as e:
             raise BTFError(f"{path}: {e}") from e
         _PARSED[key] = btf._idx()
@@ -485,6 +504,29 @@ class Btf:
         hdr = array("I", [HEADER_SIZE, 0, len(types), len(types), len(strings)]).tobytes()
         magic = BTF_MAGIC.to_bytes(2, sys.byteorder)
         return magic + bytes([1, 0]) + hdr + types + strings
+
+
+def _header(data: bytes) -> Tuple[bool, int, int, int, int, int]:
+    """(byte swap needed, hdr_len, type_off, type_len, str_off, str_len) of a BTF header."""
+    magic = int.from_bytes(data[0:2], sys.byteorder)
+    if magic == BTF_MAGIC:
+        swap = False
+    elif magic == 0x9FEB:
+        swap = True
+    else:
+        raise BTFError(f"bad BTF magic 0x{magic:04x}")
+    hdr = array("I")
+    hdr.frombytes(data[4:HEADER_SIZE])
+    if swap:
+        hdr.byteswap()
+    hdr_len, type_off, type_len, str_off, str_len = hdr
+    if data[2] != 1:
+        raise BTFError(f"unsupported BTF version {data[2]}")
+    if hdr_len < HEADER_SIZE:
+        raise BTFError(f"bad BTF header length {hdr_len}")
+    if type_off % 4 or type_len % 4:
+        raise BTFError("BTF type section is not 4-byte aligned")
+    return swap, hdr_len, type_off, type_len, str_off, str_len
 
 
 def btf_section_from_elf(data: bytes, what: str = "ELF file") -> bytes:
