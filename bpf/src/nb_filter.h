@@ -77,6 +77,25 @@ static __always_inline bool nb_term(__u32 i, const struct nb_event *ev, const st
 	return false;
 }
 
+/* Whether a term of the filter looks at ports (cfg is constant: a few loads per rule). */
+static __always_inline bool nb_filter_uses_ports(void)
+{
+	__u32 i, n = cfg.filter_len;
+
+#pragma clang loop unroll(disable)
+	for (i = 0; i < NB_MAX_RULES; i++) {
+		__u8 field;
+
+		if (i >= n)
+			break;
+		field = cfg.rules[i].field;
+		if (cfg.rules[i].op == NB_OP_TERM &&
+		    (field == NB_FIELD_SRC_PORT || field == NB_FIELD_DST_PORT || field == NB_FIELD_ANY_PORT))
+			return true;
+	}
+	return false;
+}
+
 /*
  * st points into map memory on purpose: the verifier does not track values
  * stored there, so the paths through each term merge again at the loop

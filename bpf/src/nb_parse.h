@@ -159,44 +159,69 @@ nonlinear:
 	ev->flags |= NB_F_NONLINEAR;
 }
 
-/* Returns the transport offset (0: none) and sets *l4_bytes. */
-static __always_inline __u32 nb_parse_ipv4(struct nb_event *ev, const struct nb_skbview *v, __u32 off, int *l4_bytes)
-{
-	struct iphdr ip;
-	__u32 ihl;
+/* An IP header of either family, read in one go (the version nibble is its first byte's high half). */
+union nb_iph {
+	struct iphdr v4;
+	struct ipv6hdr v6;
+};
 
-	if (nb_read(&ip, sizeof(ip), v, off) || (ip.ihl_version >> 4) != 4)
-		return 0;
-	ihl = (ip.ihl_version & 0xf) * 4;
+#define NB_NO_L3 0xffffffff
+
+/*
+ * Read the family's IP header at off, or else at alt (the header offsets
+ * section of bpf/src/README.md says why there are two candidates). Returns
+ * the offset that holds one, NB_NO_L3 if neither does. One probe read in
+ * the common case: the version is checked on the header itself.
+ */
+static __always_inline __u32 nb_read_iph(union nb_iph *h, const struct nb_skbview *v, __u32 off, __u32 alt,
+					 __u8 family)
+{
+	if (family == 4) {
+		if (!nb_read(h, sizeof(h->v4), v, off) && (h->v4.ihl_version >> 4) == 4)
+			return off;
+		if (!nb_read(h, sizeof(h->v4), v, alt) && (h->v4.ihl_version >> 4) == 4)
+			return alt;
+	} else {
+		if (!nb_read(h, sizeof(h->v6), v, off) && (*(__u8 *)h >> 4) == 6)
+			return off;
+		if (!nb_read(h, sizeof(h->v6), v, alt) && (*(__u8 *)h >> 4) == 6)
+			return alt;
+	}
+	return NB_NO_L3;
+}
+
+/* Returns the transport offset (0: none) and sets *l4_bytes. */
+static __always_inline __u32 nb_parse_ipv4(struct nb_event *ev, const struct iphdr *ip, __u32 off, int *l4_bytes)
+{
+	__u32 ihl = (ip->ihl_version & 0xf) * 4;
+
 	ev->family = 4;
-	ev->ip_proto = ip.protocol;
-	ev->ttl = ip.ttl;
-	ev->ip_len = bpf_ntohs(ip.tot_len);
-	__builtin_memcpy(ev->saddr, &ip.saddr, 4);
-	__builtin_memcpy(ev->daddr, &ip.daddr, 4);
+	ev->ip_proto = ip->protocol;
+	ev->ttl = ip->ttl;
+	ev->ip_len = bpf_ntohs(ip->tot_len);
+	__builtin_memcpy(ev->saddr, &ip->saddr, 4);
+	__builtin_memcpy(ev->daddr, &ip->daddr, 4);
 	ev->flags |= NB_F_HAS_L3;
-	if (ihl < sizeof(ip) || (bpf_ntohs(ip.frag_off) & 0x1fff))
+	if (ihl < sizeof(*ip) || (bpf_ntohs(ip->frag_off) & 0x1fff))
 		return 0;       /* bad header, or a non-first fragment: no L4 here */
 	*l4_bytes = (int)ev->ip_len - (int)ihl;
 	return off + ihl;
 }
 
-static __always_inline __u32 nb_parse_ipv6(struct nb_event *ev, const struct nb_skbview *v, __u32 off, int *l4_bytes)
+static __always_inline __u32 nb_parse_ipv6(struct nb_event *ev, const struct ipv6hdr *ip6, const struct nb_skbview *v,
+					   __u32 off, int *l4_bytes)
 {
-	struct ipv6hdr ip6;
-	__u32 l4 = off + sizeof(ip6);
+	__u32 l4 = off + sizeof(*ip6);
 	__u8 next;
 	int i;
 
-	if (nb_read(&ip6, sizeof(ip6), v, off) || (ip6.vtc_flow & 0xf0) != 0x60)
-		return 0;
 	ev->family = 6;
-	ev->ttl = ip6.hop_limit;
-	ev->ip_len = bpf_ntohs(ip6.payload_len) + sizeof(ip6);
-	__builtin_memcpy(ev->saddr, ip6.saddr, 16);
-	__builtin_memcpy(ev->daddr, ip6.daddr, 16);
+	ev->ttl = ip6->hop_limit;
+	ev->ip_len = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
+	__builtin_memcpy(ev->saddr, ip6->saddr, 16);
+	__builtin_memcpy(ev->daddr, ip6->daddr, 16);
 	ev->flags |= NB_F_HAS_L3;
-	next = ip6.nexthdr;
+	next = ip6->nexthdr;
 #pragma clang loop unroll(full)
 	for (i = 0; i < NB_IPV6_EXT_MAX; i++) {
 		struct ipv6_opt_hdr oh;
@@ -237,15 +262,6 @@ static __always_inline __u8 nb_family_of(__u16 ethertype)
 	if (ethertype == ETH_P_IPV6)
 		return 6;
 	return 0;
-}
-
-static __always_inline __u8 nb_version_at(const struct nb_skbview *v, __u32 off)
-{
-	__u8 b;
-
-	if (nb_read(&b, 1, v, off))
-		return 0;
-	return b >> 4;
 }
 
 #define NB_TCP_LISTEN 10        /* include/net/tcp_states.h, a stable kernel ABI */
@@ -294,30 +310,42 @@ static __always_inline void nb_parse_sock(struct nb_event *ev, struct sock *sk, 
 	ev->flags |= NB_F_FROM_SOCK;
 }
 
+/* What the link-layer part of the parse needs, kept from the network-layer part. */
+struct nb_pkt {
+	struct nb_skbview v;
+	__u32 l3;               /* network header offset (also for non-IP) */
+	__u32 l4;               /* transport header offset, 0: none to parse */
+	int l4_bytes;           /* IP payload length, transport header included */
+	__u16 mh;               /* skb->mac_header */
+	__u16 proto;            /* skb->protocol, host order */
+	bool l2;                /* the packet has a link-layer view to report */
+};
+
 /*
- * Fill ev from skb. want_family: 4/6 when the hook implies it (netfilter
- * pf, IPv6-only functions), 0 to trust skb->protocol. sk: the socket passed
- * to transmit functions (HK_SOCK), else NULL.
+ * Fill ev's network and transport fields from skb: what the filter looks
+ * at. want_family: 4/6 when the hook implies it (netfilter pf, IPv6-only
+ * functions), 0 to trust skb->protocol. sk: the socket passed to transmit
+ * functions (HK_SOCK), else NULL. The transport header is left at p->l4
+ * for the caller (nb_parse_l4), the link layer to nb_parse_l2: both are
+ * read only when needed.
  */
-static __always_inline void nb_parse_skb(struct nb_event *ev, struct sk_buff *skb, __u32 hints,
+static __always_inline void nb_parse_skb(struct nb_event *ev, struct nb_pkt *p, struct sk_buff *skb, __u32 hints,
 					 __u8 want_family, struct sock *sk, bool direct)
 {
-	struct nb_skbview v;
 	unsigned char *data;
 	__u32 len, data_len, data_off, l3, alt, l4 = 0;
-	__u16 mh, nh, proto;
-	__u8 family, ver;
+	__u16 nh;
+	__u8 family;
 	int l4_bytes = 0;
 
-	v.head = NB_RD(direct, skb->head, BPF_CORE_READ(skb, head));
+	p->v.head = NB_RD(direct, skb->head, BPF_CORE_READ(skb, head));
 	data = NB_RD(direct, skb->data, BPF_CORE_READ(skb, data));
 	len = NB_RD(direct, skb->len, BPF_CORE_READ(skb, len));
 	data_len = NB_RD(direct, skb->data_len, BPF_CORE_READ(skb, data_len));
-	mh = NB_RD(direct, skb->mac_header, BPF_CORE_READ(skb, mac_header));
-	nh = NB_RD(direct, skb->network_header, BPF_CORE_READ(skb, network_header));
-	proto = bpf_ntohs(NB_RD(direct, skb->protocol, BPF_CORE_READ(skb, protocol)));
-	data_off = (__u32)(data - v.head);
-	v.lin_end = data_off + (len - data_len);
+	data_off = (__u32)(data - p->v.head);
+	p->v.lin_end = data_off + (len - data_len);
+	p->l2 = false;
+	p->l4 = 0;
 	ev->skb_len = len;
 
 	if (hints & HK_SOCK) {
@@ -339,12 +367,16 @@ static __always_inline void nb_parse_skb(struct nb_event *ev, struct sk_buff *sk
 		if (ev->family && nb_is_l4_ports(ev->ip_proto)) {
 			__u16 th = NB_RD(direct, skb->transport_header, BPF_CORE_READ(skb, transport_header));
 
-			nb_parse_l4(ev, &v, th != NB_UNSET_HDR ? th : data_off, (int)(v.lin_end - data_off));
+			nb_parse_l4(ev, &p->v, th != NB_UNSET_HDR ? th : data_off, (int)(p->v.lin_end - data_off));
 		}
 		return;
 	}
 
-	family = want_family ? want_family : nb_family_of(proto);
+	p->l2 = true;
+	p->mh = NB_RD(direct, skb->mac_header, BPF_CORE_READ(skb, mac_header));
+	nh = NB_RD(direct, skb->network_header, BPF_CORE_READ(skb, network_header));
+	p->proto = bpf_ntohs(NB_RD(direct, skb->protocol, BPF_CORE_READ(skb, protocol)));
+	family = want_family ? want_family : nb_family_of(p->proto);
 	if (hints & HK_RX_EARLY) {
 		l3 = data_off;
 		alt = nh;
@@ -352,31 +384,41 @@ static __always_inline void nb_parse_skb(struct nb_event *ev, struct sk_buff *sk
 		l3 = nh;
 		alt = data_off;
 	}
+	p->l3 = l3;
+	p->l4 = 0;
 	if (family) {
-		ver = nb_version_at(&v, l3);
-		if (ver != family && nb_version_at(&v, alt) == family)
-			l3 = alt;
-	}
+		union nb_iph h;
+		__u32 at = nb_read_iph(&h, &p->v, l3, alt, family);
 
-	if (mh != NB_UNSET_HDR && mh + sizeof(struct ethhdr) <= l3) {
+		if (at != NB_NO_L3) {
+			p->l3 = at;
+			if (family == 4)
+				l4 = nb_parse_ipv4(ev, &h.v4, at, &l4_bytes);
+			else
+				l4 = nb_parse_ipv6(ev, &h.v6, &p->v, at, &l4_bytes);
+		}
+	}
+	p->l4 = l4;
+	p->l4_bytes = l4_bytes;
+}
+
+/* The Ethernet header, when there is one before the network header. */
+static __always_inline void nb_parse_l2(struct nb_event *ev, const struct nb_pkt *p)
+{
+	if (!p->l2)
+		return;
+	if (p->mh != NB_UNSET_HDR && p->mh + sizeof(struct ethhdr) <= p->l3) {
 		struct ethhdr eth;
 
-		if (!nb_read(&eth, sizeof(eth), &v, mh)) {
+		if (!nb_read(&eth, sizeof(eth), &p->v, p->mh)) {
 			__builtin_memcpy(ev->dmac, eth.h_dest, 6);
 			__builtin_memcpy(ev->smac, eth.h_source, 6);
 			ev->ethertype = bpf_ntohs(eth.h_proto);
 			ev->flags |= NB_F_HAS_L2;
+			return;
 		}
 	}
-	if (!(ev->flags & NB_F_HAS_L2))
-		ev->ethertype = proto;
-
-	if (family == 4)
-		l4 = nb_parse_ipv4(ev, &v, l3, &l4_bytes);
-	else if (family == 6)
-		l4 = nb_parse_ipv6(ev, &v, l3, &l4_bytes);
-	if (l4)
-		nb_parse_l4(ev, &v, l4, l4_bytes);
+	ev->ethertype = p->proto;
 }
 
 #endif

@@ -54,8 +54,8 @@ struct nb_scratch {
 struct nb_flight {
 	__u64 skb;
 	__u64 ts;
-	__u32 match;
-	__u32 fst;
+	__u32 match;            /* ev holds a built event the filter kept */
+	__u32 pad;
 	struct nb_event ev;
 };
 
@@ -163,64 +163,115 @@ struct nb_extra {
 };
 
 
-/* Fill ev completely (zeroed first). Returns whether the filter matched. */
+/* What the event needs from the skb's device and socket. */
+struct nb_owner {
+	__u32 dev_ifindex;
+	__u32 dev_netns;
+	__u32 sk_netns;
+	__u8 sk_state;
+	bool has_sk;
+};
+
+/*
+ * Direct (BTF pointer) programs load every pointer field here, in one
+ * straight line before any branch: recent kernels look each such load up
+ * by name in the whole kernel BTF (the trusted-pointer rules), so a load
+ * the verifier walks on many paths costs milliseconds of start-up. A NULL
+ * link simply reads as 0 (the JIT guards these loads). Probe reads (kprobe)
+ * have no such cost and follow the links only where they exist.
+ */
+static __always_inline void nb_owner_of(struct nb_owner *o, struct sk_buff *skb, const struct nb_extra *x)
+{
+	if (x->direct && !x->sk) {
+		struct net_device *dev = skb->dev;
+		struct net *net = dev->nd_net.net;
+		struct sock *sk = skb->sk;
+
+		/* RCU pointers (the net, skb->sk): the verifier wants NULL checks */
+		o->dev_ifindex = dev->ifindex;
+		o->dev_netns = net ? net->ns.inum : 0;
+		o->sk_netns = 0;
+		o->sk_state = 0;
+		o->has_sk = sk != NULL;
+		if (sk) {
+			net = sk->__sk_common.skc_net.net;
+			o->sk_netns = net ? net->ns.inum : 0;
+			o->sk_state = sk->__sk_common.skc_state;
+		}
+		return;
+	}
+	struct net_device *dev = x->direct ? skb->dev : BPF_CORE_READ(skb, dev);
+	/* an sk passed as an argument (kprobe) is a plain number: probe reads */
+	struct sock *sk = x->sk ? x->sk : NB_RD(x->direct, skb->sk, BPF_CORE_READ(skb, sk));
+
+	__builtin_memset(o, 0, sizeof(*o));
+	if (dev) {
+		o->dev_ifindex = BPF_CORE_READ(dev, ifindex);
+		o->dev_netns = BPF_CORE_READ(dev, nd_net.net, ns.inum);
+	}
+	if (sk) {
+		o->sk_netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+		o->sk_state = BPF_CORE_READ(sk, __sk_common.skc_state);
+		o->has_sk = true;
+	}
+}
+
+/*
+ * Fill ev completely (zeroed first). Returns whether the filter matched.
+ * Two stages: first only what the filter looks at (addresses, ports,
+ * interface, namespace), so that a packet the filter rejects costs one
+ * header read and no helper call; the rest only for packets it keeps.
+ */
 static __always_inline bool nb_build(struct nb_event *ev, struct sk_buff *skb, __u32 hook,
 				     const struct nb_extra *x, __u32 *fst)
 {
-	struct net_device *dev;
-	__u64 id = bpf_get_current_pid_tgid();
+	struct nb_owner o;
+	struct nb_pkt pkt;
+	bool ports_first;
+	__u64 id;
 	__u8 family = x->family ? x->family : nb_hook_family(hook);
 
+	nb_owner_of(&o, skb, x);
 	__builtin_memset(ev, 0, sizeof(*ev));
+	nb_parse_skb(ev, &pkt, skb, nb_hook_hints(hook), family, x->sk, x->direct);
+	ev->ifindex = x->ifindex ? x->ifindex : o.dev_ifindex;
+	if (!ev->ifindex)
+		ev->ifindex = NB_RD(x->direct, skb->skb_iif, BPF_CORE_READ(skb, skb_iif));
+	ev->netns = x->netns ? x->netns : o.dev_netns;
+	if (!ev->netns)
+		ev->netns = o.sk_netns;
+	/* the transport header costs a read: before the filter only if it asks for ports */
+	ports_first = nb_filter_uses_ports();
+	if (ports_first && pkt.l4)
+		nb_parse_l4(ev, &pkt.v, pkt.l4, pkt.l4_bytes);
+	if (!nb_filter_match(ev, fst))
+		return false;
+	if (!ports_first && pkt.l4)
+		nb_parse_l4(ev, &pkt.v, pkt.l4, pkt.l4_bytes);
+
+	id = bpf_get_current_pid_tgid();
 	ev->ts_ns = bpf_ktime_get_ns();
 	ev->skb = (__u64)skb;
 	ev->hook = hook;
 	ev->cpu = bpf_get_smp_processor_id();
 	ev->pid = id >> 32;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
-
-	nb_parse_skb(ev, skb, nb_hook_hints(hook), family, x->sk, x->direct);
-
-	dev = NB_RD(x->direct, skb->dev, BPF_CORE_READ(skb, dev));
-	ev->ifindex = x->ifindex;
-	ev->netns = x->netns;
-	if (dev) {
-		if (!ev->ifindex)
-			ev->ifindex = NB_RD(x->direct, dev->ifindex, BPF_CORE_READ(dev, ifindex));
-		if (!ev->netns)
-			ev->netns = NB_RD(x->direct, dev->nd_net.net->ns.inum, BPF_CORE_READ(dev, nd_net.net, ns.inum));
-	}
-	if (!ev->ifindex)
-		ev->ifindex = NB_RD(x->direct, skb->skb_iif, BPF_CORE_READ(skb, skb_iif));
-	if (!ev->netns || ev->ip_proto == IPPROTO_TCP) {
-		/* an sk passed as an argument (kprobe) is a plain number: probe reads */
-		bool direct = x->direct && !x->sk;
-		struct sock *sk = x->sk ? x->sk : NB_RD(x->direct, skb->sk, BPF_CORE_READ(skb, sk));
-
-		if (sk) {
-			__u32 sk_netns = NB_RD(direct, sk->__sk_common.skc_net.net->ns.inum,
-					       BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum));
-
-			if (!ev->netns)
-				ev->netns = sk_netns;
-			/*
-			 * A veth hands the sender's socket to the peer namespace
-			 * until demux: a state from another namespace is not this
-			 * packet's connection as seen here.
-			 */
-			if (ev->ip_proto == IPPROTO_TCP && sk_netns == ev->netns) {
-				ev->tcp_state = NB_RD(direct, sk->__sk_common.skc_state,
-						      BPF_CORE_READ(sk, __sk_common.skc_state));
-				ev->flags |= NB_F_TCP_STATE;
-			}
-		}
+	nb_parse_l2(ev, &pkt);
+	/*
+	 * A veth hands the sender's socket to the peer namespace until demux:
+	 * a state from another namespace is not this packet's connection as
+	 * seen here.
+	 */
+	if (ev->ip_proto == IPPROTO_TCP && o.has_sk && o.sk_netns == ev->netns) {
+		ev->tcp_state = o.sk_state;
+		ev->flags |= NB_F_TCP_STATE;
 	}
 	ev->flags |= x->flags;
 	ev->nf_hook = x->nf_hook;
 	ev->verdict = x->verdict;
 	ev->drop_reason = x->drop_reason;
 	ev->location = x->location;
-	return nb_filter_match(ev, fst);
+	return true;
 }
 
 /*
@@ -259,11 +310,6 @@ static __always_inline int nb_handle(void *ctx, struct sk_buff *skb, __u32 hook,
 	if (!skb)
 		return 0;
 	nb_count(NB_CNT_SEEN);
-	if ((nb_hook_hints(hook) & HK_TX) && cfg.self_pid &&
-	    (bpf_get_current_pid_tgid() >> 32) == cfg.self_pid) {
-		nb_count(NB_CNT_FILTERED);
-		return 0;
-	}
 	s = bpf_map_lookup_elem(&scratch, &zero);
 	if (!s)
 		return 0;
@@ -275,7 +321,9 @@ static __always_inline int nb_handle(void *ctx, struct sk_buff *skb, __u32 hook,
 	s->depth = d + 1;
 	barrier_var(d);
 	r = &s->rec[d & (NB_NEST - 1)];
-	if (!nb_build(&r->ev, skb, hook, x, &r->fst)) {
+	/* netbee's own transmissions count as filtered (checked after the filter: it needs the pid) */
+	if (!nb_build(&r->ev, skb, hook, x, &r->fst) ||
+	    ((nb_hook_hints(hook) & HK_TX) && cfg.self_pid && r->ev.pid == cfg.self_pid)) {
 		nb_count(NB_CNT_FILTERED);
 		goto out;
 	}
@@ -354,15 +402,20 @@ static __always_inline void nb_flight_emit(struct nb_flight_stack *st, __u32 i, 
 }
 
 /* Struct assignment would become a memmove call, which BPF lacks. */
+#define NB_COPY_WORDS(dst, src)                                                  \
+	do {                                                                     \
+		__u64 *d_ = (__u64 *)(dst);                                      \
+		const __u64 *s_ = (const __u64 *)(src);                          \
+		int k_;                                                          \
+		_Static_assert(sizeof(*(dst)) % 8 == 0, "whole words");          \
+		_Pragma("clang loop unroll(full)")                               \
+		for (k_ = 0; k_ < sizeof(*(dst)) / 8; k_++)                      \
+			d_[k_] = s_[k_];                                         \
+	} while (0)
+
 static __always_inline void nb_flight_copy(struct nb_flight *dst, const struct nb_flight *src)
 {
-	__u64 *d = (__u64 *)dst;
-	const __u64 *s = (const __u64 *)src;
-	int k;
-
-#pragma clang loop unroll(full)
-	for (k = 0; k < sizeof(*dst) / 8; k++)
-		d[k] = s[k];
+	NB_COPY_WORDS(dst, src);
 }
 
 /* Remove entry i, reporting it with verdict; entries above slide down. */
@@ -422,28 +475,57 @@ static __always_inline void nb_flight_resolve(struct nb_flight_stack *st, __u32 
 	st->depth = i;
 }
 
-/* Push a packet entering a hook; x describes the hook. */
-static __always_inline void nb_flight_push(struct sk_buff *skb, __u32 hook, const struct nb_extra *x, bool tidy)
+/*
+ * A packet enters a hook; x describes the hook. The event is built in a
+ * scratch slot first and pushed only if the filter keeps it, so a packet
+ * the filter rejects never touches the stack. placeholder: push rejected
+ * packets too, as entries without an event, for a return probe that pairs
+ * by nesting order (kretprobe) rather than by skb.
+ */
+static __always_inline void nb_flight_push(struct sk_buff *skb, __u32 hook, const struct nb_extra *x, bool tidy,
+					   bool placeholder)
 {
 	struct nb_flight_stack *st = nb_flights();
+	struct nb_scratch *s;
+	struct nb_record *r;
 	struct nb_flight *f;
-	__u64 now = bpf_ktime_get_ns();
-	__u32 d, i;
+	__u32 zero = 0, d, sd;
+	__u64 now;
+	bool match;
 
 	if (!st)
 		return;
 	nb_count(NB_CNT_SEEN);
-	if (tidy) {
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!s)
+		return;
+	sd = s->depth;
+	if (sd >= NB_NEST) {
+		nb_count(NB_CNT_LOST);
+		return;
+	}
+	s->depth = sd + 1;
+	barrier_var(sd);
+	r = &s->rec[sd & (NB_NEST - 1)];
+	match = nb_build(&r->ev, skb, hook, x, &r->fst);
+	if (!match) {
+		nb_count(NB_CNT_FILTERED);
+		if (!placeholder)
+			goto out;
+		now = bpf_ktime_get_ns();
+	} else {
+		now = r->ev.ts_ns;
+	}
+	if (tidy && st->depth) {
+		bool fresh = false;
 		int j;
 
 		/* the same skb again: its previous hook kept it (queue/steal) and reinjected it */
-		i = nb_flight_find(st, (__u64)skb);
-		if (i < NB_NF_DEPTH)
-			nb_flight_remove(st, i, NB_VERDICT_STOLEN);
+		d = nb_flight_find(st, (__u64)skb);
+		if (d < NB_NF_DEPTH)
+			nb_flight_remove(st, d, NB_VERDICT_STOLEN);
 		/* stale tops left their hook unseen long ago; stop at the first fresh one,
 		 * which may be a packet we are nested in */
-		bool fresh = false;
-
 #pragma clang loop unroll(full)
 		for (j = NB_NF_DEPTH - 1; j >= 0; j--) {
 			if (fresh || j >= st->depth)
@@ -460,17 +542,21 @@ static __always_inline void nb_flight_push(struct sk_buff *skb, __u32 hook, cons
 		nb_flight_remove(st, 0, NB_VERDICT_STOLEN);
 	d = st->depth;
 	if (d >= NB_NF_DEPTH)
-		return;
+		goto out;
 	barrier_var(d);
 	f = &st->e[d & (NB_NF_DEPTH - 1)];
-	/* reserve the slot before building: an interrupt may push above it meanwhile */
+	/* claim the slot before filling it: an interrupt may push above it meanwhile */
 	f->skb = (__u64)skb;
 	f->ts = now;
 	f->match = 0;
+	f->ev.hook = hook;
 	st->depth = d + 1;
-	f->match = nb_build(&f->ev, skb, hook, x, &f->fst);
-	if (!f->match)
-		nb_count(NB_CNT_FILTERED);
+	if (match) {
+		NB_COPY_WORDS(&f->ev, &r->ev);
+		f->match = 1;
+	}
+out:
+	s->depth = sd;
 }
 
 /* ---------------------------------------------------------------- kprobe */
@@ -536,7 +622,8 @@ int kp_sk_skb_reason_drop(struct pt_regs *ctx)
 			  kp_return_address(ctx), false);
 }
 
-static __always_inline void nb_nf_slow_entry(struct sk_buff *skb, const struct nf_hook_state *state)
+static __always_inline void nb_nf_slow_entry(struct sk_buff *skb, const struct nf_hook_state *state,
+					     bool placeholder)
 {
 	struct nb_extra x = { .flags = NB_F_NF };
 	struct net_device *dev;
@@ -550,7 +637,7 @@ static __always_inline void nb_nf_slow_entry(struct sk_buff *skb, const struct n
 		dev = BPF_CORE_READ(state, out);
 	if (dev)
 		x.ifindex = BPF_CORE_READ(dev, ifindex);
-	nb_flight_push(skb, NB_HOOK_NF_HOOK_SLOW, &x, false);
+	nb_flight_push(skb, NB_HOOK_NF_HOOK_SLOW, &x, false, placeholder);
 }
 
 /* nf_hook_slow's return value: 1 accept, 0 stolen or queued, <0 (-EPERM) drop. */
@@ -566,7 +653,8 @@ static __always_inline __u8 nb_nf_verdict(int ret)
 SEC("kprobe/nf_hook_slow")
 int kp_nf_hook_slow(struct pt_regs *ctx)
 {
-	nb_nf_slow_entry((struct sk_buff *)PT_REGS_PARM1(ctx), (const struct nf_hook_state *)PT_REGS_PARM2(ctx));
+	/* the kretprobe pairs by nesting order: every call needs its entry */
+	nb_nf_slow_entry((struct sk_buff *)PT_REGS_PARM1(ctx), (const struct nf_hook_state *)PT_REGS_PARM2(ctx), true);
 	return 0;
 }
 
@@ -623,7 +711,7 @@ FE_ARG3(ip6_output, NB_HOOK_IP6_OUTPUT)
 SEC("fentry/nf_hook_slow")
 int BPF_PROG(fe_nf_hook_slow, struct sk_buff *skb, const struct nf_hook_state *state)
 {
-	nb_nf_slow_entry(skb, state);
+	nb_nf_slow_entry(skb, state, false);       /* fexit pairs by skb */
 	return 0;
 }
 
@@ -723,7 +811,8 @@ int BPF_PROG(tp_consume_skb, struct sk_buff *skb)
 
 static __always_inline void nb_nf_extra(struct nb_extra *x, const struct nf_hook_state *state)
 {
-	struct net_device *dev;
+	/* pointer loads in a straight line (see nb_owner_of); a NULL device reads as ifindex 0 */
+	struct net_device *in = state->in, *out = state->out;
 	__u8 pf = state->pf;
 
 	x->flags = NB_F_NF;
@@ -731,11 +820,9 @@ static __always_inline void nb_nf_extra(struct nb_extra *x, const struct nf_hook
 	x->nf_hook = state->hook;
 	x->family = pf == 2 ? 4 : pf == 10 ? 6 : 0;
 	x->netns = state->net->ns.inum;
-	dev = state->in;
-	if (!dev)
-		dev = state->out;
-	if (dev)
-		x->ifindex = dev->ifindex;
+	x->ifindex = in->ifindex;
+	if (!x->ifindex)
+		x->ifindex = out->ifindex;
 }
 
 /* Attached at priority INT_MIN+1 of each hook: the packet enters the hook. */
@@ -745,7 +832,7 @@ int nf_entry(struct bpf_nf_ctx *ctx)
 	struct nb_extra x = {};
 
 	nb_nf_extra(&x, ctx->state);
-	nb_flight_push(ctx->skb, NB_HOOK_NF_BRACKET, &x, true);
+	nb_flight_push(ctx->skb, NB_HOOK_NF_BRACKET, &x, true, false);
 	return 1;       /* NF_ACCEPT: observe, never decide */
 }
 
