@@ -152,6 +152,41 @@ def test_oui_packaged_db_real_vendors():
     assert len(r._tables[24]) > 30000 and r._tables[28] and r._tables[36]
 
 
+def test_oui_packed_tables_agree_with_a_dict_of_the_packaged_db():
+    """Every prefix of the packaged registry, and absent ones, look up as in a plain dict."""
+    with open(oui.DEFAULT_DB, "rb") as f:
+        text = zlib.decompress(f.read()).decode()
+    ref = {24: {}, 28: {}, 36: {}}
+    for line in text.splitlines():
+        prefix, _, name = line.partition("\t")
+        ref[len(prefix) * 4][int(prefix, 16)] = name
+    tables = oui.load_db(text.encode())
+    for bits, d in ref.items():
+        assert len(tables[bits]) == len(d)
+        for key, name in d.items():
+            assert tables[bits].get(key) == name
+            if key + 1 not in d:
+                assert tables[bits].get(key + 1) is None
+    assert tables[24].get(1 << 24) is None and tables[36].get(0) == ref[36].get(0)
+
+
+def test_oui_unsorted_file_last_duplicate_wins_and_table_is_small():
+    import tracemalloc
+
+    t = oui.load_db(b"00000B\tB\r\n00000A\tA1\n00000C\tC\n00000A\tA2\nnot a line\n")[24]
+    assert (t.get(0xA), t.get(0xB), t.get(0xC), t.get(0xD), len(t)) == ("A2", "B", "C", None, 3)
+    with open(oui.DEFAULT_DB, "rb") as f:
+        data = f.read()
+    tracemalloc.start()
+    try:
+        tables = oui.load_db(data)
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    # as dicts of ints and strs: ~12 MiB held for the whole run
+    assert sum(map(len, tables.values())) > 40000 and held < 3 << 20, held
+
+
 def test_oui_bad_file_is_a_usage_error(tmp_path):
     from netbee.loader.errors import UsageError
     r = oui.OuiResolver(str(tmp_path / "nope.db"))
