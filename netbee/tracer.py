@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -381,10 +382,23 @@ class Tracer:
         # The first few BTF look-ups build the kernel BTF's name index: most of this phase's cost.
         lap("btf_index_and_plan")
         spec.set_global("cfg", self._config_bytes())
+        from netbee.loader import features
+        if "direct_packet_reads" in spec.globals and features.has("direct_packet_reads")[0]:
+            # packet headers by plain loads instead of a helper call per header (bpf/src/nb_parse.h)
+            spec.set_global("direct_packet_reads", struct.pack("<I", 1))
         lap("config")
         coll, plan, load_skipped = self._load(spec, kbtf, plan, timings)
         self._coll = coll
         last = time.perf_counter()
+        # Of the kernel BTF the trace needs only the drop reason names: remember those, and let
+        # the object file and the kernel BTF (~10 MB) go before the ring buffer is mapped.
+        try:
+            Btf.kernel_enum_values("skb_drop_reason", self.opts.btf_path)
+        except NetBeeError:
+            pass  # the drop reason resolver reports a missing enum itself
+        coll.release_sources()
+        del spec, kbtf
+        lap("release_sources")
         skipped += load_skipped
         attached: list[str] = []
         failed_hooks: set[str] = set()

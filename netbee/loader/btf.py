@@ -32,6 +32,8 @@ KERNEL_BTF_PATH = "/sys/kernel/btf/vmlinux"
 # load_kernel: (path, dev, inode, size, mtime) -> the parsed raw types, while some Btf uses them.
 # features.py and the tracer each load the kernel BTF; the second load costs a stat.
 _PARSED: "weakref.WeakValueDictionary[tuple, NameIndex]" = weakref.WeakValueDictionary()
+# kernel_enum_values: (path, dev, inode, size, mtime, enum name) -> values; a few small dicts.
+_ENUMS: Dict[tuple, Dict[str, int]] = {}
 
 # Guards recursion through typedef/array chains of corrupt or cyclic BTF.
 _MAX_CHAIN = 64
@@ -89,7 +91,13 @@ class Btf:
         self._replaced: Dict[int, BtfType] = {}
         self._added: List[BtfType] = []
         self._index: Optional[NameIndex] = None
-        self.types = _Types(self)
+
+    @property
+    def types(self) -> _Types:
+        """The types by id, decoded on access. A property, not an attribute: a Btf must not
+        reference itself, so dropping the last reference frees its megabytes at once (no
+        wait for the cycle collector)."""
+        return _Types(self)
 
     # ------------------------------------------------------------------ parsing
     @classmethod
@@ -174,6 +182,21 @@ class Btf:
         if self._first_id + len(offsets) > _MAX_TYPES:
             raise BTFError("too many BTF types")
         return offsets
+
+    @classmethod
+    def kernel_enum_values(cls, enum_name: str, path: Optional[str] = None) -> Dict[str, int]:
+        """enum_values() of the kernel BTF (or `path`), remembered per unchanged file: a trace
+        needs a few enums (drop reasons) long after the tracer let go of the whole BTF."""
+        path = path or KERNEL_BTF_PATH
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise BTFError(f"cannot read kernel BTF from {path}: {e.strerror or e}") from e
+        key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, enum_name)
+        values = _ENUMS.get(key)
+        if values is None:
+            values = _ENUMS[key] = cls.load_kernel(path).enum_values(enum_name)
+        return dict(values)
 
     @classmethod
     def load_kernel(cls, path: Optional[str] = None) -> "Btf":

@@ -188,6 +188,12 @@ class Collection(sc.Closeable):
             raise
 
     # --- lifecycle ----------------------------------------------------------------------------------
+    def release_sources(self) -> None:
+        """Forget the ObjectSpec and the kernel BTF: the loaded maps and programs no longer need
+        them, and together they hold several MB for as long as the collection lives."""
+        self.spec = None
+        self.kernel_btf = None
+
     def close(self) -> None:
         """Release every program, map and the BTF; safe to call twice and from finally blocks."""
         for p in list(self.programs.values()):

@@ -147,14 +147,19 @@ class ObjectSpec:
 
     @classmethod
     def from_bytes(cls, data: bytes, what: str = "BPF object") -> "ObjectSpec":
+        parser = None
         try:
-            return _Parser(bytes(data), what).parse()
+            parser = _Parser(bytes(data), what)
+            return parser.parse()
         except NetBeeError:
             raise
         except RecursionError as e:
             raise ObjectFileError(f"{what}: malformed object (nesting too deep)") from e
         except Exception as e:  # the one boundary for pyelftools/construct/struct failures
             raise ObjectFileError(f"{what}: malformed ELF object: {type(e).__name__}: {e}") from e
+        finally:
+            if parser is not None:
+                parser.release()
 
     def set_global(self, name: str, value: bytes) -> None:
         """Write a global variable's initial value (e.g. a `const volatile` config) before load."""
@@ -187,6 +192,12 @@ class _Parser:
             raise ObjectFileError(f"{what}: not an ELF file")
         self.elf = ELFFile(io.BytesIO(data))
         self.spec = ObjectSpec()
+
+    def release(self) -> None:
+        """Let go of the file's bytes now: pyelftools' objects reference each other, so
+        without this the data would wait for the cycle collector."""
+        self.elf.stream.close()
+        self.data, self.code = b"", {}
 
     def fail(self, msg: str) -> ObjectFileError:
         return ObjectFileError(f"{self.what}: {msg}")

@@ -54,8 +54,9 @@ def prog_type(kind: str) -> Probe:
         return False, _errtext(e)
 
 
-@functools.lru_cache(maxsize=None)
 def _kernel_btf() -> "object":
+    # Not cached here: Btf.load_kernel shares one parse while any caller holds it, and a
+    # cached copy would keep ~9 MB alive for the whole trace after the tracer let go of its own.
     from netbee.loader.btf import Btf
     return Btf.load_kernel()
 
@@ -106,6 +107,53 @@ def tp_btf() -> Probe:
         return False, "attach refused: " + _errtext(e)
     finally:
         prog.close()  # type: ignore[attr-defined]
+
+
+def _member_offset(kbtf: "object", struct_name: str, member: str) -> Optional[int]:
+    """Byte offset of a member of a kernel struct, looking inside anonymous structs and unions."""
+    from netbee.loader.btf import BtfKind
+
+    def walk(tid: int, base: int) -> Optional[int]:
+        t = kbtf.type(tid)  # type: ignore[attr-defined]
+        for m in getattr(t, "members", ()):
+            if m.name == member:
+                return base + m.bit_offset // 8
+            if not m.name:
+                inner = kbtf.resolve(m.type)  # type: ignore[attr-defined]
+                found = walk(inner, base + m.bit_offset // 8)
+                if found is not None:
+                    return found
+        return None
+
+    ids = kbtf.find(struct_name, BtfKind.STRUCT)  # type: ignore[attr-defined]
+    return walk(ids[0], 0) if ids else None
+
+
+@_cached
+def direct_packet_reads() -> Probe:
+    """A tp_btf program may read packet bytes with plain loads through skb->head (the kernel types a
+    pointer-to-bytes field of a BTF pointer as read-only untrusted memory: 6.18 does, 6.12 not)."""
+    from netbee.loader.programs import resolve_attach_btf_id
+    ok, why = tp_btf()
+    if not ok:
+        return False, "tp_btf programs unavailable"
+    try:
+        kbtf = _kernel_btf()
+        head = _member_offset(kbtf, "sk_buff", "head")
+        if head is None:
+            return False, "struct sk_buff has no member head in the kernel BTF"
+        btf_id = resolve_attach_btf_id(kbtf, "tp_btf", "netif_receive_skb")
+    except NetBeeError as e:
+        return False, _errtext(e)
+    insns = (struct.pack("<BBhi", 0x79, 0x11, 0, 0)           # r1 = *(u64 *)(r1 + 0): the skb
+             + struct.pack("<BBhi", 0x79, 0x11, head, 0)      # r1 = skb->head
+             + struct.pack("<BBhi", 0x71, 0x10, 14, 0)        # r0 = *(u8 *)(r1 + 14)
+             + _RET0)
+    try:
+        _load("tp_btf", insns, attach_target="netif_receive_skb", attach_btf_id=btf_id).close()
+        return True, "plain loads through skb->head accepted"
+    except NetBeeError as e:
+        return False, "refused: " + _errtext(e)
 
 
 @_cached
@@ -293,6 +341,7 @@ FEATURES: Dict[str, Callable[[], Probe]] = {
     "netfilter": lambda: prog_type("netfilter"),
     "ringbuf": lambda: map_type("ringbuf"),
     "btf": vmlinux_btf,
+    "direct_packet_reads": direct_packet_reads,
 }
 
 
@@ -313,6 +362,7 @@ def probe_table() -> List[Tuple[str, bool, str]]:
     add("program type: tracing (tp_btf)", tp_btf())
     add("program type: tracing (fentry)", tracing("fentry"))
     add("program type: tracing (fexit)", tracing("fexit"))
+    add("plain loads of packet bytes (tp_btf)", direct_packet_reads())
     add("attach: kprobe (any way)", kprobe())
     add("attach: kprobe PMU", kprobe_pmu())
     add("attach: tracefs kprobe_events", tracefs_kprobe_events())

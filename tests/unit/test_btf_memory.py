@@ -68,3 +68,18 @@ def test_name_index_sort_peak_per_type(vmlinux_copy):
     for k in range(1, len(keys)):
         if keys[k] == keys[k - 1]:
             assert ids[k] > ids[k - 1]
+
+
+def test_kernel_enum_values_outlive_the_parse(vmlinux_copy, monkeypatch):
+    path = str(vmlinux_copy)
+    values = Btf.kernel_enum_values("skb_drop_reason", path)
+    assert values == Btf.load_kernel(path).enum_values("skb_drop_reason")
+
+    def no_parse(cls, p=None):
+        raise AssertionError("parsed the BTF again")
+
+    monkeypatch.setattr(Btf, "load_kernel", classmethod(no_parse))
+    again = Btf.kernel_enum_values("skb_drop_reason", path)
+    assert again == values and again is not values   # a copy: callers cannot edit the memo
+    with pytest.raises(AssertionError, match="parsed"):
+        Btf.kernel_enum_values("sk_rst_reason", path)   # another enum: not remembered yet
