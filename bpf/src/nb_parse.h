@@ -43,15 +43,52 @@
  */
 #define NB_RD(direct, plain, core) ((direct) ? (plain) : (core))
 
+/* Defined by the including program (netbee.bpf.c), set by the loader. */
+extern const volatile __u32 direct_packet_reads;
+
 struct nb_skbview {
 	unsigned char *head;
 	__u32 lin_end;          /* end of linear data, offset from head */
+	bool direct;            /* head came from a BTF pointer (see nb_read) */
 };
 
+/* Copy size bytes (a constant) with plain loads, in the widest unit that divides it. */
+static __always_inline void nb_copy_plain(void *dst, const unsigned char *src, __u32 size)
+{
+	int i;
+
+	if (size % 4 == 0) {
+#pragma clang loop unroll(full)
+		for (i = 0; i < size / 4; i++)
+			((__u32 *)dst)[i] = ((const __u32 *)src)[i];
+	} else if (size % 2 == 0) {
+#pragma clang loop unroll(full)
+		for (i = 0; i < size / 2; i++)
+			((__u16 *)dst)[i] = ((const __u16 *)src)[i];
+	} else {
+#pragma clang loop unroll(full)
+		for (i = 0; i < size; i++)
+			((__u8 *)dst)[i] = src[i];
+	}
+}
+
+/*
+ * Packet bytes inside the linear area. Where the kernel lets a program read
+ * through a pointer-to-bytes field of a BTF pointer (skb->head is then
+ * "rdonly_untrusted_mem": plain loads the JIT guards like a probe read;
+ * 6.18 has it, 6.12 not), userspace sets direct_packet_reads, and the
+ * header costs a few loads instead of a helper call, which was most of what
+ * a packet the filter rejects cost. direct_packet_reads is constant to the
+ * verifier: the other branch is never walked.
+ */
 static __always_inline int nb_read(void *dst, __u32 size, const struct nb_skbview *v, __u32 off)
 {
 	if (off + size > v->lin_end)
 		return -1;
+	if (v->direct && direct_packet_reads) {
+		nb_copy_plain(dst, v->head + off, size);
+		return 0;
+	}
 	return bpf_probe_read_kernel(dst, size, v->head + off);
 }
 
@@ -344,6 +381,7 @@ static __always_inline void nb_parse_skb(struct nb_event *ev, struct nb_pkt *p, 
 	data_len = NB_RD(direct, skb->data_len, BPF_CORE_READ(skb, data_len));
 	data_off = (__u32)(data - p->v.head);
 	p->v.lin_end = data_off + (len - data_len);
+	p->v.direct = direct;
 	p->l2 = false;
 	p->l4 = 0;
 	ev->skb_len = len;
