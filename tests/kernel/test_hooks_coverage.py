@@ -124,12 +124,23 @@ def packet_field_errors(events, t: netlab.RoutedHosts) -> Tuple[List[str], List[
     return errors, tolerated
 
 
-@pytest.mark.parametrize("backend", [
-    pytest.param("tracepoint", marks=pytest.mark.backend("tracepoint")),
-    pytest.param("kprobe", marks=pytest.mark.requires_kernel("kprobe")),
-    pytest.param("fentry", marks=pytest.mark.requires_kernel("fentry")),
-])
-def test_every_attached_hook_sees_traffic(routed, backend):
+@pytest.fixture
+def packet_reads(request, monkeypatch):
+    """"plain": the kernel's own answer (plain loads where it allows them); "helper": forced off,
+    so the bpf_probe_read_kernel path of the same programs is checked on this kernel too."""
+    from netbee.loader import features
+    if request.param == "helper":
+        monkeypatch.setitem(features.FEATURES, "direct_packet_reads", lambda: (False, "forced off by the test"))
+    return request.param
+
+
+@pytest.mark.parametrize("backend,packet_reads", [
+    pytest.param("tracepoint", "plain", marks=pytest.mark.backend("tracepoint")),
+    pytest.param("tracepoint", "helper", marks=pytest.mark.backend("tracepoint")),
+    pytest.param("kprobe", "plain", marks=pytest.mark.requires_kernel("kprobe")),
+    pytest.param("fentry", "plain", marks=pytest.mark.requires_kernel("fentry")),
+], indirect=["packet_reads"])
+def test_every_attached_hook_sees_traffic(routed, backend, packet_reads):
     # nf_hook_slow runs only where some netfilter hook is registered (kprobe/fentry); with the
     # tracepoint backend the chains sit inside the bracket and must not change what it sees.
     for ns in routed.namespaces():
@@ -139,7 +150,7 @@ def test_every_attached_hook_sees_traffic(routed, backend):
     assert report.backend == backend
     ours = in_namespaces(events, routed.namespaces())
     seen = Counter(e.func for e in ours)
-    print(f"{backend}: attached {report.attached}; skipped {report.skipped}; seen {dict(seen)}; "
+    print(f"{backend} ({packet_reads} packet reads): attached {report.attached}; skipped {report.skipped}; seen {dict(seen)}; "
           f"timings {({k: round(v, 3) for k, v in report.timings.items()})}")
     wrong, known = packet_field_errors(ours, routed)
     if known:
