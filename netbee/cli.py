@@ -20,8 +20,9 @@ from netbee.loader.errors import NetBeeError, UsageError
 PROG = "netbee"
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 FLUSH_INTERVAL = 0.1
-# Events rendered per write; also bounds the delay before a stop request is seen (~20 ms).
-BATCH = 4096
+# Events rendered per write: large enough to amortize the per-batch work, small enough that
+# the batch and its text stay well under a MiB and a stop request is seen within ~5 ms.
+BATCH = 1024
 
 EXAMPLES = """\
 examples:

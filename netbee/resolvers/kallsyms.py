@@ -7,8 +7,10 @@ we sort by address ourselves and binary-search. Loaded lazily: only --stack need
 from __future__ import annotations
 
 import bisect
+import heapq
+import zlib
 from array import array
-from typing import IO, Optional
+from typing import IO, Dict, Iterator, List, Optional, Tuple
 
 TEXT_TYPES = frozenset("tT")
 # Beyond this distance from the nearest symbol an address is not attributed to it.
@@ -31,72 +33,93 @@ def parse(f: IO[str]) -> "SymbolTable":
         if addr == 0:  # kptr_restrict hides addresses: nothing to resolve with
             continue
         add(addr, (parts[2] if len(parts) < 4 else f"{parts[2]} {parts[3]}").encode())
-    return table.sorted()
+    return table.finish()
 
 
 class SymbolTable:
-    """Distinct addresses and one label each, packed: an array of addresses, an array of label
-    offsets and one bytearray. A kernel has ~120,000 text symbols; as Python ints and str objects
-    they held ~25 MiB, packed ~4.5 MiB (and no more than that while parsing, as /proc/kallsyms
-    comes sorted).
+    """Distinct addresses, sorted, and one label each: an array of addresses and the labels in
+    zlib-compressed blocks of BLOCK ("\\n"-separated). A kernel has ~120,000 text symbols; as Python
+    ints and strs they held ~25 MiB, so a drop flood rendered as a table (each drop names its
+    location) grew the process by that much; packed, ~1.7 MiB, built block by block as
+    /proc/kallsyms comes sorted.
 
     Several symbols can share an address; resolve() must name one of them consistently, so each
     address keeps the greatest label (what sorting (address, label) pairs and taking the last of
     a run gives)."""
 
-    __slots__ = ("addrs", "offsets", "blob", "count", "in_order")
+    BLOCK = 64
 
     def __init__(self) -> None:
         self.addrs: "array[int]" = array("Q")
-        self.offsets: "array[int]" = array("I", [0])   # label i is blob[offsets[i]:offsets[i + 1]]
-        self.blob = bytearray()
-        self.count = 0          # symbols added, duplicates included
-        self.in_order = True    # addresses added in nondecreasing order so far
+        self.blocks: List[bytes] = []
+        self.count = 0                      # symbols added, duplicates included
+        self._open: List[bytes] = []        # labels of the block being filled
+        self._stray: List[Tuple[int, bytes]] = []   # symbols that came out of address order
+        self._unpacked: Tuple[int, List[bytes]] = (-1, [])
 
     def add(self, addr: int, label: bytes) -> None:
         self.count += 1
         addrs = self.addrs
         if addrs and addr <= addrs[-1]:
             if addr < addrs[-1]:
-                self.in_order = False
-            elif label > self.label_bytes(len(addrs) - 1):
-                del self.blob[self.offsets[-2]:]   # same address, greater label: it replaces the last
-                self.blob += label
-                self.offsets[-1] = len(self.blob)
-                return
-            else:
-                return
+                self._stray.append((addr, label))
+            elif label > self._open[-1]:
+                self._open[-1] = label   # same address, greater label: it replaces the kept one
+            return
+        if len(self._open) == self.BLOCK:
+            self._close_block()
         addrs.append(addr)
-        self.blob += label
-        self.offsets.append(len(self.blob))
+        self._open.append(label)
 
-    def sorted(self) -> "SymbolTable":
-        """self if the addresses came in order, else a sorted copy (ties still keep the greatest label)."""
-        if self.in_order:
-            return self
-        out = SymbolTable()
-        for i in sorted(range(len(self.addrs)), key=self.addrs.__getitem__):
-            out.add(self.addrs[i], self.label_bytes(i))
-        out.count = self.count
-        return out
+    def _close_block(self) -> None:
+        self.blocks.append(zlib.compress(b"\n".join(self._open)))
+        self._open = []
+
+    def finish(self) -> "SymbolTable":
+        """Sorted and packed. Symbols that came out of order (a few, in /proc/kallsyms) are merged
+        in one streaming pass, so the table is never held unpacked."""
+        if self._stray:
+            if self._open:
+                self._close_block()
+            merged = heapq.merge(self._pairs(), sorted(self._stray))
+            count = self.count
+            self.__init__()   # type: ignore[misc]
+            for addr, label in merged:   # reads the old blocks while the new ones are written
+                self.add(addr, label)
+            self.count = count
+        if self._open:
+            self._close_block()
+        return self
+
+    def _pairs(self) -> Iterator[Tuple[int, bytes]]:
+        """(address, label) in order, over the blocks as they are now (not after a reset)."""
+        return self._unpack_blocks(self.addrs, self.blocks, self.BLOCK)
+
+    @staticmethod
+    def _unpack_blocks(addrs: "array[int]", blocks: List[bytes], size: int) -> Iterator[Tuple[int, bytes]]:
+        for b, block in enumerate(blocks):
+            yield from zip(addrs[b * size:(b + 1) * size], zlib.decompress(block).split(b"\n"))
 
     def __len__(self) -> int:
         return self.count
 
-    def label_bytes(self, i: int) -> bytes:
-        return bytes(self.blob[self.offsets[i]:self.offsets[i + 1]])
-
     def label(self, i: int) -> str:
-        return self.blob[self.offsets[i]:self.offsets[i + 1]].decode()
+        block = i // self.BLOCK
+        if self._unpacked[0] != block:
+            self._unpacked = (block, zlib.decompress(self.blocks[block]).split(b"\n"))
+        return self._unpacked[1][i % self.BLOCK].decode()
 
 
 class Kallsyms:
     """resolve(addr) -> "ip_rcv+0x1c" or "nft_do_chain+0x3a [nf_tables]"; unknown -> "0x..."."""
 
+    CACHE_MAX = 4096
+
     def __init__(self, path: str = KALLSYMS, f: Optional[IO[str]] = None) -> None:
         self.path = path
         self._file = f
         self._table: Optional[SymbolTable] = None
+        self._resolved: Dict[int, str] = {}   # drop locations and stacks repeat a few addresses
 
     def _load(self) -> SymbolTable:
         if self._file is not None:
@@ -106,13 +129,22 @@ class Kallsyms:
                 with open(self.path, encoding="ascii", errors="replace") as f:
                     self._table = parse(f)
             except OSError:
-                self._table = SymbolTable()
+                self._table = SymbolTable().finish()
         return self._table
 
     def __len__(self) -> int:
         return len(self._table or self._load())
 
     def resolve(self, addr: int) -> str:
+        text = self._resolved.get(addr)
+        if text is None:
+            text = self._resolve(addr)
+            if len(self._resolved) >= self.CACHE_MAX:
+                self._resolved.clear()
+            self._resolved[addr] = text
+        return text
+
+    def _resolve(self, addr: int) -> str:
         table = self._table or self._load()
         addrs = table.addrs
         i = bisect.bisect_right(addrs, addr) - 1

@@ -97,10 +97,25 @@ def test_kallsyms_table_stays_small():
         held, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    raw_labels = sum(len(f"some_kernel_function_{i}") for i in range(120_000))
-    assert held < raw_labels + 120_000 * 12 + (1 << 20), held
+    assert held < 120_000 * 8 + (1 << 20), held   # the address array and compressed labels
     assert peak < 2 * held, peak
     assert ks.resolve(0xFFFFFFFF81000000 + 16 * 99_999 + 3) == "some_kernel_function_99999+0x3"
+    assert ks.resolve(0xFFFFFFFF81000000 + 16 * 64 + 1) == "some_kernel_function_64+0x1"
+    assert ks.resolve(0xFFFFFFFF81000000 + 16 * 63) == "some_kernel_function_63+0x0"
+
+
+def test_kallsyms_of_this_kernel_stays_small():
+    import tracemalloc
+
+    ks = kallsyms.Kallsyms()
+    tracemalloc.start()
+    try:
+        n = len(ks)
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert n > 10_000, "no text symbols with addresses in /proc/kallsyms (run as root)"
+    assert held < 4 << 20 and peak < 6 << 20, (n, held, peak)
 
 
 def test_kallsyms_is_lazy_and_reads_the_real_file():
