@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -40,6 +41,8 @@ def child(netns: List[str]) -> None:
 def main(argv: List[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=7)
+    ap.add_argument("--pin", action="store_true",
+                    help=f"pin each sample to CPU {OTHER_CPU} (one CPU: no overlap of program loads)")
     ap.add_argument("--child", nargs="+", metavar="NETNS", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -48,21 +51,25 @@ def main(argv: List[str] | None = None) -> int:
     samples: Dict[str, List[float]] = {}
     with Pair() as pair:
         for _ in range(args.samples):
-            res = subprocess.run(["taskset", "-c", str(OTHER_CPU), sys.executable, "-m", "bench.loader_phases",
-                                  "--child", pair.tx, pair.rx], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            pin = ["taskset", "-c", str(OTHER_CPU)] if args.pin else []
+            res = subprocess.run(pin + [sys.executable, "-m", "bench.loader_phases",
+                                        "--child", pair.tx, pair.rx], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  text=True, cwd=str(tracers.ROOT))
             if res.returncode != 0:
                 raise RuntimeError(f"loader_phases child failed:\n{res.stderr[-2000:]}")
             for k, v in json.loads(res.stdout.strip().splitlines()[-1]).items():
                 samples.setdefault(k, []).append(v)
-    report.header("2. Loader phases", ["python3", "-m", "bench.loader_phases", "--samples", str(args.samples)])
+    report.header("2. Loader phases", ["python3", "-m", "bench.loader_phases", "--samples", str(args.samples)]
+                  + (["--pin"] if args.pin else []))
     rows = [[k, f"{1000 * report.median(v):.1f}", report.spread([1000 * x for x in v])]
             for k, v in samples.items()]
     print(report.table(["phase", "ms (median)", "ms min..max"], rows))
-    print(f"\nSamples: {args.samples}, each a fresh process pinned to CPU {OTHER_CPU}. `import` = importing "
+    where = f"pinned to CPU {OTHER_CPU}" if args.pin else f"free to use all {os.cpu_count()} CPUs"
+    print(f"\nSamples: {args.samples}, each a fresh process {where}. `import` = importing "
           "netbee.tracer; `start` = Tracer.start() as a whole; `tracer.*` = the phases it records itself "
-          "(cumulative; `tracer.ready` and `tracer.total` are running totals from its start); `close` = "
-          "Tracer.close().\n")
+          "(cumulative; `tracer.ready` and `tracer.total` are running totals from its start; "
+          "`tracer.ready_cpu` = CPU time to ready, split into user (Python) and system (mostly the verifier)); "
+          "`close` = Tracer.close().\n")
     return 0
 
 

@@ -4,7 +4,8 @@ netbee is ready at its `netbee: tracing` line (every hook of the backend
 attached). bpftrace prints nothing once attached, so it is ready at its first
 event line: a ping every 2 ms between the benchmark's namespaces makes an
 attached probe fire within a few ms. Each round launches the tools in turn,
-the same way (taskset to CPU 1, from the init netns; netbee gets --netns), and the medians are compared.
+the same way (from the init netns, on all CPUs or with --pin taskset to CPU 1; netbee gets --netns),
+and the medians are compared.
 
     python3 -m bench.startup [--rounds N]
 """
@@ -33,17 +34,19 @@ def _python_floor() -> float:
     return time.monotonic() - t0
 
 
-def pin(argv: List[str]) -> List[str]:
-    return ["taskset", "-c", str(OTHER_CPU)] + argv
-
-
 def main(argv: List[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--tools", default="netbee,bt1,bt5", help="comma list of: netbee, bt1, bt5")
+    ap.add_argument("--pin", action="store_true",
+                    help=f"pin the tools (and this script) to CPU {OTHER_CPU}; default: all CPUs, as a user runs them")
     args = ap.parse_args(argv)
-    # The benchmark's own threads (pipe readers) stay off the sender's CPU.
-    os.sched_setaffinity(0, {OTHER_CPU})
+    if args.pin:
+        # The benchmark's own threads (pipe readers) stay off the sender's CPU.
+        os.sched_setaffinity(0, {OTHER_CPU})
+
+    def pin(cmd: List[str]) -> List[str]:
+        return ["taskset", "-c", str(OTHER_CPU)] + cmd if args.pin else cmd
     tracers.ensure_tracefs()
     samples: Dict[str, Dict[str, List[float]]] = {}
     with Pair() as pair:
@@ -82,7 +85,8 @@ def main(argv: List[str] | None = None) -> int:
             trickle.kill()
             trickle.wait()
 
-    report.header("1. Startup and exit", ["python3", "-m", "bench.startup", "--rounds", str(args.rounds)])
+    report.header("1. Startup and exit", ["python3", "-m", "bench.startup", "--rounds", str(args.rounds)]
+                  + (["--pin"] if args.pin else []))
     rows = []
     for name, s in samples.items():
         fe = f"{report.median(s['first_event']):.3f}" if s.get("first_event") else "-"
@@ -91,7 +95,8 @@ def main(argv: List[str] | None = None) -> int:
                      f"{report.median(s['exit']):.3f}", report.spread(s["exit"]), sm])
     print(report.table(["tool", "ready s (median)", "ready min..max", "first event s", "Ctrl-C to exit s",
                         "exit min..max", "Ctrl-C to summary line s"], rows))
-    print(f"\nRounds: {args.rounds}. Python interpreter start+exit alone: {py:.3f} s.")
+    where = f"pinned to CPU {OTHER_CPU}" if args.pin else "unpinned (all CPUs)"
+    print(f"\nRounds: {args.rounds}; tools {where}. Python interpreter start+exit alone: {py:.3f} s.")
     names = {key: tools[key][0] for key in wanted}
     if "netbee" not in names or "bt1" not in names:
         print("(targets need both netbee and bt1)\n")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 from bisect import bisect_left
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from netbee.loader import insn as I
 from netbee.loader.btf import Btf, BtfKind, Datasec, VarSecInfo
@@ -137,19 +137,23 @@ class ObjectSpec:
         self.kern_version = 0
 
     @classmethod
-    def from_path(cls, path: str) -> "ObjectSpec":
+    def from_path(cls, path: str, programs: Optional[Iterable[str]] = None) -> "ObjectSpec":
         try:
             with open(path, "rb") as f:
                 data = f.read()
         except OSError as e:
             raise ObjectFileError(f"cannot read BPF object {path}: {e.strerror or e}") from e
-        return cls.from_bytes(data, what=str(path))
+        return cls.from_bytes(data, what=str(path), programs=programs)
 
     @classmethod
-    def from_bytes(cls, data: bytes, what: str = "BPF object") -> "ObjectSpec":
+    def from_bytes(cls, data: bytes, what: str = "BPF object",
+                   programs: Optional[Iterable[str]] = None) -> "ObjectSpec":
+        """programs: link only these (a subset the caller will load; names the object lacks are
+        simply absent from .programs). Linking is most of the parse: the tracer loads ~10 of
+        the prebuilt object's 52 programs."""
         parser = None
         try:
-            parser = _Parser(bytes(data), what)
+            parser = _Parser(bytes(data), what, None if programs is None else set(programs))
             return parser.parse()
         except NetBeeError:
             raise
@@ -183,11 +187,12 @@ class ObjectSpec:
 
 
 class _Parser:
-    def __init__(self, data: bytes, what: str) -> None:
+    def __init__(self, data: bytes, what: str, only: Optional[Set[str]] = None) -> None:
         from elftools.elf.elffile import ELFFile
 
         self.data = data
         self.what = what
+        self.only = only
         if data[:4] != b"\x7fELF":
             raise ObjectFileError(f"{what}: not an ELF file")
         self.elf = ELFFile(io.BytesIO(data))
@@ -484,6 +489,7 @@ class _Parser:
     # ------------------------------------------------------------------ linking
     def _link_programs(self) -> None:
         ext = self.spec.btf_ext
+        seen: Set[str] = set()
         for idx, funcs in self.funcs.items():
             sec_name = self.sections[idx].name
             progs = [f for f in funcs if f.is_program]
@@ -493,9 +499,11 @@ class _Parser:
             if kind is None:
                 raise self.fail(f"section {sec_name!r}: unknown program type")
             for f in progs:
-                if f.name in self.spec.programs:
+                if f.name in seen:
                     raise self.fail(f"two programs are named {f.name!r}")
-                self.spec.programs[f.name] = _Linker(self, f, ext).link(sec_name, kind[0], kind[1])
+                seen.add(f.name)
+                if self.only is None or f.name in self.only:
+                    self.spec.programs[f.name] = _Linker(self, f, ext).link(sec_name, kind[0], kind[1])
 
 
 class _Linker:

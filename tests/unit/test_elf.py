@@ -230,3 +230,24 @@ def test_huge_bss_refused_without_allocating():
     struct.pack_into("<Q", data, shoff + 0x20, 1 << 40)     # Elf64_Shdr.sh_size
     with pytest.raises(ObjectFileError, match=r"'\.bss' is implausibly large"):
         ObjectSpec.from_bytes(bytes(data))
+
+
+def test_parsing_a_subset_links_only_those_programs_identically(monkeypatch):
+    from netbee.loader import elf as elf_mod
+
+    full = ObjectSpec.from_path(str(ROOT / "bpf/prebuilt/netbee.bpf.o"))
+    wanted = sorted(full.programs)[:3] + ["no_such_program"]
+    linked = []
+    link = elf_mod._Linker.link
+
+    def counting(self, *a):
+        linked.append(self.main.name)
+        return link(self, *a)
+
+    monkeypatch.setattr(elf_mod._Linker, "link", counting)
+    part = ObjectSpec.from_path(str(ROOT / "bpf/prebuilt/netbee.bpf.o"), programs=wanted)
+    assert sorted(linked) == sorted(wanted[:3])          # the others are never linked
+    assert sorted(part.programs) == sorted(wanted[:3])   # an unknown name is just absent
+    for name in wanted[:3]:
+        assert part.programs[name] == full.programs[name]
+    assert part.maps.keys() == full.maps.keys() and part.globals == full.globals
