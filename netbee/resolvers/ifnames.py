@@ -14,6 +14,7 @@ from typing import Callable, Dict, Optional
 
 Lister = Callable[[int], Optional[Dict[int, str]]]
 REFRESH_INTERVAL = 1.0
+MAX_NAMESPACES = 1024
 
 
 def list_current() -> Dict[int, str]:
@@ -51,6 +52,9 @@ class IfNames:
         last = self._stamp.get(netns)
         if last is not None and now - last < self._interval:
             return
+        if len(self._stamp) >= MAX_NAMESPACES:
+            self._stamp.clear()   # namespaces come and go: forget them all rather than grow
+            self._cache.clear()
         self._stamp[netns] = now
         found = self._lister(netns)
         if found is not None:

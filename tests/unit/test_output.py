@@ -274,3 +274,62 @@ def test_json_fast_path_is_byte_identical_to_json_dumps(res):
     for i in range(3000):
         ev = pool[rng.randrange(len(pool))] if i % 3 else _random_event(rng)
         assert r.render(ev) == _documented(ev, res, clock), ev
+
+
+def test_renderers_hold_bounded_state_over_200k_distinct_events(res):
+    """Decode + table + JSON over 200,000 records with ever new addresses, ports, MACs, comms,
+    pids, drop locations: whatever the pipeline keeps (resolver and renderer caches, decode
+    caches) must stop growing. A flood of distinct flows grew the process without limit once."""
+    import random
+    import sys
+    import tracemalloc
+
+    from netbee import abi
+    from netbee.decode import EVENT_FIELDS, EVENT_STRUCT, decode_event
+    rng = random.Random(5)
+    idx = {name: i for i, name in enumerate(EVENT_FIELDS)}
+    base = list(EVENT_STRUCT.unpack(bytes(abi.EVENT_SIZE)))
+    pack = EVENT_STRUCT.pack
+    l2 = abi.F_HAS_L2 | abi.F_HAS_L3 | abi.F_HAS_L4
+    table = output.TableRenderer(res, color=False, clock=FixedClock())
+    js = output.JsonRenderer(res, FixedClock())
+
+    def record(i):
+        v = base[:]
+        family = 4 if i % 3 else 6
+        v[idx["family"]], v[idx["ip_proto"]] = family, (6, 17, 1, 58)[i % 4]
+        v[idx["flags"]] = l2 | (abi.F_DROP if i % 5 == 0 else 0) | (abi.F_NF if i % 7 == 0 else 0)
+        v[idx["hook"]] = (2, 3, 15, 14, 11)[i % 5]
+        v[idx["saddr"]] = rng.getrandbits(128).to_bytes(16, "little")
+        v[idx["daddr"]] = rng.getrandbits(128).to_bytes(16, "little")
+        v[idx["sport"]], v[idx["dport"]] = rng.randrange(65536), rng.randrange(65536)
+        v[idx["smac"]], v[idx["dmac"]] = rng.getrandbits(48).to_bytes(6, "big"), bytes(6)
+        v[idx["comm"]] = b"w%d" % i
+        v[idx["pid"]], v[idx["cpu"]], v[idx["ifindex"]] = i, i % 64, 5 + i % 3
+        v[idx["tcp_flags"]], v[idx["tcp_state"]] = i % 256, i % 13
+        v[idx["icmp_type"]], v[idx["icmp_code"]] = i % 20, i % 16
+        v[idx["drop_reason"]], v[idx["location"]] = i % 90, 0xFFFFFFFF81000000 + i
+        v[idx["ts_ns"]], v[idx["skb"]] = i * 1000, rng.getrandbits(64)
+        return pack(*v)
+
+    def run(n):
+        for i in range(n):
+            ev = decode_event(record(i))
+            table.render(ev)
+            js.render(ev)
+
+    run(20_000)   # fills every cache to its bound at least once
+    blocks = []
+    for _ in range(16):   # 160,000 more: the number of live objects must not follow them
+        run(10_000)
+        blocks.append(sys.getallocatedblocks())
+    assert max(blocks[8:]) <= max(blocks[:8]) * 1.05, blocks
+    tracemalloc.start()   # and in bytes, over a window (tracing slows everything ~3x)
+    try:
+        held = []
+        for _ in range(4):
+            run(5_000)
+            held.append(tracemalloc.get_traced_memory()[0])
+    finally:
+        tracemalloc.stop()
+    assert max(held) < 8 << 20 and held[-1] <= max(held[:2]) + (512 << 10), held
