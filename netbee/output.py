@@ -110,6 +110,12 @@ class Resolvers:
         return hit
 
 
+def _put(cache: Dict[Any, str], key: Any, value: str) -> None:
+    if len(cache) >= CACHE_MAX:
+        cache.clear()
+    cache[key] = value
+
+
 def _is_drop(ev: Any) -> bool:
     return ev.drop_reason is not None or ev.hook == NB_HOOK_KFREE_SKB
 
@@ -248,6 +254,12 @@ class TableRenderer:
         self.res = res
         self.color = color
         self.clock = clock or Clock()
+        self._sec = -1
+        self._hms = ""
+        self._prefixes: Dict[tuple, str] = {}
+        self._flows: Dict[tuple, str] = {}
+        self._tails: Dict[tuple, str] = {}
+        self._tcp_flags: Dict[int, str] = {}
 
     def header(self) -> str:
         cols = [h.ljust(w) for h, w in zip(HEADER, self.widths)]
@@ -276,18 +288,92 @@ class TableRenderer:
         elif proto == 17 and ev.udp_len is not None:
             out.append(f"length {max(ev.udp_len - 8, 0)}")
         elif proto in (1, 58) and ev.icmp_type is not None:
-            tname, cname = names.icmp(ev.family, ev.icmp_type, ev.icmp_code or 0)
-            text = tname + (f" ({cname})" if cname else "")
-            if ev.icmp_type in ((8, 0) if ev.family == 4 else (128, 129)) and ev.icmp_id is not None:
-                text += f" id {ev.icmp_id} seq {ev.icmp_seq}"
-            inner = getattr(ev, "inner", None)
-            if inner is not None and inner.saddr is not None:
-                text += (f" for {names.proto_name(inner.proto)} "
-                         f"{self._endpoint(inner.saddr, inner.sport)} > "
-                         f"{self._endpoint(inner.daddr, inner.dport)}")
-            out.append(text)
+            out.append(self._icmp(ev))
         if ev.ttl is not None and ev.family in (4, 6):
             out.append(f"ttl {ev.ttl}")
+        return out + self._tail_parts(ev)
+
+    def _mac(self, mac: bytes) -> str:
+        text, vendor = self.res.mac(bytes(mac))
+        return f"{text} ({escape(vendor)})" if vendor else text
+
+    def render(self, ev: Any) -> str:
+        # The same text as stamp + columns + details() would give, from bounded caches of the
+        # parts that repeat (the second, hook/interface/protocol, flow, and the trailing details).
+        t = ev.ts_ns / 1e9 + self.clock.offset
+        sec = int(t)
+        if sec != self._sec:
+            self._hms = time.strftime("%H:%M:%S", time.localtime(t))
+            self._sec = sec
+        ifindex, netns, func, proto = ev.ifindex, ev.netns, ev.func, ev.proto
+        pkey = (netns, ifindex, func, proto)
+        prefix = self._prefixes.get(pkey)
+        if prefix is None:
+            prefix = self._prefix(netns, ifindex, func, proto)
+        saddr = ev.saddr
+        if saddr is None:
+            fkey: tuple = (ev.ethertype,)
+        else:
+            fkey = (ev.family, saddr._ip, ev.sport, ev.daddr._ip, ev.dport)
+        flow = self._flows.get(fkey)
+        if flow is None:
+            flow = self.flow(ev).ljust(self.widths[4])
+            _put(self._flows, fkey, flow)
+        family = ev.family
+        parts = []
+        if proto == 6 and ev.tcp_flags is not None:
+            flags = self._tcp_flags.get(ev.tcp_flags)
+            if flags is None:
+                flags = self._tcp_flags[ev.tcp_flags] = names.tcp_flags(ev.tcp_flags)
+            parts.append("[%s] seq %s ack %s win %s len %s" % (flags, ev.seq, ev.ack, ev.window, ev.payload_len))
+        elif proto == 17 and ev.udp_len is not None:
+            parts.append("length %d" % max(ev.udp_len - 8, 0))
+        elif proto in (1, 58) and ev.icmp_type is not None:
+            parts.append(self._icmp(ev))
+        if ev.ttl is not None and family in (4, 6):
+            parts.append("ttl %d" % ev.ttl)
+        tkey = (ev.tcp_state, ev.nf_hook, ev.verdict, ev.drop_reason, ev.hook, ev.location, ev.smac, ev.dmac,
+                ev.pid, ev.comm, ev.cpu)
+        tail = self._tails.get(tkey)
+        if tail is None:
+            tail = "  ".join(self._tail_parts(ev))
+            _put(self._tails, tkey, tail)
+        parts.append(tail)
+        line = ("%s%s%s %s" % (("%s.%06d" % (self._hms, int(t * 1e6) % 1000000)).ljust(15), prefix, flow,
+                               "  ".join(parts))).rstrip()
+        if ev.stack:
+            frames = [f"    #{i:<2} {self.res.kallsyms.resolve(a)}" for i, a in enumerate(ev.stack)]
+            line += "\n" + "\n".join(self._paint(DIM, f) for f in frames)
+        return line
+
+    def _prefix(self, netns: int, ifindex: int, func: str, proto: Optional[int]) -> str:
+        """' IFACE HOOK PROTO ' padded; cached unless the interface is still only a number."""
+        iface = self.res.iface(netns, ifindex) if ifindex else "-"
+        w = self.widths
+        hook = func.ljust(w[2])
+        if self.color:
+            hook = self._paint(CYAN, hook)
+        prefix = f" {iface.ljust(w[1])} {hook} {(names.proto_name(proto) or '-').ljust(w[3])} "
+        if not iface.isdigit():
+            _put(self._prefixes, (netns, ifindex, func, proto), prefix)
+        return prefix
+
+    def _icmp(self, ev: Any) -> str:
+        """The ICMP part of details(); the one of the first branch that varies the most."""
+        tname, cname = names.icmp(ev.family, ev.icmp_type, ev.icmp_code or 0)
+        text = tname + (f" ({cname})" if cname else "")
+        if ev.icmp_type in ((8, 0) if ev.family == 4 else (128, 129)) and ev.icmp_id is not None:
+            text += f" id {ev.icmp_id} seq {ev.icmp_seq}"
+        inner = getattr(ev, "inner", None)
+        if inner is not None and inner.saddr is not None:
+            text += (f" for {names.proto_name(inner.proto)} "
+                     f"{self._endpoint(inner.saddr, inner.sport)} > "
+                     f"{self._endpoint(inner.daddr, inner.dport)}")
+        return text
+
+    def _tail_parts(self, ev: Any) -> List[str]:
+        """details() after the protocol and ttl parts: state, nf verdict, drop, MACs, process."""
+        out: List[str] = []
         if ev.tcp_state is not None:
             out.append(f"state {names.tcp_state(ev.tcp_state)}")
         if ev.nf_hook is not None:
@@ -304,22 +390,3 @@ class TableRenderer:
             out.append(f"{self._mac(ev.smac)} > {self._mac(ev.dmac)}")
         out.append(f"pid {ev.pid} ({escape(ev.comm)}) cpu {ev.cpu}")
         return out
-
-    def _mac(self, mac: bytes) -> str:
-        text, vendor = self.res.mac(bytes(mac))
-        return f"{text} ({escape(vendor)})" if vendor else text
-
-    def render(self, ev: Any) -> str:
-        t = self.clock.wall(ev.ts_ns)
-        stamp = time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t * 1e6) % 1000000:06d}"
-        iface = self.res.iface(ev.netns, ev.ifindex) if ev.ifindex else "-"
-        cols = [stamp, iface, ev.func, names.proto_name(ev.proto) or "-", self.flow(ev)]
-        padded = [c.ljust(w) for c, w in zip(cols, self.widths)]
-        if self.color:
-            padded[2] = self._paint(CYAN, padded[2])
-        line = " ".join(padded)
-        line = f"{line} {'  '.join(self.details(ev))}".rstrip()
-        if ev.stack:
-            frames = [f"    #{i:<2} {self.res.kallsyms.resolve(a)}" for i, a in enumerate(ev.stack)]
-            line += "\n" + "\n".join(self._paint(DIM, f) for f in frames)
-        return line

@@ -333,3 +333,86 @@ def test_renderers_hold_bounded_state_over_200k_distinct_events(res):
     finally:
         tracemalloc.stop()
     assert max(held) < 8 << 20 and held[-1] <= max(held[:2]) + (512 << 10), held
+
+
+def _reference_table(ev, res, color, clock):
+    """The table line built field by field, as the renderer was first written (no caches)."""
+    import time as _time
+    from netbee.resolvers import names
+    paint = (lambda code, text: f"{code}{text}{output.RESET}") if color else (lambda code, text: text)
+
+    def endpoint(addr, port):
+        text = str(addr)
+        return text if port is None else f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
+
+    def mac(m):
+        text, vendor = res.mac(bytes(m))
+        return f"{text} ({output.escape(vendor)})" if vendor else text
+
+    t = ev.ts_ns / 1e9 + clock.offset
+    stamp = _time.strftime("%H:%M:%S", _time.localtime(t)) + f".{int(t * 1e6) % 1000000:06d}"
+    if ev.saddr is None:
+        flow = f"ethertype 0x{ev.ethertype:04x}" if ev.ethertype else "-"
+    else:
+        flow = f"{endpoint(ev.saddr, ev.sport)} > {endpoint(ev.daddr, ev.dport)}"
+    cols = [stamp, res.iface(ev.netns, ev.ifindex) if ev.ifindex else "-", ev.func,
+            names.proto_name(ev.proto) or "-", flow]
+    padded = [c.ljust(w) for c, w in zip(cols, (15, 12, 22, 5, 47))]
+    if color:
+        padded[2] = paint(output.CYAN, padded[2])
+    out = []
+    if ev.proto == 6 and ev.tcp_flags is not None:
+        out.append(f"[{names.tcp_flags(ev.tcp_flags)}] seq {ev.seq} ack {ev.ack} win {ev.window} len {ev.payload_len}")
+    elif ev.proto == 17 and ev.udp_len is not None:
+        out.append(f"length {max(ev.udp_len - 8, 0)}")
+    elif ev.proto in (1, 58) and ev.icmp_type is not None:
+        tname, cname = names.icmp(ev.family, ev.icmp_type, ev.icmp_code or 0)
+        text = tname + (f" ({cname})" if cname else "")
+        if ev.icmp_type in ((8, 0) if ev.family == 4 else (128, 129)) and ev.icmp_id is not None:
+            text += f" id {ev.icmp_id} seq {ev.icmp_seq}"
+        if ev.inner is not None and ev.inner.saddr is not None:
+            text += (f" for {names.proto_name(ev.inner.proto)} {endpoint(ev.inner.saddr, ev.inner.sport)} > "
+                     f"{endpoint(ev.inner.daddr, ev.inner.dport)}")
+        out.append(text)
+    if ev.ttl is not None and ev.family in (4, 6):
+        out.append(f"ttl {ev.ttl}")
+    if ev.tcp_state is not None:
+        out.append(f"state {names.tcp_state(ev.tcp_state)}")
+    if ev.nf_hook is not None:
+        verdict = names.verdict(ev.verdict) if ev.verdict is not None else "?"
+        code = output.RED if verdict == "DROP" else output.GREEN if verdict == "ACCEPT" else output.YELLOW
+        out.append(f"nf {names.nf_hook(ev.nf_hook)} {paint(code, verdict)}")
+    if ev.drop_reason is not None or ev.hook == 15:
+        text = f"DROP {res.drops.name(ev.drop_reason) if ev.drop_reason is not None else '?'}"
+        if ev.location:
+            text += f" at {res.kallsyms.resolve(ev.location)}"
+        out.append(paint(output.RED, text))
+    if ev.smac is not None:
+        out.append(f"{mac(ev.smac)} > {mac(ev.dmac)}")
+    out.append(f"pid {ev.pid} ({output.escape(ev.comm)}) cpu {ev.cpu}")
+    line = f"{' '.join(padded)} {'  '.join(out)}".rstrip()
+    if ev.stack:
+        frames = [f"    #{i:<2} {res.kallsyms.resolve(a)}" for i, a in enumerate(ev.stack)]
+        line += "\n" + "\n".join(paint(output.DIM, f) for f in frames)
+    return line
+
+
+@pytest.mark.parametrize("color", [False, True])
+def test_table_cached_parts_give_the_same_lines(res, color):
+    """Random events in a row (caches hit and filled): each line equals the plain construction."""
+    import random
+    from netbee.decode import InnerFlow
+    rng = random.Random(13 + color)
+    clock = FixedClock()
+    t = output.TableRenderer(res, color=color, clock=clock)
+    pool = []
+    for _ in range(400):
+        ev = _random_event(rng)
+        if ev.proto in (1, 58) and rng.random() < 0.3:
+            ev.inner = InnerFlow(17, ev.daddr, ev.saddr, rng.choice((None, 53)), rng.choice((None, 9)))
+        pool.append(ev)
+    for i in range(3000):
+        ev = pool[rng.randrange(len(pool))]
+        if i % 4 == 0:
+            ev.ts_ns += rng.randrange(10 ** 9)   # same event a moment later: another second
+        assert t.render(ev) == _reference_table(ev, res, color, clock), ev
