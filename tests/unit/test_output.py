@@ -298,7 +298,8 @@ def test_renderers_hold_bounded_state_over_200k_distinct_events(res):
         v = base[:]
         family = 4 if i % 3 else 6
         v[idx["family"]], v[idx["ip_proto"]] = family, (6, 17, 1, 58)[i % 4]
-        v[idx["flags"]] = l2 | (abi.F_DROP if i % 5 == 0 else 0) | (abi.F_NF if i % 7 == 0 else 0)
+        # every event is new to every cache (drop locations included), so each cycles in 4096
+        v[idx["flags"]] = l2 | abi.F_DROP | (abi.F_NF if i % 7 == 0 else 0)
         v[idx["hook"]] = (2, 3, 15, 14, 11)[i % 5]
         v[idx["saddr"]] = rng.getrandbits(128).to_bytes(16, "little")
         v[idx["daddr"]] = rng.getrandbits(128).to_bytes(16, "little")
@@ -318,21 +319,23 @@ def test_renderers_hold_bounded_state_over_200k_distinct_events(res):
             table.render(ev)
             js.render(ev)
 
-    run(20_000)   # fills every cache to its bound at least once
-    blocks = []
-    for _ in range(16):   # 160,000 more: the number of live objects must not follow them
-        run(10_000)
-        blocks.append(sys.getallocatedblocks())
-    assert max(blocks[8:]) <= max(blocks[:8]) * 1.05, blocks
-    tracemalloc.start()   # and in bytes, over a window (tracing slows everything ~3x)
+    tracemalloc.start()   # bytes held, while every cache fills and is emptied a few times
     try:
         held = []
-        for _ in range(4):
+        for _ in range(6):
             run(5_000)
             held.append(tracemalloc.get_traced_memory()[0])
     finally:
         tracemalloc.stop()
-    assert max(held) < 8 << 20 and held[-1] <= max(held[:2]) + (512 << 10), held
+    # Every cache full at once (4096 entries each, emptied when full) is ~10 MB with these
+    # records, so the held bytes saw-tooth below that; unbounded caches pass it within 30,000.
+    assert max(held) < 16 << 20, held
+    blocks = []
+    for _ in range(17):   # 170,000 more (tracing off, it slows everything ~3x): live objects
+        run(10_000)
+        blocks.append(sys.getallocatedblocks())
+    # each half spans many fill-and-empty cycles: their peaks match unless something grows
+    assert max(blocks[9:]) <= max(blocks[:8]) * 1.15, blocks
 
 
 def _reference_table(ev, res, color, clock):
