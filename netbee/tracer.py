@@ -401,6 +401,8 @@ class Tracer:
             pass  # the drop reason resolver reports a missing enum itself
         coll.release_sources()
         del spec, kbtf
+        from netbee.loader.syscall import release_free_heap
+        release_free_heap()   # the freed megabytes leave the resident set before the ring is mapped
         lap("release_sources")
         skipped += load_skipped
         attached: list[str] = []

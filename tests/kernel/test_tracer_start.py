@@ -95,3 +95,15 @@ def test_programs_are_verified_in_worker_threads(ns, monkeypatch):
         assert len(threads) == len(tr._coll.programs) >= 4
     assert all(t.startswith("netbee-load") for t in threads), threads
     assert len(set(threads)) >= 2, threads
+
+
+def test_heap_is_trimmed_after_the_release_and_before_the_ring_is_mapped(ns, monkeypatch):
+    from netbee.loader import syscall
+
+    order: list = []
+    trim, open_reader = syscall.release_free_heap, Tracer._open_reader
+    monkeypatch.setattr(syscall, "release_free_heap", lambda: order.append("trim") or trim())
+    monkeypatch.setattr(Tracer, "_open_reader", lambda self, coll: order.append("ring") or open_reader(self, coll))
+    with Tracer(_opts(ns, "tracepoint")) as tr:
+        tr.start()
+    assert order == ["trim", "ring"], order
