@@ -543,8 +543,11 @@ static __always_inline void nb_flight_push(struct sk_buff *skb, __u32 hook, cons
 	if (st->depth >= NB_NF_DEPTH)
 		nb_flight_remove(st, 0, NB_VERDICT_STOLEN);
 	d = st->depth;
-	if (d >= NB_NF_DEPTH)
+	if (d >= NB_NF_DEPTH) {         /* only if interrupts refilled it meanwhile */
+		if (match)
+			nb_count(NB_CNT_LOST);
 		goto out;
+	}
 	barrier_var(d);
 	f = &st->e[d & (NB_NF_DEPTH - 1)];
 	/* claim the slot before filling it: an interrupt may push above it meanwhile */
