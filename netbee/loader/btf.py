@@ -32,8 +32,12 @@ KERNEL_BTF_PATH = "/sys/kernel/btf/vmlinux"
 # load_kernel: (path, dev, inode, size, mtime) -> the parsed raw types, while some Btf uses them.
 # features.py and the tracer each load the kernel BTF; the second load costs a stat.
 _PARSED: "weakref.WeakValueDictionary[tuple, NameIndex]" = weakref.WeakValueDictionary()
-# kernel_enum_values: (path, dev, inode, size, mtime, enum name) -> values; a few small dicts.
+# Files load_kernel parsed without error: (path, dev, inode, size, mtime).
+_PARSED_OK: set = set()
+# enum_values of kernel BTF: (path, dev, inode, size, mtime, enum name) -> values; a few small dicts.
 _ENUMS: Dict[tuple, Dict[str, int]] = {}
+# What a deferred load_kernel (Btf._deferred) reads on first use.
+_DEFERRED = ("_strings", "_words", "_offsets", "_index")
 
 # Guards recursion through typedef/array chains of corrupt or cyclic BTF.
 _MAX_CHAIN = 64
@@ -91,6 +95,19 @@ class Btf:
         self._replaced: Dict[int, BtfType] = {}
         self._added: List[BtfType] = []
         self._index: Optional[NameIndex] = None
+        self._file_key: Optional[tuple] = None   # load_kernel: which unchanged file this is
+
+    def __getattr__(self, name: str):
+        # Called only for attributes that are not set: the raw data of a deferred load_kernel
+        # (see _deferred), parsed on first real use.
+        path = self.__dict__.get("_deferred_path")
+        if name not in _DEFERRED or path is None:
+            raise AttributeError(name)
+        full = type(self)._load_kernel(path, defer=False)
+        del self.__dict__["_deferred_path"]
+        self._strings, self._words, self._offsets = full._strings, full._words, full._offsets
+        self._index, self._file_key = full._idx(), full._file_key
+        return self.__dict__[name]
 
     @property
     def types(self) -> _Types:
@@ -187,28 +204,30 @@ class Btf:
     def kernel_enum_values(cls, enum_name: str, path: Optional[str] = None) -> Dict[str, int]:
         """enum_values() of the kernel BTF (or `path`), remembered per unchanged file: a trace
         needs a few enums (drop reasons) long after the tracer let go of the whole BTF."""
-        path = path or KERNEL_BTF_PATH
-        try:
-            st = os.stat(path)
-        except OSError as e:
-            raise BTFError(f"cannot read kernel BTF from {path}: {e.strerror or e}") from e
-        key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, enum_name)
-        values = _ENUMS.get(key)
-        if values is None:
-            values = _ENUMS[key] = cls.load_kernel(path).enum_values(enum_name)
-        return dict(values)
+        return cls.load_kernel(path).enum_values(enum_name)
 
     @classmethod
     def load_kernel(cls, path: Optional[str] = None) -> "Btf":
-        """The running kernel's BTF, or that of a file: raw BTF or an ELF (vmlinux) with .BTF."""
-        path = path or KERNEL_BTF_PATH
+        """The running kernel's BTF, or that of a file: raw BTF or an ELF (vmlinux) with .BTF.
+
+        A file this process already parsed without error, and whose parse is no longer held by
+        anyone, is parsed again only when first needed: enum_values() of an enum read before
+        (the drop reasons, during a trace) is answered from a small memo without it."""
+        return cls._load_kernel(path or KERNEL_BTF_PATH, defer=True)
+
+    @classmethod
+    def _load_kernel(cls, path: str, defer: bool) -> "Btf":
         try:
             with open(path, "rb") as f:
                 st = os.fstat(f.fileno())
                 key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
                 raw = _PARSED.get(key)
                 if raw is not None:
-                    return cls._from_index(raw)
+                    btf = cls._from_index(raw)
+                    btf._file_key = key
+                    return btf
+                if defer and key in _PARSED_OK:
+                    return cls._deferred(path, key)
                 head = f.read(HEADER_SIZE)
                 if head[:4] == b"\x7fELF":
                     data = btf_section_from_elf(head + f.read(), path)
@@ -220,6 +239,18 @@ class Btf:
         except BTFError as e:
             raise BTFError(f"{path}: {e}") from e
         _PARSED[key] = btf._idx()
+        _PARSED_OK.add(key)
+        btf._file_key = key
+        return btf
+
+    @classmethod
+    def _deferred(cls, path: str, key: tuple) -> "Btf":
+        """A kernel Btf whose raw data is read on first use (__getattr__)."""
+        btf = cls()
+        for name in _DEFERRED:
+            delattr(btf, name)
+        btf._deferred_path = path
+        btf._file_key = key
         return btf
 
     @classmethod
@@ -477,11 +508,23 @@ class Btf:
         raise BTFError(f"BTF type chain too long or cyclic at type {type_id}")
 
     def enum_values(self, enum_name: str) -> Dict[str, int]:
-        """Name -> value of the first ENUM or ENUM64 called `enum_name`."""
+        """Name -> value of the first ENUM or ENUM64 called `enum_name`.
+
+        For a kernel BTF (load_kernel, unedited) the answer is remembered per unchanged file,
+        so it outlives the parse (see load_kernel)."""
+        memo_key = None
+        if self._file_key is not None and not self._replaced and not self._added:
+            memo_key = self._file_key + (enum_name,)
+            hit = _ENUMS.get(memo_key)
+            if hit is not None:
+                return dict(hit)
         for tid in self.find(enum_name):
             t = self.type(tid)
             if t.kind in (BtfKind.ENUM, BtfKind.ENUM64):
-                return {v.name: v.value for v in t.values}  # type: ignore[union-attr]
+                values = {v.name: v.value for v in t.values}  # type: ignore[union-attr]
+                if memo_key is not None:
+                    _ENUMS[memo_key] = dict(values)
+                return values
         raise BTFError(f"no enum named {enum_name!r} in BTF")
 
     # ------------------------------------------------------------------ editing

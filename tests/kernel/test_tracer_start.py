@@ -57,12 +57,15 @@ def test_start_lets_go_of_the_object_and_the_kernel_btf(ns, monkeypatch):
         alive = [r() for r in held if r() is not None]
         assert not alive, f"still referenced after start(): {[type(a).__name__ for a in alive]}"
 
-        def no_reparse(cls, path=None):
+        def no_reparse(*a, **kw):
             raise AssertionError("drop reason names should not need the kernel BTF again")
 
-        monkeypatch.setattr(btf_mod.Btf, "load_kernel", classmethod(no_reparse))
+        monkeypatch.setattr(btf_mod.Btf, "_read", classmethod(no_reparse))
+        monkeypatch.setattr(btf_mod.Btf, "parse", classmethod(no_reparse))
         reasons = btf_mod.Btf.kernel_enum_values("skb_drop_reason")
         assert reasons["SKB_DROP_REASON_NO_SOCKET"] > 0
+        # what netbee.resolvers.drop_reasons does on the first drop event
+        assert btf_mod.Btf.load_kernel().enum_values("skb_drop_reason") == reasons
 
 
 def test_python_heap_kept_by_a_started_tracer_is_small(ns):

@@ -71,15 +71,34 @@ def test_name_index_sort_peak_per_type(vmlinux_copy):
 
 
 def test_kernel_enum_values_outlive_the_parse(vmlinux_copy, monkeypatch):
+    """During a trace the drop reason names are asked for after the tracer let go of the
+    kernel BTF: answered from the memo, without reading the 5.5 MB again."""
     path = str(vmlinux_copy)
     values = Btf.kernel_enum_values("skb_drop_reason", path)
-    assert values == Btf.load_kernel(path).enum_values("skb_drop_reason")
+    assert values == Btf.parse(vmlinux_copy.read_bytes()).enum_values("skb_drop_reason")
 
-    def no_parse(cls, p=None):
+    def no_parse(*a, **kw):
         raise AssertionError("parsed the BTF again")
 
-    monkeypatch.setattr(Btf, "load_kernel", classmethod(no_parse))
+    monkeypatch.setattr(Btf, "_read", classmethod(no_parse))
+    monkeypatch.setattr(Btf, "parse", classmethod(no_parse))
     again = Btf.kernel_enum_values("skb_drop_reason", path)
     assert again == values and again is not values   # a copy: callers cannot edit the memo
+    btf = Btf.load_kernel(path)                       # what the drop reason resolver does
+    assert btf.enum_values("skb_drop_reason") == values
     with pytest.raises(AssertionError, match="parsed"):
-        Btf.kernel_enum_values("sk_rst_reason", path)   # another enum: not remembered yet
+        btf.find("sk_buff")                           # any other question needs the data
+    monkeypatch.undo()
+    assert btf.find("sk_buff") == Btf.parse(vmlinux_copy.read_bytes()).find("sk_buff")
+    assert len(btf) > 1000 and btf.enum_values("skb_drop_reason") == values
+
+
+def test_an_edited_kernel_btf_answers_from_its_own_types(vmlinux_copy):
+    from netbee.loader.btf_types import Enum, EnumValue
+
+    path = str(vmlinux_copy)
+    Btf.kernel_enum_values("skb_drop_reason", path)
+    btf = Btf.load_kernel(path)
+    tid = btf.find("skb_drop_reason")[0]
+    btf.replace(tid, Enum("skb_drop_reason", 4, False, [EnumValue("ONLY", 7)]))
+    assert btf.enum_values("skb_drop_reason") == {"ONLY": 7}
