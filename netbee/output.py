@@ -110,6 +110,31 @@ class Resolvers:
         return hit
 
 
+class _NumericIfaces:
+    """Keys of cached text that shows an interface number where a name was not found (yet).
+
+    They are dropped from their cache once event time reaches the next second (ts >> 30, ~1.07 s),
+    so the name is looked up again, about as often as IfNames refreshes a namespace; meanwhile
+    the text is reused, not rebuilt for every event."""
+
+    __slots__ = ("keys", "epoch")
+
+    def __init__(self) -> None:
+        self.keys: List[Any] = []
+        self.epoch = -1
+
+    def add(self, key: Any, ts_ns: int) -> None:
+        if not self.keys:
+            self.epoch = ts_ns >> 30
+        self.keys.append(key)
+
+    def expire(self, cache: Dict[Any, str], ts_ns: int) -> None:
+        if ts_ns >> 30 != self.epoch or len(self.keys) >= CACHE_MAX:
+            for key in self.keys:
+                cache.pop(key, None)
+            self.keys = []
+
+
 def _put(cache: Dict[Any, str], key: Any, value: str) -> None:
     if len(cache) >= CACHE_MAX:
         cache.clear()
@@ -142,9 +167,10 @@ class JsonRenderer:
         self.clock = clock or Clock()
         self._heads: Dict[tuple, str] = {}
         self._tails: Dict[tuple, str] = {}
+        self._numeric = _NumericIfaces()
 
     def _head(self, ev: Any) -> Tuple[str, bool]:
-        """func .. daddr, and whether it may be cached (a numeric interface name is retried)."""
+        """func .. daddr, and whether its interface name is final (a number is retried)."""
         ifindex = ev.ifindex
         stable = True
         if ifindex:
@@ -198,13 +224,14 @@ class JsonRenderer:
         # ipaddress objects hash in Python code; their integer value hashes in C.
         hkey = (ev.func, ev.ifindex, ev.netns, proto, family,
                 saddr._ip if saddr is not None else None, ev.daddr._ip if saddr is not None else None)
+        if self._numeric.keys:
+            self._numeric.expire(self._heads, ev.ts_ns)
         head = self._heads.get(hkey)
         if head is None:
             head, stable = self._head(ev)
-            if stable:
-                if len(self._heads) >= CACHE_MAX:
-                    self._heads.clear()
-                self._heads[hkey] = head
+            _put(self._heads, hkey, head)
+            if not stable:
+                self._numeric.add(hkey, ev.ts_ns)
         tkey = (proto, family, ev.smac, ev.dmac, ev.tcp_flags, ev.tcp_state, ev.icmp_type, ev.icmp_code,
                 ev.nf_hook, ev.verdict, ev.drop_reason, ev.cpu, ev.pid, ev.comm)
         tail = self._tails.get(tkey)
@@ -260,6 +287,7 @@ class TableRenderer:
         self._flows: Dict[tuple, str] = {}
         self._tails: Dict[tuple, str] = {}
         self._tcp_flags: Dict[int, str] = {}
+        self._numeric = _NumericIfaces()
 
     def header(self) -> str:
         cols = [h.ljust(w) for h, w in zip(HEADER, self.widths)]
@@ -307,9 +335,14 @@ class TableRenderer:
             self._sec = sec
         ifindex, netns, func, proto = ev.ifindex, ev.netns, ev.func, ev.proto
         pkey = (netns, ifindex, func, proto)
+        if self._numeric.keys:
+            self._numeric.expire(self._prefixes, ev.ts_ns)
         prefix = self._prefixes.get(pkey)
         if prefix is None:
-            prefix = self._prefix(netns, ifindex, func, proto)
+            prefix, stable = self._prefix(netns, ifindex, func, proto)
+            _put(self._prefixes, pkey, prefix)
+            if not stable:
+                self._numeric.add(pkey, ev.ts_ns)
         saddr = ev.saddr
         if saddr is None:
             fkey: tuple = (ev.ethertype,)
@@ -346,17 +379,14 @@ class TableRenderer:
             line += "\n" + "\n".join(self._paint(DIM, f) for f in frames)
         return line
 
-    def _prefix(self, netns: int, ifindex: int, func: str, proto: Optional[int]) -> str:
-        """' IFACE HOOK PROTO ' padded; cached unless the interface is still only a number."""
+    def _prefix(self, netns: int, ifindex: int, func: str, proto: Optional[int]) -> Tuple[str, bool]:
+        """' IFACE HOOK PROTO ' padded, and whether the interface name is final (a number is retried)."""
         iface = self.res.iface(netns, ifindex) if ifindex else "-"
         w = self.widths
         hook = func.ljust(w[2])
         if self.color:
             hook = self._paint(CYAN, hook)
-        prefix = f" {iface.ljust(w[1])} {hook} {(names.proto_name(proto) or '-').ljust(w[3])} "
-        if not iface.isdigit():
-            _put(self._prefixes, (netns, ifindex, func, proto), prefix)
-        return prefix
+        return f" {iface.ljust(w[1])} {hook} {(names.proto_name(proto) or '-').ljust(w[3])} ", not iface.isdigit()
 
     def _icmp(self, ev: Any) -> str:
         """The ICMP part of details(); the one of the first branch that varies the most."""

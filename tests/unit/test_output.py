@@ -419,3 +419,22 @@ def test_table_cached_parts_give_the_same_lines(res, color):
         if i % 4 == 0:
             ev.ts_ns += rng.randrange(10 ** 9)   # same event a moment later: another second
         assert t.render(ev) == _reference_table(ev, res, color, clock), ev
+
+
+@pytest.mark.parametrize("kind", ["json", "table"])
+def test_interface_shown_as_number_is_named_once_it_appears(kind):
+    """Text with an unresolved interface number is reused for a while, then the name is looked
+    up again: a device created after the trace started gets its name within about a second."""
+    now = [0.0]
+    known = {5: "veth-a"}
+    res = output.Resolvers(ifnames=IfNames(lister=lambda ns: dict(known), clock=lambda: now[0]),
+                           oui=OuiResolver(), drops=DropReasons(loader=lambda: {}),
+                           kallsyms=Kallsyms(f=io.StringIO(KALLSYMS)))
+    r = output.JsonRenderer(res, FixedClock()) if kind == "json" else output.TableRenderer(res, clock=FixedClock())
+    iface = (lambda line: json.loads(line)["iface"]) if kind == "json" else (lambda line: line.split()[1])
+    assert iface(r.render(event(ifindex=7, ts_ns=1))) == "7"
+    assert iface(r.render(event(ifindex=7, ts_ns=2))) == "7"
+    known[7] = "veth-new"
+    now[0] = 5.0
+    assert iface(r.render(event(ifindex=7, ts_ns=3 << 30))) == "veth-new"
+    assert iface(r.render(event(ifindex=5, ts_ns=3 << 30))) == "veth-a"
