@@ -35,6 +35,7 @@ BRACKET_EXIT_PRIO = INT_MAX - 1
 BRACKET_MAX_STEPS = 64
 DEFAULT_RINGBUF_BYTES = 1 << 22
 _FUNC = attrgetter("func")
+READ_BATCH = 1024
 
 
 # --- backend choice ------------------------------------------------------------------------------
@@ -573,7 +574,9 @@ class Tracer:
         records are queued: they are read then all the same.
         """
         while True:
-            batch = self.read_events(timeout)
+            # Bounded batches: tens of thousands of decoded events alive at once make every
+            # garbage collector pass walk them all (the live path cost 3.4 instead of 2 us/event).
+            batch = self.read_events(timeout, limit=READ_BATCH)
             if not batch:
                 return
             yield from batch
