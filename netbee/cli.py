@@ -19,7 +19,8 @@ from netbee.loader.errors import NetBeeError, UsageError
 
 PROG = "netbee"
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
-FLUSH_INTERVAL = 0.1
+# How long a read waits for the first record; also how often the stop flag is checked when idle.
+POLL_TIMEOUT = 0.1
 # Events rendered per write: large enough to amortize the per-batch work, small enough that
 # the batch and its text stay well under a MiB and a stop request is seen within ~5 ms.
 BATCH = 1024
@@ -225,15 +226,17 @@ def _show(tracer: Any, renderer: Any, out: TextIO, flag: "_StopFlag", count: Opt
     shown = 0
     while not flag.stop and (count is None or shown < count):
         limit = BATCH if count is None else min(BATCH, count - shown)
-        events = tracer.read_events(timeout=FLUSH_INTERVAL, limit=limit)
+        events = tracer.read_events(timeout=POLL_TIMEOUT, limit=limit)
         if events:
             write("\n".join(map(render, events)) + "\n")
             shown += len(events)
         if not events or not tracer.pending():
             out.flush()
-    if flag.stop and count is None:
-        # What the kernel has queued by now, at most one ring buffer's worth.
+    if flag.stop:
+        # What the kernel has queued by now, at most one ring buffer's worth (and the count).
         left = ringbuf // (EVENT_SIZE + HDR_SIZE)
+        if count is not None:
+            left = min(left, count - shown)
         while left > 0:
             events = tracer.read_events(timeout=0, limit=min(BATCH, left))
             if not events:

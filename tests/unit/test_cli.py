@@ -233,3 +233,17 @@ def test_events_queued_at_stop_are_shown_and_count_is_exact(fake, capsys, monkey
     rc, out, err = run_main(["--json", "-c", "7"], capsys)
     assert rc == 0 and len(out.splitlines()) == 7
     assert [limit for _, limit in fake.instances[-1].reads] == [7, 2]
+
+
+def test_stop_with_a_count_drains_no_more_than_the_count(fake, capsys, monkeypatch):
+    orig = FakeTracer.read_events
+
+    def read_events(self, timeout=0.1, limit=None):
+        if len(self.reads) == 1:
+            signal.raise_signal(signal.SIGINT)
+        return orig(self, timeout, limit)
+    monkeypatch.setattr(FakeTracer, "read_events", read_events)
+    FakeTracer.batches = [[event()] * 2, [event()] * 3, [event()] * 4]
+    rc, out, err = run_main(["--json", "-c", "7"], capsys)
+    assert rc == 0 and len(out.splitlines()) == 7
+    assert fake.instances[0].reads[-1] == (0, 2)
