@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional
 
@@ -145,28 +146,57 @@ class Collection(sc.Closeable):
                 p = self._prepare_program(self.spec.programs[name], overrides.get(name, {}), cand_cache)
                 self.programs[name] = self._load_prepared(p, log_level)
             return
-        from concurrent.futures import ThreadPoolExecutor
+        # A few plain threads and a queue: concurrent.futures would cost ~7 ms of imports here.
+        import threading
 
-        jobs: list = []   # (name, future or None, preparation error or None), in order
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="netbee-load")
+        jobs: List[list] = []            # [name, prepared, program, error], in program order
+        queue: "deque[list]" = deque()
+        cv = threading.Condition()
+        done = [False]                   # no more jobs will come
+
+        def work() -> None:
+            while True:
+                with cv:
+                    while not queue and not done[0]:
+                        cv.wait()
+                    if not queue:
+                        return
+                    job = queue.popleft()
+                try:
+                    job[2] = self._load_prepared(job[1], log_level)
+                except BaseException as e:  # handed to the calling thread
+                    job[3] = e
+
+        threads = [threading.Thread(target=work, name=f"netbee-load-{i}", daemon=True) for i in range(workers)]
+        for t in threads:
+            t.start()
         try:
             for name in wanted:
                 try:
                     p = self._prepare_program(self.spec.programs[name], overrides.get(name, {}), cand_cache)
                 except Exception as e:
-                    jobs.append((name, None, e))
+                    jobs.append([name, None, None, e])
                     break
-                jobs.append((name, pool.submit(self._load_prepared, p, log_level), None))
-            pool.shutdown(wait=True)
+                job = [name, p, None, None]
+                jobs.append(job)
+                with cv:
+                    queue.append(job)
+                    cv.notify()
+        except BaseException:
+            with cv:
+                queue.clear()            # Ctrl-C: what has not started never starts
+            raise
         finally:
-            # also on Ctrl-C: nothing new starts, and what did load is kept so close() frees it
-            pool.shutdown(wait=True, cancel_futures=True)
+            with cv:
+                done[0] = True
+                cv.notify_all()
+            for t in threads:
+                t.join()
+            # what did load is kept, also on Ctrl-C, so close() frees it
             first: Optional[BaseException] = None
-            for name, fut, err in jobs:
-                if fut is not None and not fut.cancelled():
-                    err = fut.exception()
-                    if err is None:
-                        self.programs[name] = fut.result()
+            for name, _p, prog, err in jobs:
+                if prog is not None:
+                    self.programs[name] = prog
                 if err is not None and first is None:
                     first = err
         if first is not None:

@@ -134,3 +134,12 @@ def test_load_workers_follow_the_cpus_this_process_may_use(monkeypatch):
     assert load_workers(0) == 1
     monkeypatch.setattr(collection.os, "sched_getaffinity", lambda pid: {5})
     assert load_workers(10) == 1
+
+
+def test_ctrl_c_while_preparing_starts_nothing_new_and_closes_what_loaded(fake):
+    fake.fail_prepare = {"c": KeyboardInterrupt()}
+    with pytest.raises(KeyboardInterrupt):
+        fake(_spec(["a", "b", "c", "d"]))
+    assert fake.prepared == ["a", "b", "c"]
+    assert {p.name for p in fake.made} <= {"a", "b"} and all(p.closed for p in fake.made)
+    assert not [t for t in threading.enumerate() if t.name.startswith("netbee-load")]
