@@ -8,31 +8,24 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import io
 import zlib
 from array import array
-from typing import IO, Dict, Iterator, List, Optional, Tuple
+from typing import IO, Dict, Iterable, Iterator, List, Optional, Tuple
 
-TEXT_TYPES = frozenset("tT")
+TEXT_TYPES = frozenset((b"t", b"T"))
 # Beyond this distance from the nearest symbol an address is not attributed to it.
 MAX_OFFSET = 1 << 20
 KALLSYMS = "/proc/kallsyms"
 
 
-def parse(f: IO[str]) -> "SymbolTable":
-    """Text symbols (t/T) of a kallsyms file, sorted by address."""
+def parse(f: IO) -> "SymbolTable":
+    """Text symbols (t/T) of a kallsyms file (binary, or text as in tests), sorted by address."""
+    lines: Iterable[bytes] = f
+    if isinstance(getattr(f, "encoding", None), str) or isinstance(f, io.StringIO):
+        lines = (line.encode() for line in f)
     table = SymbolTable()
-    add = table.add
-    for line in f:
-        parts = line.split()
-        if len(parts) < 3 or parts[1] not in TEXT_TYPES:
-            continue
-        try:
-            addr = int(parts[0], 16)
-        except ValueError:
-            continue
-        if addr == 0:  # kptr_restrict hides addresses: nothing to resolve with
-            continue
-        add(addr, (parts[2] if len(parts) < 4 else f"{parts[2]} {parts[3]}").encode())
+    table.add_lines(lines)
     return table.finish()
 
 
@@ -56,6 +49,38 @@ class SymbolTable:
         self._open: List[bytes] = []        # labels of the block being filled
         self._stray: List[Tuple[int, bytes]] = []   # symbols that came out of address order
         self._unpacked: Tuple[int, List[bytes]] = (-1, [])
+
+    def add_lines(self, lines: Iterable[bytes]) -> None:
+        """kallsyms lines; the loop runs 120,000 times while the first drop waits, so add() is
+        inlined for the usual case (the next address in order)."""
+        addrs = self.addrs
+        append_addr = addrs.append
+        block = self._open
+        close, size = self._close_block, self.BLOCK
+        last = addrs[-1] if addrs else -1
+        count = 0
+        for line in lines:
+            parts = line.split()
+            if len(parts) < 3 or parts[1] not in TEXT_TYPES:
+                continue
+            try:
+                addr = int(parts[0], 16)
+            except ValueError:
+                continue
+            if addr == 0:  # kptr_restrict hides addresses: nothing to resolve with
+                continue
+            label = parts[2] if len(parts) < 4 else parts[2] + b" " + parts[3]
+            if addr > last:
+                if len(block) == size:
+                    close()
+                    block = self._open
+                append_addr(addr)
+                block.append(label)
+                last = addr
+                count += 1
+            else:
+                self.add(addr, label)
+        self.count += count
 
     def add(self, addr: int, label: bytes) -> None:
         self.count += 1
@@ -107,7 +132,7 @@ class SymbolTable:
         block = i // self.BLOCK
         if self._unpacked[0] != block:
             self._unpacked = (block, zlib.decompress(self.blocks[block]).split(b"\n"))
-        return self._unpacked[1][i % self.BLOCK].decode()
+        return self._unpacked[1][i % self.BLOCK].decode("utf-8", "replace")
 
 
 class Kallsyms:
@@ -126,7 +151,7 @@ class Kallsyms:
             self._table = parse(self._file)
         else:
             try:
-                with open(self.path, encoding="ascii", errors="replace") as f:
+                with open(self.path, "rb") as f:
                     self._table = parse(f)
             except OSError:
                 self._table = SymbolTable().finish()
