@@ -353,6 +353,12 @@ def has(feature: str) -> Probe:
 # --- the table -------------------------------------------------------------------------------------------
 def probe_table() -> List[Tuple[str, bool, str]]:
     rows: List[Tuple[str, bool, str]] = []
+    # Several probes look at the kernel BTF; holding one parse for the whole table lets them
+    # share it (_kernel_btf does not cache, so a trace does not keep it).
+    try:
+        held = _kernel_btf() if os.path.exists(VMLINUX_BTF) else None
+    except NetBeeError:
+        held = None  # the probes that need it say why
 
     def add(name: str, res: Probe) -> None:
         rows.append((name, res[0], res[1]))
@@ -378,4 +384,5 @@ def probe_table() -> List[Tuple[str, bool, str]]:
         add(f"BTF kind: {feat}", btf_kind(feat))
     mem = memcg_accounting()
     add("memory: memcg accounting (no RLIMIT_MEMLOCK)", (mem, "5.11+" if mem else "RLIMIT_MEMLOCK applies"))
+    del held   # kept alive until here on purpose
     return rows
