@@ -3,6 +3,8 @@
 running trace does not keep it)."""
 from __future__ import annotations
 
+import weakref
+
 import pytest
 
 from netbee.loader import btf as btf_mod
@@ -20,7 +22,9 @@ def test_probe_table_reads_the_kernel_btf_once(monkeypatch):
         return read(cls, head, f)
 
     monkeypatch.setattr(btf_mod.Btf, "_read", classmethod(counting))
-    monkeypatch.setattr(btf_mod, "_PARSED_OK", set())   # no deferred re-parse either: a fresh process
+    # as in a fresh process: no parse shared with other tests' Btf objects, none deferred
+    monkeypatch.setattr(btf_mod, "_PARSED", weakref.WeakValueDictionary())
+    monkeypatch.setattr(btf_mod, "_PARSED_OK", set())
     for name in dir(features):   # the probes' results are cached: start from scratch
         fn = getattr(features, name)
         if hasattr(fn, "cache_clear"):
