@@ -6,6 +6,7 @@ at one boundary in ObjectSpec.from_bytes.
 """
 from __future__ import annotations
 
+import io
 from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Set, Tuple
@@ -13,7 +14,6 @@ from typing import Dict, Iterable, List, Optional, Set, Tuple
 from netbee.loader import insn as I
 from netbee.loader.btf import Btf, BtfKind, Datasec, VarSecInfo
 from netbee.loader.btf_ext import BtfExt, CoreRelo, FuncInfo, LineInfos
-from netbee.loader.elf_file import SHT_NOBITS, SHT_PROGBITS, SHT_REL, SHT_SYMTAB, ElfFile
 from netbee.loader.errors import BTFError, NetBeeError, ObjectFileError
 
 EM_BPF = 247
@@ -159,7 +159,7 @@ class ObjectSpec:
             raise
         except RecursionError as e:
             raise ObjectFileError(f"{what}: malformed object (nesting too deep)") from e
-        except Exception as e:  # the one boundary for struct/index/decoding failures
+        except Exception as e:  # the one boundary for pyelftools/construct/struct failures
             raise ObjectFileError(f"{what}: malformed ELF object: {type(e).__name__}: {e}") from e
         finally:
             if parser is not None:
@@ -188,18 +188,21 @@ class ObjectSpec:
 
 class _Parser:
     def __init__(self, data: bytes, what: str, only: Optional[Set[str]] = None) -> None:
+        from elftools.elf.elffile import ELFFile
+
         self.data = data
         self.what = what
         self.only = only
         if data[:4] != b"\x7fELF":
             raise ObjectFileError(f"{what}: not an ELF file")
-        self.elf: Optional[ElfFile] = ElfFile(data)
+        self.elf = ELFFile(io.BytesIO(data))
         self.spec = ObjectSpec()
 
     def release(self) -> None:
-        """Let go of the file's bytes now, whoever still holds the parser."""
-        self.elf = None
-        self.data, self.code, self.sections = b"", {}, []
+        """Let go of the file's bytes now: pyelftools' objects reference each other, so
+        without this the data would wait for the cycle collector."""
+        self.elf.stream.close()
+        self.data, self.code = b"", {}
 
     def fail(self, msg: str) -> ObjectFileError:
         return ObjectFileError(f"{self.what}: {msg}")
@@ -209,8 +212,8 @@ class _Parser:
         elf = self.elf
         if elf.elfclass != 64 or not elf.little_endian:
             raise self.fail("only 64-bit little-endian BPF objects are supported")
-        if elf.machine != EM_BPF:
-            raise self.fail(f"not a BPF object (machine {elf.machine})")
+        if elf["e_machine"] not in ("EM_BPF", EM_BPF):
+            raise self.fail(f"not a BPF object (machine {elf['e_machine']})")
         self._check_sections()
         self._read_symbols()
         spec = self.spec
@@ -239,14 +242,16 @@ class _Parser:
 
     def _check_sections(self) -> None:
         self.sections = []
-        n = len(self.elf.sections)
+        n = self.elf.num_sections()
         if n > 0xFFFF:
             raise self.fail(f"too many sections ({n})")
         size = len(self.data)
-        for idx, sec in enumerate(self.elf.sections):
-            if sec.type != SHT_NOBITS and sec.size and (sec.offset > size or sec.size > size - sec.offset):
+        for idx in range(n):
+            sec = self.elf.get_section(idx)
+            if sec["sh_type"] != "SHT_NOBITS" and sec["sh_size"] and (
+                    sec["sh_offset"] > size or sec["sh_size"] > size - sec["sh_offset"]):
                 raise self.fail(f"section {idx} ({sec.name!r}) lies beyond the end of the file")
-            if sec.flags & SHF_COMPRESSED:
+            if sec["sh_flags"] & SHF_COMPRESSED:
                 raise self.fail(f"section {sec.name!r} is compressed (unsupported)")
             self.sections.append(sec)
         self.by_name = {s.name: i for i, s in enumerate(self.sections)}
@@ -258,12 +263,16 @@ class _Parser:
     def _read_symbols(self) -> None:
         self.symbols: List[Tuple[str, str, str, int, int, int]] = []   # name, type, bind, shndx, value, size
         symtab = self._section_by_name(".symtab")
-        if symtab is None or symtab.type != SHT_SYMTAB:
+        if symtab is None or symtab["sh_type"] != "SHT_SYMTAB":
             raise self.fail("no symbol table (.symtab): was the object stripped?")
-        if symtab.entsize != 24:
-            raise self.fail(f"bad symbol entry size {symtab.entsize}")
-        # (name, type, bind, section index: 0 undefined, -1 SHN_ABS/COMMON/..., value, size)
-        self.symbols = self.elf.symbols(symtab)
+        if symtab["sh_entsize"] != 24:
+            raise self.fail(f"bad symbol entry size {symtab['sh_entsize']}")
+        for sym in symtab.iter_symbols():
+            shndx = sym["st_shndx"]
+            if not isinstance(shndx, int):
+                shndx = {"SHN_UNDEF": 0}.get(shndx, -1)
+            self.symbols.append((sym.name, sym["st_info"]["type"], sym["st_info"]["bind"],
+                                 shndx, sym["st_value"], sym["st_size"]))
 
     # ------------------------------------------------------------------ BTF fixups
     def _fixup_datasecs(self) -> None:
@@ -289,7 +298,7 @@ class _Parser:
                 if off is None:
                     raise self.fail(f"BTF variable {var.name!r} of {t.name!r} has no symbol")
                 new_vars.append(VarSecInfo(v.type, off, v.size))
-            btf.replace(tid, Datasec(t.name, sec.size, new_vars))
+            btf.replace(tid, Datasec(t.name, sec["sh_size"], new_vars))
 
     def _datasec_id(self, name: str) -> int:
         btf = self.spec.btf
@@ -364,14 +373,14 @@ class _Parser:
         self.data_maps: Dict[int, str] = {}
         for idx, sec in enumerate(self.sections):
             name = sec.name
-            if not _is_data_section(name) or not sec.flags & 0x2:  # SHF_ALLOC
+            if not _is_data_section(name) or not sec["sh_flags"] & 0x2:  # SHF_ALLOC
                 continue
-            size = sec.size
+            size = sec["sh_size"]
             if size == 0:
                 continue
             if size > _MAX_DATA_SECTION:
                 raise self.fail(f"section {name!r} is implausibly large ({size} bytes)")
-            if sec.type == SHT_NOBITS:
+            if sec["sh_type"] == "SHT_NOBITS":
                 data = bytes(size)
             else:
                 data = sec.data()
@@ -390,8 +399,8 @@ class _Parser:
     def _read_functions(self) -> None:
         self.code: Dict[int, bytes] = {}
         for idx, sec in enumerate(self.sections):
-            if sec.type == SHT_PROGBITS and sec.flags & SHF_EXECINSTR and sec.size:
-                if sec.size % I.INSN_SIZE:
+            if sec["sh_type"] == "SHT_PROGBITS" and sec["sh_flags"] & SHF_EXECINSTR and sec["sh_size"]:
+                if sec["sh_size"] % I.INSN_SIZE:
                     raise self.fail(f"section {sec.name!r} is not a whole number of instructions")
                 self.code[idx] = sec.data()
         per_sec: Dict[int, List[Tuple[int, int, str, str]]] = {}
@@ -458,22 +467,23 @@ class _Parser:
     def _read_relocations(self) -> None:
         self.relocs: Dict[int, Dict[int, _Reloc]] = {}
         for sec in self.sections:
-            if sec.type != SHT_REL:
+            if sec["sh_type"] != "SHT_REL":
                 continue
-            target = sec.info
+            target = sec["sh_info"]
             if target not in self.code:
                 continue   # relocations of .BTF, .BTF.ext, debug info: not ours to apply
-            if sec.entsize != 16:
+            if sec["sh_entsize"] != 16:
                 raise self.fail(f"bad relocation entry size in {sec.name!r}")
             table: Dict[int, _Reloc] = {}
-            for off, sym_idx, rtype in self.elf.relocations(sec):
+            for rel in sec.iter_relocations():
+                off, sym_idx = rel["r_offset"], rel["r_info_sym"]
                 if sym_idx >= len(self.symbols):
                     raise self.fail(f"relocation in {sec.name!r} names symbol {sym_idx}, which does not exist")
                 name, typ, _bind, shndx, value, _size = self.symbols[sym_idx]
                 if off % 8 or off >= len(self.code[target]):
                     raise self.fail(f"relocation at offset {off} of {self.sections[target].name!r} "
                                     f"against {name!r} is not on an instruction")
-                table[off // 8] = _Reloc(rtype, name, typ, shndx, value)
+                table[off // 8] = _Reloc(rel["r_info_type"], name, typ, shndx, value)
             self.relocs[target] = table
 
     # ------------------------------------------------------------------ linking
