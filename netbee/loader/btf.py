@@ -597,21 +597,20 @@ def _header(data: bytes) -> Tuple[bool, int, int, int, int, int]:
 
 def btf_section_from_elf(data: bytes, what: str = "ELF file") -> bytes:
     """The raw .BTF section of an ELF file (a vmlinux, or a BPF object)."""
-    import struct
+    import io
 
-    from netbee.loader.elf_file import ElfFile
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
 
     try:
-        elf = ElfFile(data)
-        if elf.elfclass != 64 or not elf.little_endian:
-            raise BTFError(f"{what}: only 64-bit little-endian ELF files are supported")
-        sec = next((s for s in elf.sections if s.name == ".BTF"), None)
+        elf = ELFFile(io.BytesIO(data))
+        sec = elf.get_section_by_name(".BTF")
         if sec is None:
             raise BTFError(f"{what} has no .BTF section")
         return sec.data()
     except BTFError:
         raise
-    except (ValueError, struct.error, IndexError, OverflowError) as e:
+    except (ELFError, ValueError, EOFError, OSError, KeyError, IndexError) as e:
         raise BTFError(f"{what}: cannot read ELF: {e}") from e
 
 
