@@ -14,6 +14,9 @@ if grep -q virtme /proc/cmdline 2>/dev/null; then
     echo "bench: refusing to run inside a virtme-ng/QEMU guest: its figures mean nothing" >&2
     exit 2
 fi
+# A pip-installed netbee runs from compiled bytecode; without it (PYTHONDONTWRITEBYTECODE, a fresh
+# checkout) every start would compile the sources again and the start-up figures would show that.
+python3 -m compileall -q netbee >/dev/null
 failed=""
 run() {
     # One benchmark failing must not hide the others' results; the exit status still says so.
