@@ -610,7 +610,9 @@ class Tracer:
         vals = [0] * 4
         if self._coll is not None:
             cmap = self._coll.maps["counters"]
-            for i in range(4):
+            # The kernel counts SEEN before the outcome: reading the outcomes first and SEEN last
+            # keeps seen >= filtered + submitted + lost in a snapshot taken while packets flow.
+            for i in (1, 2, 3, 0):
                 per_cpu = cmap.lookup_percpu(i) or []
                 vals[i] = sum(int.from_bytes(v[:8], sys.byteorder) for v in per_cpu)
         return Counters(seen=vals[0], filtered=vals[1], submitted=vals[2], lost=vals[3],
