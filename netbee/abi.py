@@ -61,6 +61,7 @@ class RuleOp(IntEnum):
     AND = 1
     OR = 2
     NOT = 3
+    REQUIRE = 4
 
 
 class RuleField(IntEnum):

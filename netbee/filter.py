@@ -19,7 +19,7 @@ from netbee.loader.errors import FilterError
 
 NB_MAX_RULES = 32
 
-OP_TERM, OP_AND, OP_OR, OP_NOT = 0, 1, 2, 3
+OP_TERM, OP_AND, OP_OR, OP_NOT, OP_REQUIRE = 0, 1, 2, 3, 4
 (F_TRUE, F_FAMILY, F_PROTO, F_SRC_NET, F_DST_NET, F_ANY_NET,
  F_SRC_PORT, F_DST_PORT, F_ANY_PORT, F_IFINDEX, F_NETNS) = range(11)
 
@@ -66,6 +66,13 @@ def _or(a: _Node, b: _Node) -> _Node:
 
 def _not(a: _Node) -> _Node:
     return _Node(OP_NOT, kids=[a])
+
+
+def _conjuncts(node: _Node) -> List[_Node]:
+    """The operands of a top-level chain of "and"s (the node itself if it is no "and")."""
+    if node.op == OP_AND and node.term is None:
+        return [c for kid in node.kids for c in _conjuncts(kid)]
+    return [node]
 
 
 def _emit(node: _Node, out: List[Rule]) -> None:
@@ -384,18 +391,26 @@ def compile_filter(expression: Optional[str], *, protocols: Iterable[Any] = (),
     """Expression AND options -> postfix rules; [] means "match everything"."""
     parts = _option_nodes(protocols, hosts, src_hosts, dst_hosts, ports, src_ports, dst_ports,
                           ifindexes, netns_inodes)
-    if expression is not None and expression.strip():
+    has_expression = expression is not None and bool(expression.strip())
+    if has_expression:
         try:
             parts.append(_Parser(tokenize(expression)).parse())
         except FilterError as exc:
             msg = str(exc)
             raise FilterError(msg if msg.startswith("bad filter:") else f"bad filter: {msg}") from None
-    node: Optional[_Node] = None
+    # The expression's conjuncts first (usually the most selective), the options' scope
+    # (interfaces, namespaces) last: the kernel stops at the first false one.
+    if has_expression:
+        parts = parts[-1:] + parts[:-1]
+    conjuncts: List[_Node] = []
     for p in parts:
-        node = p if node is None else _and(node, p)
+        conjuncts.extend(_conjuncts(p))
     rules: List[Rule] = []
-    if node is not None:
-        _emit(node, rules)
+    for i, c in enumerate(conjuncts):
+        _emit(c, rules)
+        if i < len(conjuncts) - 1:
+            # c REQUIRE: a false conjunct decides the whole filter (the last one's value is the result)
+            rules.append(Rule(OP_REQUIRE))
     if len(rules) > NB_MAX_RULES:
         raise FilterError(f"filter too complex: {len(rules)} operations, at most {NB_MAX_RULES}")
     return rules
@@ -411,7 +426,8 @@ def describe_rules(rules: Sequence[Rule]) -> str:
     words = []
     for r in rules:
         if r.op != OP_TERM:
-            words.append({OP_AND: "AND", OP_OR: "OR", OP_NOT: "NOT"}.get(r.op, f"op{r.op}"))
+            words.append({OP_AND: "AND", OP_OR: "OR", OP_NOT: "NOT",
+                          OP_REQUIRE: "REQUIRE"}.get(r.op, f"op{r.op}"))
             continue
         name = _FIELD_NAMES.get(r.field, f"field{r.field}")
         if r.field in (F_SRC_NET, F_DST_NET, F_ANY_NET):
@@ -435,6 +451,16 @@ def encode_rules(rules: Sequence[Rule]) -> bytes:
     return b"".join(abi.RULE.build(dict(op=r.op, field=r.field, family=r.family, pad=0, lo=r.lo,
                                         hi=r.hi, value=r.value, addr=r.addr, mask=r.mask))
                     for r in rules)
+
+
+def field_mask(rules: Sequence[Rule]) -> int:
+    """Bit 1 << field for every field a term of the rules looks at: the kernel's filter_fields,
+    which tells the programs what to read before the filter can run."""
+    mask = 0
+    for r in rules:
+        if r.op == OP_TERM:
+            mask |= 1 << r.field
+    return mask
 
 
 # ---------------------------------------------------------------- reference evaluator
@@ -496,6 +522,9 @@ def rules_match(rules: Sequence[Rule], packet_fields: Any) -> bool:
             stack.append(_term_value(r, packet_fields))
         elif r.op == OP_NOT:
             stack.append(not stack.pop())
+        elif r.op == OP_REQUIRE:
+            if not stack.pop():
+                return False
         else:
             b, a = stack.pop(), stack.pop()
             stack.append((a and b) if r.op == OP_AND else (a or b))

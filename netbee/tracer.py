@@ -386,6 +386,10 @@ class Tracer:
             raise NetBeeError(f"the BPF object lacks program(s) {', '.join(missing)}: object and netbee/hooks.py disagree")
         lap("object_parse")
         spec.set_global("cfg", self._config_bytes())
+        if "filter_fields" in spec.globals:
+            # which fields the filter needs before it can run (ports cost a header read)
+            from netbee.filter import field_mask
+            spec.set_global("filter_fields", struct.pack("<I", field_mask(self.opts.rules or [])))
         from netbee.loader import features
         if "direct_packet_reads" in spec.globals and features.has("direct_packet_reads")[0]:
             # packet headers by plain loads instead of a helper call per header (bpf/src/nb_parse.h)

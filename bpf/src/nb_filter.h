@@ -15,7 +15,7 @@
 
 #include "nb_parse.h"
 
-/* cfg is defined in netbee.bpf.c before this header is included. */
+/* cfg and filter_fields are defined in netbee.bpf.c before this header is included. */
 
 struct nb_addrs {
 	__u32 s[4];
@@ -77,23 +77,11 @@ static __always_inline bool nb_term(__u32 i, const struct nb_event *ev, const st
 	return false;
 }
 
-/* Whether a term of the filter looks at ports (cfg is constant: a few loads per rule). */
+/* Whether a term of the filter looks at ports (filter_fields: set by the loader, constant). */
 static __always_inline bool nb_filter_uses_ports(void)
 {
-	__u32 i, n = cfg.filter_len;
-
-#pragma clang loop unroll(disable)
-	for (i = 0; i < NB_MAX_RULES; i++) {
-		__u8 field;
-
-		if (i >= n)
-			break;
-		field = cfg.rules[i].field;
-		if (cfg.rules[i].op == NB_OP_TERM &&
-		    (field == NB_FIELD_SRC_PORT || field == NB_FIELD_DST_PORT || field == NB_FIELD_ANY_PORT))
-			return true;
-	}
-	return false;
+	return cfg.filter_len &&
+	       (filter_fields & ((1u << NB_FIELD_SRC_PORT) | (1u << NB_FIELD_DST_PORT) | (1u << NB_FIELD_ANY_PORT)));
 }
 
 /*
@@ -126,6 +114,11 @@ static __always_inline bool nb_filter_match(const struct nb_event *ev, volatile 
 			*st = (*st << 1) | nb_term(i, ev, &ad, has_addr, has_ports);
 		} else if (op == NB_OP_NOT) {
 			*st ^= 1;
+		} else if (op == NB_OP_REQUIRE) {
+			/* a conjunct of the whole filter is false: nothing after it can change that */
+			if (!(*st & 1))
+				return false;
+			*st >>= 1;
 		} else {
 			__u32 v = *st, b = v & 1, a = (v >> 1) & 1;
 

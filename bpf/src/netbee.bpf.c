@@ -28,6 +28,9 @@ char LICENSE[] SEC("license") = "GPL";
 const volatile struct nb_config cfg = {};
 /* 1: packet bytes may be read with plain loads (nb_read); the loader probes the kernel for it */
 const volatile __u32 direct_packet_reads = 0;
+/* bit 1 << NB_FIELD_x for every field the filter's terms look at; the loader computes it from the
+ * rules. The default (all) is always correct, only slower: ports are then read before the filter. */
+const volatile __u32 filter_fields = 0xffffffff;
 
 /* Never read: they put these types into the object's BTF for netbee/abi.py's tests. */
 const volatile enum nb_hook abi_hook_type = NB_HOOK_MAX;

@@ -118,6 +118,7 @@ enum nb_rule_op {
 	NB_OP_AND = 1,    /* pop b, pop a, push a && b */
 	NB_OP_OR = 2,
 	NB_OP_NOT = 3,    /* pop a, push !a */
+	NB_OP_REQUIRE = 4, /* pop a; if !a the filter does not match: stop (top-level "and") */
 };
 
 enum nb_rule_field {

@@ -33,13 +33,14 @@ def _rule(op: int, field: int = 0, family: int = 0) -> bytes:
 
 def stress_config() -> bytes:
     """A well-formed postfix program of exactly NB_MAX_RULES entries using every field kind:
-    (t t OR) then seven times (t t OR|AND) AND, then NOT."""
+    (t t OR) then seven times (t t OR|AND) AND|REQUIRE, then NOT (REQUIRE: the early exit)."""
     kinds = [f for f in abi.RuleField if f != abi.RuleField.TRUE]
     terms = iter([(kinds[i % len(kinds)], 6 if i & 2 else 4) for i in range(16)])
     rules = [_rule(abi.RuleOp.TERM, *next(terms)), _rule(abi.RuleOp.TERM, *next(terms)), _rule(abi.RuleOp.OR)]
     for i in range(7):
         rules += [_rule(abi.RuleOp.TERM, *next(terms)), _rule(abi.RuleOp.TERM, *next(terms)),
-                  _rule(abi.RuleOp.AND if i & 1 else abi.RuleOp.OR), _rule(abi.RuleOp.AND)]
+                  _rule(abi.RuleOp.AND if i & 1 else abi.RuleOp.OR),
+                  _rule(abi.RuleOp.AND if i % 3 else abi.RuleOp.REQUIRE)]
     rules.append(_rule(abi.RuleOp.NOT))
     assert len(rules) == abi.NB_MAX_RULES
     return abi.build_config(b"".join(rules), len(rules), want_stack=True, wakeup_bytes=65536, self_pid=1)

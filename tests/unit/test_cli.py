@@ -162,7 +162,7 @@ def test_json_run_with_count_and_lifecycle_lines(fake, capsys):
                     "ip_rcv 2, kfree_skb 1")
     t = fake.instances[0]
     assert t.closed and t.opts.backend == "tracepoint" and t.opts.want_stack
-    assert t.opts.ringbuf_bytes == 1 << 20 and [(r.op, r.field) for r in t.opts.rules] == [(0, 1), (0, 2), (1, 0)]
+    assert t.opts.ringbuf_bytes == 1 << 20 and [(r.op, r.field) for r in t.opts.rules] == [(0, 1), (4, 0), (0, 2)]
 
 
 def test_table_run_until_sigterm(fake, capsys):

@@ -133,9 +133,44 @@ def test_keywordless_identifier_reuses_last_qualifier():
 
 
 def test_postfix_shape():
+    # A top-level "and" becomes REQUIRE: the kernel stops at the first false conjunct.
     rules = compile_filter("tcp and port 80")
     assert [(r.op, r.field) for r in rules] == [
-        (F.OP_TERM, F.F_PROTO), (F.OP_TERM, F.F_ANY_PORT), (F.OP_AND, F.F_TRUE)]
+        (F.OP_TERM, F.F_PROTO), (F.OP_REQUIRE, F.F_TRUE), (F.OP_TERM, F.F_ANY_PORT)]
+    # Nested "and"s stay AND; the expression comes before the options, the scope last.
+    rules = compile_filter("udp or (tcp and port 80)", netns_inodes=[7, 8])
+    assert [r.op for r in rules] == [F.OP_TERM, F.OP_TERM, F.OP_TERM, F.OP_AND, F.OP_OR, F.OP_REQUIRE,
+                                     F.OP_TERM, F.OP_TERM, F.OP_OR]
+    assert rules[-3].field == F.F_NETNS and rules[-3].value == 7
+
+
+def _plain_and(rules):
+    """The same program with every REQUIRE turned back into an AND of the conjuncts."""
+    out, pending = [], 0
+    for r in rules:
+        if r.op == F.OP_REQUIRE:
+            pending += 1
+        else:
+            out.append(r)
+    # REQUIRE separates whole conjuncts: AND-ing them all at the end gives the same value.
+    return out + [Rule(F.OP_AND)] * pending
+
+
+@pytest.mark.parametrize("expr,opts", [
+    ("tcp and port 80", {}),
+    ("host 10.201.0.1 and not port 22 and (udp or icmp)", {"netns_inodes": [5, 6]}),
+    ("src net 10.201.0.0/16 and dst port 53", {"protocols": ["udp"], "ifindexes": [2]}),
+    (None, {"protocols": ["icmp"], "hosts": ["10.201.0.2"], "netns_inodes": [5]}),
+])
+def test_require_equals_and(expr, opts):
+    rules = compile_filter(expr, **opts)
+    assert any(r.op == F.OP_REQUIRE for r in rules)
+    plain = _plain_and(rules)
+    for proto, saddr, daddr, sport, dport, ifindex, netns in itertools.product(
+            (1, 6, 17), ("10.201.0.1", "10.201.7.7"), ("10.201.0.2", "10.9.9.9"), (22, 5000), (53, 80),
+            (2, 3), (5, 9)):
+        p = pkt(proto=proto, saddr=saddr, daddr=daddr, sport=sport, dport=dport, ifindex=ifindex, netns=netns)
+        assert rules_match(rules, p) == rules_match(plain, p), (expr, opts, p)
     r = compile_filter("net 10.201.0.0/16")[0]
     assert r.family == 4 and r.addr == bytes([10, 201]) + bytes(14)
     assert r.mask == b"\xff\xff" + bytes(14)
@@ -225,11 +260,12 @@ def test_encode_rules_layout():
     recs = [struct.unpack_from("=BBBBHHI16s16s", blob, i * 44) for i in range(len(rules))]
     assert [(r.op, r.field, r.family, 0, r.lo, r.hi, r.value, r.addr, r.mask) for r in rules] == recs
     cfg = abi.CONFIG.parse(abi.build_config(blob, len(rules)))
-    assert cfg.filter_len == len(rules) and cfg.rules[0].value == 7
+    # the scope (ifindex) is the last conjunct: the kernel checks it only for packets that passed the rest
+    assert cfg.filter_len == len(rules) and cfg.rules[len(rules) - 1].value == 7
 
 
 def test_describe_rules():
     rules = compile_filter("not net 10.201.0.0/16 or host fd00::1 and portrange 5-9", ifindexes=[3])
     assert F.describe_rules(rules) == (
-        "ifindex=3 net=10.201.0.0/16 NOT net=fd00::1/128 OR port=5-9 AND AND")
+        "net=10.201.0.0/16 NOT net=fd00::1/128 OR REQUIRE port=5-9 REQUIRE ifindex=3")
     assert F.describe_rules([]) == "(empty: everything matches)"
