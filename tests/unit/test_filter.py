@@ -269,3 +269,11 @@ def test_describe_rules():
     assert F.describe_rules(rules) == (
         "net=10.201.0.0/16 NOT net=fd00::1/128 OR REQUIRE port=5-9 REQUIRE ifindex=3")
     assert F.describe_rules([]) == "(empty: everything matches)"
+
+
+def test_field_mask_names_every_term_field():
+    assert F.field_mask([]) == 0
+    rules = compile_filter("tcp and port 80", netns_inodes=[7])
+    assert F.field_mask(rules) == (1 << F.F_PROTO) | (1 << F.F_ANY_PORT) | (1 << F.F_NETNS)
+    assert not F.field_mask(compile_filter("host 10.201.0.1")) & (
+        (1 << F.F_SRC_PORT) | (1 << F.F_DST_PORT) | (1 << F.F_ANY_PORT))
