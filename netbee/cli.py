@@ -300,7 +300,10 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
               file=err)
 
     res = output.Resolvers(oui_db=args.oui_db, btf_path=args.btf)
-    res.oui.check()
+    if args.oui_db:
+        # a bad file of the user's is reported before tracing; the packaged database (tested
+        # with the package) loads at the first MAC address shown, not on the way to "tracing"
+        res.oui.check()
     renderer: Any
     if args.json:
         renderer = output.JsonRenderer(res)

@@ -247,3 +247,18 @@ def test_stop_with_a_count_drains_no_more_than_the_count(fake, capsys, monkeypat
     rc, out, err = run_main(["--json", "-c", "7"], capsys)
     assert rc == 0 and len(out.splitlines()) == 7
     assert fake.instances[0].reads[-1] == (0, 2)
+
+
+def test_packaged_oui_database_loads_after_tracing_starts(fake, capsys, monkeypatch):
+    # The packaged vendor database costs ~30 ms to load: not on the way to the "tracing" line.
+    from netbee.resolvers import oui
+    loads_before_start = []
+    real_start = fake.start
+    monkeypatch.setattr(fake, "start", lambda self: (
+        loads_before_start.append(calls[0]), real_start(self))[1])
+    calls = [0]
+    real_load = oui.load_db
+    monkeypatch.setattr(oui, "load_db", lambda data: (calls.__setitem__(0, calls[0] + 1), real_load(data))[1])
+    rc, out, err = run_main(["--json", "-c", "2", "--backend", "tracepoint"], capsys)
+    assert rc == 0 and loads_before_start == [0]
+    assert calls[0] <= 1  # loaded at most once, when an event with MAC addresses was shown
