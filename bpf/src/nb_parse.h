@@ -207,8 +207,8 @@ union nb_iph {
 /*
  * Read the family's IP header at off, or else at alt (the header offsets
  * section of bpf/src/README.md says why there are two candidates). Returns
- * the offset that holds one, NB_NO_L3 if neither does. One probe read in
- * the common case: the version is checked on the header itself.
+ * the offset that holds one, NB_NO_L3 if neither does. One read (nb_read)
+ * in the common case: the version is checked on the header itself.
  */
 static __always_inline __u32 nb_read_iph(union nb_iph *h, const struct nb_skbview *v, __u32 off, __u32 alt,
 					 __u8 family)
