@@ -205,7 +205,7 @@ static __always_inline void nb_owner_of(struct nb_owner *o, struct sk_buff *skb,
 		}
 		return;
 	}
-	struct net_device *dev = x->direct ? skb->dev : BPF_CORE_READ(skb, dev);
+	struct net_device *dev = NB_RD(x->direct, skb->dev, BPF_CORE_READ(skb, dev));
 	/* an sk passed as an argument (kprobe) is a plain number: probe reads */
 	struct sock *sk = x->sk ? x->sk : NB_RD(x->direct, skb->sk, BPF_CORE_READ(skb, sk));
 
@@ -225,7 +225,7 @@ static __always_inline void nb_owner_of(struct nb_owner *o, struct sk_buff *skb,
  * Fill ev completely (zeroed first). Returns whether the filter matched.
  * Two stages: first only what the filter looks at (addresses, ports,
  * interface, namespace), so that a packet the filter rejects costs one
- * header read and no helper call; the rest only for packets it keeps.
+ * header read; the rest only for packets it keeps.
  */
 static __always_inline bool nb_build(struct nb_event *ev, struct sk_buff *skb, __u32 hook,
 				     const struct nb_extra *x, __u32 *fst)
@@ -304,28 +304,50 @@ static __always_inline void nb_output(void *data, __u64 size)
 		nb_count(NB_CNT_SUBMITTED);
 }
 
+/* A per-CPU scratch record for this nesting level, held until nb_slot_release. */
+struct nb_slot {
+	struct nb_scratch *s;
+	__u32 d;
+};
+
+/* NULL when every level is taken (counted LOST). */
+static __always_inline struct nb_record *nb_slot_take(struct nb_slot *slot)
+{
+	__u32 zero = 0, d;
+	struct nb_scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+
+	if (!s)
+		return NULL;
+	d = s->depth;
+	if (d >= NB_NEST) {
+		nb_count(NB_CNT_LOST);
+		return NULL;
+	}
+	s->depth = d + 1;
+	barrier_var(d);
+	slot->s = s;
+	slot->d = d;
+	return &s->rec[d & (NB_NEST - 1)];
+}
+
+static __always_inline void nb_slot_release(const struct nb_slot *slot)
+{
+	slot->s->depth = slot->d;
+}
+
 /* The common path of every hook: count, build, filter, emit. */
 static __always_inline int nb_handle(void *ctx, struct sk_buff *skb, __u32 hook, const struct nb_extra *x)
 {
-	struct nb_scratch *s;
+	struct nb_slot slot;
 	struct nb_record *r;
-	__u32 zero = 0, d;
 	__u64 size = sizeof(struct nb_event);
 
 	if (!skb)
 		return 0;
 	nb_count(NB_CNT_SEEN);
-	s = bpf_map_lookup_elem(&scratch, &zero);
-	if (!s)
+	r = nb_slot_take(&slot);
+	if (!r)
 		return 0;
-	d = s->depth;
-	if (d >= NB_NEST) {
-		nb_count(NB_CNT_LOST);
-		return 0;
-	}
-	s->depth = d + 1;
-	barrier_var(d);
-	r = &s->rec[d & (NB_NEST - 1)];
 	/* netbee's own transmissions count as filtered (checked after the filter: it needs the pid) */
 	if (!nb_build(&r->ev, skb, hook, x, &r->fst) ||
 	    ((nb_hook_hints(hook) & HK_TX) && cfg.self_pid && r->ev.pid == cfg.self_pid)) {
@@ -345,7 +367,7 @@ static __always_inline int nb_handle(void *ctx, struct sk_buff *skb, __u32 hook,
 	}
 	nb_output(r, size);
 out:
-	s->depth = d;
+	nb_slot_release(&slot);
 	return 0;
 }
 
@@ -491,27 +513,19 @@ static __always_inline void nb_flight_push(struct sk_buff *skb, __u32 hook, cons
 					   bool placeholder)
 {
 	struct nb_flight_stack *st = nb_flights();
-	struct nb_scratch *s;
+	struct nb_slot slot;
 	struct nb_record *r;
 	struct nb_flight *f;
-	__u32 zero = 0, d, sd;
+	__u32 d;
 	__u64 now;
 	bool match;
 
 	if (!st)
 		return;
 	nb_count(NB_CNT_SEEN);
-	s = bpf_map_lookup_elem(&scratch, &zero);
-	if (!s)
+	r = nb_slot_take(&slot);
+	if (!r)
 		return;
-	sd = s->depth;
-	if (sd >= NB_NEST) {
-		nb_count(NB_CNT_LOST);
-		return;
-	}
-	s->depth = sd + 1;
-	barrier_var(sd);
-	r = &s->rec[sd & (NB_NEST - 1)];
 	match = nb_build(&r->ev, skb, hook, x, &r->fst);
 	if (!match) {
 		nb_count(NB_CNT_FILTERED);
@@ -564,7 +578,7 @@ static __always_inline void nb_flight_push(struct sk_buff *skb, __u32 hook, cons
 		f->match = 1;
 	}
 out:
-	s->depth = sd;
+	nb_slot_release(&slot);
 }
 
 /* ---------------------------------------------------------------- kprobe */
