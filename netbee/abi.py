@@ -164,10 +164,9 @@ CONFIG = Struct(
     "filter_len" / Int32un,
     "want_stack" / Int32un,
     "wakeup_bytes" / Int32un,
-    "self_pid" / Int32un,
     "rules" / Array(NB_MAX_RULES, RULE),
 )
-CONFIG_SIZE = 16 + NB_MAX_RULES * RULE_SIZE
+CONFIG_SIZE = 12 + NB_MAX_RULES * RULE_SIZE
 assert CONFIG.sizeof() == CONFIG_SIZE
 
 STACK_FRAME_SIZE = 8  # each __u64 return address following an event with F_STACK
@@ -191,11 +190,11 @@ def event_offsets() -> Dict[str, Tuple[int, int]]:
 
 
 def build_config(rules_blob: bytes = b"", rule_count: int = 0, *, want_stack: bool = False,
-                 wakeup_bytes: int = 0, self_pid: int = 0) -> bytes:
+                 wakeup_bytes: int = 0) -> bytes:
     """struct nb_config bytes: rules_blob is rule_count RULE records (filter.encode_rules)."""
     if rule_count > NB_MAX_RULES or len(rules_blob) != rule_count * RULE_SIZE:
         raise ValueError(f"need at most {NB_MAX_RULES} rules of {RULE_SIZE} bytes, "
                          f"got {rule_count} rules in {len(rules_blob)} bytes")
     head = CONFIG.subcons[0].build(rule_count) + CONFIG.subcons[1].build(int(want_stack)) \
-        + CONFIG.subcons[2].build(wakeup_bytes) + CONFIG.subcons[3].build(self_pid)
+        + CONFIG.subcons[2].build(wakeup_bytes)
     return head + rules_blob + bytes(CONFIG_SIZE - len(head) - len(rules_blob))

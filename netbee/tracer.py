@@ -151,6 +151,9 @@ class TraceOptions:
     object_path: str | None = None           # None: the prebuilt object shipped with netbee
     wakeup_bytes: int = 0                    # 0: a quarter of the ring buffer
     verbose: bool = False                    # keep verifier logs
+    # netbee.progcache.ProgramCache: reuse the programs an earlier run of the same command loaded,
+    # and keep this run's for the next; None: always load afresh, pin nothing
+    cache: object = None
 
 
 @dataclass
@@ -308,6 +311,9 @@ class Tracer:
         self._received = 0
         self._per_hook: dict[str, int] = {}
         self._closed = False
+        self._cache = None                     # the locked progcache.Entry, released by close()
+        self._fresh_facts: dict = {}
+        self.cache_status = "off"              # what the program cache did (shown by -v)
 
     # -- context manager ---------------------------------------------------------------------------
     def __enter__(self) -> "Tracer":
@@ -332,6 +338,9 @@ class Tracer:
                 except Exception:
                     pass
         self._reader = self._coll = None
+        if self._cache is not None:
+            self._cache.release()
+            self._cache = None
 
     @staticmethod
     def _close_links(links: list) -> None:
@@ -353,9 +362,6 @@ class Tracer:
             raise
 
     def _start(self) -> StartReport:
-        from netbee.loader.btf import Btf
-        from netbee.loader.elf import ObjectSpec
-
         _check_ringbuf_size(self.opts.ringbuf_bytes)
         timings: dict[str, float] = {}
         t0 = last = time.perf_counter()
@@ -368,48 +374,21 @@ class Tracer:
             timings[name] = timings.get(name, 0.0) + (now - last)
             last = now
 
-        kbtf = Btf.load_kernel(self.opts.btf_path)
-        lap("kernel_btf")
-        backend = self._choose_backend()
-        lap("features")
-        # Tracepoints are found in the BTF alone; kprobe/fentry symbols also need kallsyms.
-        kallsyms = SymbolNames.load() if backend != "tracepoint" else None
-        lap("kallsyms")
-        plan, skipped = plan_hooks(backend, kbtf, kallsyms)
-        # The first few BTF look-ups build the kernel BTF's name index: most of this phase's cost.
-        lap("btf_index_and_plan")
-        # Only the planned programs are linked (~10 of the object's ~50).
-        wanted = {p.prog for p in plan}
-        spec = ObjectSpec.from_path(self.opts.object_path or default_object_path(), programs=wanted)
-        missing = sorted(wanted - set(spec.programs))
-        if missing:
-            raise NetBeeError(f"the BPF object lacks program(s) {', '.join(missing)}: object and netbee/hooks.py disagree")
-        lap("object_parse")
-        spec.set_global("cfg", self._config_bytes())
-        if "filter_fields" in spec.globals:
-            # which fields the filter needs before it can run (ports cost a header read)
-            from netbee.filter import field_mask
-            spec.set_global("filter_fields", struct.pack("<I", field_mask(self.opts.rules or [])))
-        from netbee.loader import features
-        if "direct_packet_reads" in spec.globals and features.has("direct_packet_reads")[0]:
-            # packet headers by plain loads instead of a helper call per header (bpf/src/nb_parse.h)
-            spec.set_global("direct_packet_reads", struct.pack("<I", 1))
-        lap("config")
-        coll, plan, load_skipped = self._load(spec, kbtf, plan, timings)
-        self._coll = coll
-        last = time.perf_counter()
-        # Of the kernel BTF the trace needs only the drop reason names: remember those, and let
-        # the object file and the kernel BTF (~10 MB) go before the ring buffer is mapped.
-        try:
-            Btf.kernel_enum_values("skb_drop_reason", self.opts.btf_path)
-        except NetBeeError:
-            pass  # the drop reason resolver reports a missing enum itself
-        coll.release_sources()
-        del spec, kbtf
-        from netbee.loader.syscall import release_free_heap
-        release_free_heap()   # the freed megabytes leave the resident set before the ring is mapped
-        lap("release_sources")
-        skipped += load_skipped
+        from netbee.filter import field_mask
+
+        cfg = self._config_bytes()
+        fields = field_mask(self.opts.rules or [])
+        entry = self._cache_entry(cfg, fields)
+        lap("cache_lookup")
+        loaded = self._open_cached(entry) if entry is not None and entry.meta is not None else None
+        if loaded is not None:
+            lap("cache_open")
+        else:
+            loaded = self._load_fresh(cfg, fields, timings, lap)
+            if entry is not None:
+                self._cache_store(entry, *loaded)
+                lap("cache_store")
+        coll, backend, plan, skipped = loaded
         attached: list[str] = []
         failed_hooks: set[str] = set()
         nf_progs = []
@@ -442,7 +421,8 @@ class Tracer:
             lap("attach_netfilter")
         if not attached:
             raise AttachError("every hook", "; ".join(f"{h}: {r}" for h, r in skipped) or "nothing to attach")
-        self._reader = self._open_reader(coll)
+        if self._reader is None:
+            self._reader = self._open_reader(coll)
         lap("ringbuf")
         timings["ready"] = time.perf_counter() - t0
         timings["ready_cpu"] = time.process_time() - cpu0
@@ -454,6 +434,176 @@ class Tracer:
         lap("blind_spots")
         timings["total"] = time.perf_counter() - t0
         return report
+
+    def _load_fresh(self, cfg: bytes, fields: int, timings: dict[str, float], lap: Callable[[str], None]):
+        """Plan the hooks, relocate and load the programs: (collection, backend, plan, skipped)."""
+        from netbee.loader.btf import Btf
+        from netbee.loader.elf import ObjectSpec
+
+        kbtf = Btf.load_kernel(self.opts.btf_path)
+        lap("kernel_btf")
+        backend = self._choose_backend()
+        lap("features")
+        # Tracepoints are found in the BTF alone; kprobe/fentry symbols also need kallsyms.
+        kallsyms = SymbolNames.load() if backend != "tracepoint" else None
+        lap("kallsyms")
+        plan, skipped = plan_hooks(backend, kbtf, kallsyms)
+        # The first few BTF look-ups build the kernel BTF's name index: most of this phase's cost.
+        lap("btf_index_and_plan")
+        # Only the planned programs are linked (~10 of the object's ~50).
+        wanted = {p.prog for p in plan}
+        spec = ObjectSpec.from_path(self.opts.object_path or default_object_path(), programs=wanted)
+        missing = sorted(wanted - set(spec.programs))
+        if missing:
+            raise NetBeeError(f"the BPF object lacks program(s) {', '.join(missing)}: object and netbee/hooks.py disagree")
+        lap("object_parse")
+        spec.set_global("cfg", cfg)
+        spec.set_global("self_pid", struct.pack("<I", os.getpid()))
+        if "filter_fields" in spec.globals:
+            # which fields the filter needs before it can run (ports cost a header read)
+            spec.set_global("filter_fields", struct.pack("<I", fields))
+        from netbee.loader import features
+        if "direct_packet_reads" in spec.globals and features.has("direct_packet_reads")[0]:
+            # packet headers by plain loads instead of a helper call per header (bpf/src/nb_parse.h)
+            spec.set_global("direct_packet_reads", struct.pack("<I", 1))
+        lap("config")
+        coll, plan, load_skipped = self._load(spec, kbtf, plan, timings)
+        self._coll = coll
+        # Of the kernel BTF the trace needs only the drop reason names: remember those, and let
+        # the object file and the kernel BTF (~10 MB) go before the ring buffer is mapped.
+        drops: dict[str, int] | None = None
+        try:
+            drops = Btf.kernel_enum_values("skb_drop_reason", self.opts.btf_path)
+        except NetBeeError:
+            pass  # the drop reason resolver reports a missing enum itself
+        # what a later run needs to reuse these programs (_cache_store)
+        self._fresh_facts = {"self_pid": list(spec.globals["self_pid"]), "drop_reasons": drops,
+                             "maps": {name: _reset_rule(mspec, name) for name, mspec in spec.maps.items()
+                                      if name in coll.maps}}
+        coll.release_sources()
+        del spec, kbtf
+        from netbee.loader.syscall import release_free_heap
+        release_free_heap()   # the freed megabytes leave the resident set before the ring is mapped
+        lap("release_sources")
+        return coll, backend, plan, skipped + load_skipped
+
+    # -- program cache (netbee/progcache.py) -------------------------------------------------------
+    def _cache_entry(self, cfg: bytes, fields: int):
+        """This command's cache entry, locked; None when not caching or another netbee has it."""
+        from netbee import progcache
+        from netbee.loader import pinning
+
+        cache = self.opts.cache
+        if cache is None:
+            self.cache_status = "off"
+            return None
+        if self.opts.verbose:
+            self.cache_status = "off (-v shows the verifier logs of a fresh load)"
+            return None
+        try:
+            pinning.ensure_bpffs(cache.bpffs_root)
+            key = progcache.make_key(self._cache_key_parts(cfg, fields))
+            entry = cache.acquire(key)
+        except (NetBeeError, OSError) as e:
+            self.cache_status = f"off ({_reason(e)})"
+            return None
+        if entry is None:
+            self.cache_status = "in use by another netbee: loaded a private copy"
+            return None
+        self._cache = entry
+        self.cache_status = "miss"
+        return entry
+
+    def _cache_key_parts(self, cfg: bytes, fields: int) -> dict:
+        """Everything the loaded programs depend on. The boot covers the kernel and its BTF;
+        modules can add kprobe targets."""
+        from netbee import __version__, progcache
+
+        obj = os.path.abspath(self.opts.object_path or default_object_path())
+        st = os.stat(obj)
+        parts = {"netbee": __version__, "code": progcache.code_identity(), "boot": progcache.boot_id(),
+                 "modules": _module_names(), "object": [obj, st.st_size, st.st_mtime_ns, st.st_ino],
+                 "backend": self.opts.backend, "config": cfg.hex(), "filter_fields": fields,
+                 "ringbuf": self.opts.ringbuf_bytes}
+        if self.opts.btf_path:
+            bst = os.stat(self.opts.btf_path)
+            parts["btf"] = [os.path.abspath(self.opts.btf_path), bst.st_size, bst.st_mtime_ns, bst.st_ino]
+        return parts
+
+    def _open_cached(self, entry):
+        """The entry's programs and maps with the per-run state reset, or None (entry dropped)
+        when they are gone or unusable: (objects, backend, plan, skipped)."""
+        from netbee.loader.btf import Btf
+
+        meta = entry.meta
+        try:
+            objs = entry.open([(p["name"], p["kind"], p["target"], p["btf_id"]) for p in meta["programs"]],
+                              list(meta["maps"]))
+        except (NetBeeError, OSError, KeyError, TypeError, ValueError) as e:
+            entry.discard()
+            self.cache_status = f"miss (dropped an unusable entry: {_reason(e)})"
+            return None
+        self._coll = objs
+        try:
+            self._reset_maps(objs, meta["maps"], meta["self_pid"])
+            plan = [_Planned(**p) for p in meta["plan"]]
+            skipped = [(h, why) for h, why in meta["skipped"]]
+            backend = meta["backend"]
+        except (NetBeeError, OSError, KeyError, TypeError, ValueError) as e:
+            self._coll = None
+            objs.close()
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+            entry.discard()
+            self.cache_status = f"miss (dropped an unusable entry: {_reason(e)})"
+            return None
+        if meta.get("drop_reasons") is not None:
+            Btf.remember_kernel_enum("skb_drop_reason", meta["drop_reasons"], self.opts.btf_path)
+        self.cache_status = "hit"
+        return objs, backend, plan, skipped
+
+    def _reset_maps(self, objs, rules: dict, self_pid: list) -> None:
+        """Per-run state back to a fresh load's, before anything is attached: counters and scratch
+        zeroed, global data rewritten with this pid, the ring buffer's old records skipped."""
+        from netbee.loader.maps import MapType, possible_cpus
+
+        pid_map, pid_off, pid_size = self_pid
+        for name, rule in rules.items():
+            m = objs.maps[name]
+            if rule == "ring":
+                self._reader = self._open_reader(objs)
+                self._reader.cursor.skip_all()
+                continue
+            if rule == "keep":
+                continue
+            value = bytearray(bytes.fromhex(rule).ljust(m.value_size, b"\0"))
+            if name == pid_map:
+                value[pid_off:pid_off + pid_size] = os.getpid().to_bytes(pid_size, sys.byteorder)
+            for key in range(m.max_entries):
+                if m.type in (MapType.PERCPU_ARRAY,):
+                    m.update_percpu(key, [bytes(value)] * possible_cpus())
+                elif m.type == MapType.ARRAY:
+                    m.update(key, bytes(value))
+                else:
+                    raise NetBeeError(f"cached map {name} of type {m.type} cannot be reset")
+
+    def _cache_store(self, entry, coll, backend: str, plan: list, skipped: list) -> None:
+        """Pin what this run loaded for the next run with the same key (failure only reported)."""
+        from dataclasses import asdict
+
+        facts = self._fresh_facts
+        meta = {"backend": backend, "plan": [asdict(p) for p in plan], "skipped": [list(s) for s in skipped],
+                "programs": [{"name": n, "kind": p.kind, "target": p.attach_target, "btf_id": p.attach_btf_id}
+                             for n, p in coll.programs.items()],
+                "maps": facts["maps"], "self_pid": facts["self_pid"], "drop_reasons": facts["drop_reasons"]}
+        try:
+            evicted = entry.store(coll.programs, coll.maps, meta)
+        except (NetBeeError, OSError) as e:
+            entry.discard()
+            self.cache_status = f"miss, not stored ({_reason(e)})"
+            return
+        self.cache_status = "miss, stored" + (f" (evicted {len(evicted)} old)" if evicted else "")
 
     def _load(self, spec, kbtf, plan: list["_Planned"], timings: dict[str, float]):
         """Load the planned programs; one the verifier rejects is dropped with its hook, then retry.
@@ -632,7 +782,7 @@ class Tracer:
             raise NetBeeError(f"filter has {len(rules)} operations, at most {abi.NB_MAX_RULES}")
         wakeup = self.opts.wakeup_bytes or min(64 << 10, self.opts.ringbuf_bytes // 8)
         return abi.build_config(encode_rules(rules), len(rules), want_stack=self.opts.want_stack,
-                                wakeup_bytes=wakeup, self_pid=os.getpid())
+                                wakeup_bytes=wakeup)
 
     def _choose_backend(self) -> str:
         if self.opts.backend not in ("auto",) + BACKENDS:
@@ -644,6 +794,26 @@ class Tracer:
         fentry_ok = self.opts.backend in ("auto", "fentry") and features.has("fentry")[0]
         kprobe_ok = self.opts.backend in ("auto", "kprobe") and not fentry_ok and features.has("kprobe")[0]
         return choose_backend(self.opts.backend, fentry_ok, kprobe_ok)
+
+
+def _reset_rule(mspec, name: str) -> str:
+    """How a reused map is reset (Tracer._reset_maps): "ring" (skip old records), "keep" (frozen
+    read-only data), else the hex bytes each entry starts with (a fresh load's contents)."""
+    from netbee.loader.maps import F_RDONLY_PROG, MapType
+
+    if mspec.type == MapType.RINGBUF:
+        return "ring"
+    if mspec.data is not None and (".rodata" in name or mspec.flags & F_RDONLY_PROG):
+        return "keep"
+    return bytes(mspec.data or b"").hex()
+
+
+def _module_names() -> list[str]:
+    try:
+        with open("/proc/modules") as f:
+            return sorted(line.split(" ", 1)[0] for line in f)
+    except OSError:
+        return []
 
 
 def _reason(e: BaseException) -> str:

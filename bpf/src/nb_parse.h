@@ -30,7 +30,7 @@
 
 /* Per-hook parse hints. */
 #define HK_RX_EARLY  0x1   /* network header at skb->data, network_header stale */
-#define HK_TX        0x2   /* transmit direction (cfg.self_pid applies) */
+#define HK_TX        0x2   /* transmit direction (self_pid applies) */
 #define HK_SOCK      0x4   /* headers not built yet: 4-tuple from the socket */
 #define HK_NO_L4HDR  0x8   /* not even the transport header exists yet */
 

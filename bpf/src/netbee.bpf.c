@@ -11,7 +11,7 @@
  * Counters: every event candidate counts SEEN, then exactly one of FILTERED,
  * SUBMITTED or LOST (LOST also when no scratch slot is free).
  *
- * cfg.self_pid is applied on transmit hooks only: on receive, softirq work
+ * self_pid is applied on transmit hooks only: on receive, softirq work
  * runs in whatever task it interrupted, so netbee's own pid there says
  * nothing about the packet. (It does not hide sshd sending netbee's output;
  * a filter does that.)
@@ -31,6 +31,9 @@ const volatile __u32 direct_packet_reads = 0;
 /* bit 1 << NB_FIELD_x for every field the filter's terms look at; the loader computes it from the
  * rules. The default (all) is always correct, only slower: ports are then read before the filter. */
 const volatile __u32 filter_fields = 0xffffffff;
+/* netbee's own tgid, never traced. Not in cfg: a run that reuses pinned programs (netbee/progcache.py)
+ * has another pid, so it is written at each start into this writable global (.bss). */
+__u32 self_pid = 0;
 
 /* Never read: they put these types into the object's BTF for netbee/abi.py's tests. */
 const volatile enum nb_hook abi_hook_type = NB_HOOK_MAX;
@@ -350,7 +353,7 @@ static __always_inline int nb_handle(void *ctx, struct sk_buff *skb, __u32 hook,
 		return 0;
 	/* netbee's own transmissions count as filtered (checked after the filter: it needs the pid) */
 	if (!nb_build(&r->ev, skb, hook, x, &r->fst) ||
-	    ((nb_hook_hints(hook) & HK_TX) && cfg.self_pid && r->ev.pid == cfg.self_pid)) {
+	    ((nb_hook_hints(hook) & HK_TX) && self_pid && r->ev.pid == self_pid)) {
 		nb_count(NB_CNT_FILTERED);
 		goto out;
 	}

@@ -155,7 +155,6 @@ struct nb_config {
 	__u32 filter_len;        /* 0: everything matches */
 	__u32 want_stack;        /* capture call stacks for drop events */
 	__u32 wakeup_bytes;      /* wake the reader once this much is queued */
-	__u32 self_pid;          /* netbee's own tgid, never traced */
 	struct nb_rule rules[NB_MAX_RULES];
 };
 

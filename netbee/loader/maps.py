@@ -93,6 +93,20 @@ class Map(sc.KernelObject):
         self._fd = sc.bpf_fd(sc.Cmd.MAP_CREATE, attr, what=what)
 
     @classmethod
+    def adopt(cls, fd: "sc.Fd", name: str) -> "Map":
+        """A Map over an fd obtained elsewhere (a pinned map): its shape comes from the kernel."""
+        m = cls.__new__(cls)
+        m._fd, m.name = fd, name
+        try:
+            info = m.info()
+        except BaseException:
+            fd.close()
+            raise
+        m.type, m.key_size, m.value_size = info.type, info.key_size, info.value_size
+        m.max_entries, m.flags = info.max_entries, info.map_flags
+        return m
+
+    @classmethod
     def from_spec(cls, spec: Any, *, btf_fd: Optional[int] = None,
                   max_entries: Optional[int] = None, mmapable: bool = False) -> "Map":
         """Create from an elf.MapSpec. Global-data maps (spec.data set) get their contents written

@@ -206,6 +206,21 @@ class Program(sc.KernelObject):
         self._fd = self._load(attr, log_level)
         self._keep = []
 
+    @classmethod
+    def adopt(cls, fd: sc.Fd, name: str, kind: str, attach_target: str = "",
+              attach_btf_id: int = 0) -> "Program":
+        """A Program over an fd obtained elsewhere (a pinned program), ready for links.attach."""
+        if kind not in KINDS:
+            fd.close()
+            raise ValueError(f"unknown program kind {kind!r}")
+        ptype, atype = KINDS[kind]
+        p = cls.__new__(cls)
+        p._fd, p.name, p.kind = fd, name, kind
+        p.attach_target, p.attach_btf_id = attach_target, attach_btf_id
+        p.prog_type, p.expected_attach_type = int(ptype), int(atype)
+        p._keep = []
+        return p
+
     def _pin(self, data: bytes) -> sc.Buffer:
         b = sc.Buffer(data)
         self._keep.append(b)

@@ -88,6 +88,14 @@ class RingCursor:
         self._pending = pos
         return out
 
+    def skip_all(self) -> int:
+        """Drop everything queued (a reused ring buffer's records of an earlier run, read before
+        anything is attached); returns the bytes skipped."""
+        skipped = self._prod[0] - self._cons[0]
+        self._cons[0] = self._prod[0]
+        self._pending = None
+        return skipped
+
     def commit(self) -> None:
         """Publish how far we read (one store per batch)."""
         if self._pending is not None:

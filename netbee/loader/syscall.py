@@ -44,6 +44,8 @@ class Cmd:
     MAP_DELETE_ELEM = 3
     MAP_GET_NEXT_KEY = 4
     PROG_LOAD = 5
+    OBJ_PIN = 6
+    OBJ_GET = 7
     PROG_TEST_RUN = 10
     PROG_GET_NEXT_ID = 11
     PROG_GET_FD_BY_ID = 13
@@ -120,6 +122,11 @@ class LinkCreateAttr(ctypes.Structure):
 
 class RawTracepointAttr(ctypes.Structure):
     _fields_ = [("name", u64), ("prog_fd", u32), ("cookie", u64)]
+
+
+class ObjAttr(ctypes.Structure):
+    """OBJ_PIN / OBJ_GET: a path in a bpf filesystem and the object's fd (PIN)."""
+    _fields_ = [("pathname", u64), ("bpf_fd", u32), ("file_flags", u32)]
 
 
 class InfoByFdAttr(ctypes.Structure):
@@ -413,6 +420,18 @@ def obj_info(fd: int, info: ctypes.Structure) -> ctypes.Structure:
     attr = InfoByFdAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
     bpf(Cmd.OBJ_GET_INFO_BY_FD, attr)
     return info
+
+
+def obj_pin(fd: int, path: str) -> None:
+    """Make a map or program outlive this process as a file in a bpf filesystem."""
+    name = cstring(path)
+    bpf(Cmd.OBJ_PIN, ObjAttr(pathname=ctypes.addressof(name), bpf_fd=fd), what=path)
+
+
+def obj_get(path: str) -> "Fd":
+    """A new fd for the map or program pinned at path."""
+    name = cstring(path)
+    return bpf_fd(Cmd.OBJ_GET, ObjAttr(pathname=ctypes.addressof(name)), what=path)
 
 
 def prog_ids() -> "list[int]":

@@ -43,7 +43,7 @@ def stress_config() -> bytes:
                   _rule(abi.RuleOp.AND if i % 3 else abi.RuleOp.REQUIRE)]
     rules.append(_rule(abi.RuleOp.NOT))
     assert len(rules) == abi.NB_MAX_RULES
-    return abi.build_config(b"".join(rules), len(rules), want_stack=True, wakeup_bytes=65536, self_pid=1)
+    return abi.build_config(b"".join(rules), len(rules), want_stack=True, wakeup_bytes=65536)
 
 
 @functools.lru_cache(maxsize=None)

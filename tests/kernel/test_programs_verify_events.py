@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import struct
 import time
 from typing import Iterator, List, Optional
 
@@ -60,7 +61,8 @@ class Rig:
             rules += extra + [Rule(op=abi.RuleOp.AND)]
         spec = ObjectSpec.from_path(str(OBJ))
         spec.set_global("cfg", abi.build_config(encode_rules(rules), len(rules), want_stack=want_stack,
-                                                wakeup_bytes=0, self_pid=os.getpid()))
+                                                wakeup_bytes=0))
+        spec.set_global("self_pid", struct.pack("<I", os.getpid()))
         self.links: List[links.Link] = []
         self.coll = Collection(spec, kernel_btf=KBTF, programs=hooks.programs_for("tracepoint"),
                                map_sizes={"events": 1 << 22})
@@ -298,8 +300,8 @@ class FuncRig(Rig):
                  Rule(op=abi.RuleOp.TERM, field=abi.RuleField.NETNS, value=self.netns[1]),
                  Rule(op=abi.RuleOp.OR)]
         spec = ObjectSpec.from_path(str(OBJ))
-        spec.set_global("cfg", abi.build_config(encode_rules(rules), len(rules), want_stack=True,
-                                                self_pid=os.getpid()))
+        spec.set_global("cfg", abi.build_config(encode_rules(rules), len(rules), want_stack=True))
+        spec.set_global("self_pid", struct.pack("<I", os.getpid()))
         plan = {}
         for h in hooks.hooks_for(backend):
             for alt in h.alternatives(backend):

@@ -33,7 +33,6 @@ static void fill_stress(struct nb_config *c)
 	memset(c, 0, sizeof(*c));
 	c->want_stack = 1;
 	c->wakeup_bytes = 65536;
-	c->self_pid = 1;
 	/* (term OR term) AND ... : every field kind, then NOT */
 	for (i = 0; n + 3 <= NB_MAX_RULES - 1; i++) {
 		struct nb_rule *a = &c->rules[n++], *b = &c->rules[n++];

@@ -106,10 +106,10 @@ def test_config_rules_ops_fields_match_header() -> None:
 def test_build_config_round_trip() -> None:
     rule = abi.RULE.build(dict(op=0, field=3, family=4, pad=0, lo=0, hi=0, value=0,
                                addr=bytes([10, 200, 0, 0]) + bytes(12), mask=b"\xff\xff" + bytes(14)))
-    blob = abi.build_config(rule, 1, want_stack=True, wakeup_bytes=4096, self_pid=77)
+    blob = abi.build_config(rule, 1, want_stack=True, wakeup_bytes=4096)
     assert len(blob) == abi.CONFIG_SIZE
     cfg = abi.CONFIG.parse(blob)
-    assert (cfg.filter_len, cfg.want_stack, cfg.wakeup_bytes, cfg.self_pid) == (1, 1, 4096, 77)
+    assert (cfg.filter_len, cfg.want_stack, cfg.wakeup_bytes) == (1, 1, 4096)
     assert cfg.rules[0].field == 3 and cfg.rules[0].addr[:2] == bytes([10, 200])
     assert all(r.op == 0 and r.field == 0 for r in cfg.rules[1:])
     with pytest.raises(ValueError):
