@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show the kernel call stack under each drop event")
     t.add_argument("--ringbuf-size", metavar="BYTES", default="4M",
                    help="ring buffer size, a power of two, K/M suffixes allowed (default: 4M)")
+    t.add_argument("--no-cache", action="store_true",
+                   help="load the programs afresh and keep none: by default the programs one run "
+                        "loads stay pinned in /sys/fs/bpf/netbee (unattached) until reboot, and the "
+                        "same command run again starts from them in a few milliseconds")
+    t.add_argument("--clear-cache", action="store_true",
+                   help="remove the programs kept by earlier runs (those of a running netbee stay) and exit")
     o = p.add_argument_group("output")
     o.add_argument("-c", "--count", type=int, metavar="N",
                    help="stop after N events")
@@ -274,6 +280,13 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     ringbuf = parse_size(args.ringbuf_size)
     if args.oui_db and not os.path.isfile(args.oui_db):
         raise UsageError(f"cannot read OUI database {args.oui_db}: no such file")
+    if args.clear_cache:
+        check_privileges()
+        from netbee import progcache
+        removed, busy = progcache.ProgramCache().clear()
+        print(f"netbee: program cache: removed {removed} entries" + (f", {busy} in use kept" if busy else ""),
+              file=err)
+        return 0
     if args.probe:
         check_privileges()
         from netbee.loader import features
@@ -312,17 +325,25 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     from netbee.tracer import TraceOptions, Tracer
 
+    cache = None
+    if not args.no_cache:
+        from netbee.progcache import ProgramCache
+        cache = ProgramCache()
     opts = TraceOptions(backend=args.backend, netns=ns_specs or None, rules=rules,
                         want_stack=args.stack, btf_path=args.btf, ringbuf_bytes=ringbuf,
-                        verbose=args.verbose)
+                        verbose=args.verbose, cache=cache)
     shown = 0
     flag = _StopFlag()
     old_handlers = {sig: signal.signal(sig, flag) for sig in (signal.SIGTERM, signal.SIGINT)}
     tracer = Tracer(opts)
     try:
         report = tracer.start()
+        if tracer.drop_reason_values is not None:
+            res.drops.use(tracer.drop_reason_values)
         if args.stack:
             len(res.kallsyms)  # load /proc/kallsyms now, not while the first drop is waiting
+        if args.verbose:
+            print(f"netbee: program cache: {tracer.cache_status}", file=err)
         print(start_line(report), file=err, flush=True)
         if not args.json:
             print(renderer.header(), file=out, flush=True)

@@ -20,10 +20,10 @@ largest; nothing is attached while no netbee runs.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import time
+import zlib
 from typing import Any, Dict, List, Optional, Tuple
 
 from netbee.loader import pinning
@@ -40,39 +40,52 @@ def boot_id() -> str:
         return f.read().strip()
 
 
+def archive_identity() -> Optional[List[Any]]:
+    """(path, size, mtime, inode) of the zip application netbee runs from (scripts/pyz_main.py
+    extracts it afresh each run), else None."""
+    import netbee
+
+    archive = getattr(netbee, "archive", None)
+    if archive is None:
+        return None
+    st = os.stat(archive)
+    return [archive, st.st_size, st.st_mtime_ns, st.st_ino]
+
+
 def code_identity() -> List[Any]:
     """(name, size, mtime) of netbee's own code: a changed loader must not reuse what an older
-    one loaded. Inside a zip application, the archive's."""
+    one loaded. From a zip application, the archive's identity."""
+    archive = archive_identity()
+    if archive is not None:
+        return archive
     here = os.path.dirname(os.path.abspath(__file__))
     out: List[Any] = []
     for d in (here, os.path.join(here, "loader")):
-        try:
-            with os.scandir(d) as it:
-                for e in it:
-                    if e.name.endswith(".py"):
-                        st = e.stat()
-                        out.append((os.path.relpath(e.path, here), st.st_size, st.st_mtime_ns))
-        except NotADirectoryError:  # a zip application: here is inside the archive
-            archive = here
-            while archive and not os.path.isfile(archive):
-                archive = os.path.dirname(archive)
-            st = os.stat(archive)
-            return [(archive, st.st_size, st.st_mtime_ns)]
+        with os.scandir(d) as it:
+            for e in it:
+                if e.name.endswith(".py"):
+                    st = e.stat()
+                    out.append((os.path.relpath(e.path, here), st.st_size, st.st_mtime_ns))
     return sorted(out)
 
 
-def make_key(parts: Dict[str, Any]) -> str:
-    """A short digest of the key parts (JSON-serialisable); a file and directory name."""
-    blob = json.dumps([FORMAT, parts], sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+def make_key(parts: Dict[str, Any]) -> Tuple[str, str]:
+    """(name, text) of the key parts (JSON-serialisable): the name is a short checksum for file
+    names; an entry is used only if its stored text equals this one, so two keys whose checksums
+    collide only replace each other. (A checksum, not hashlib: loading OpenSSL costs ~5 ms.)"""
+    text = json.dumps([FORMAT, parts], sort_keys=True, separators=(",", ":"), default=str)
+    raw = text.encode()
+    return f"{zlib.crc32(raw):08x}{zlib.adler32(raw):08x}{len(raw):x}", text
 
 
 class Entry:
     """One key's slot, locked by this process until release(). meta is None on a miss."""
 
-    def __init__(self, cache: "ProgramCache", key: str, lock_fd: int, meta: Optional[Dict[str, Any]]) -> None:
+    def __init__(self, cache: "ProgramCache", key: str, text: str, lock_fd: int,
+                 meta: Optional[Dict[str, Any]]) -> None:
         self.cache = cache
         self.key = key
+        self.text = text
         self.meta = meta
         self._lock_fd: Optional[int] = lock_fd
 
@@ -94,7 +107,7 @@ class Entry:
         Returns the evicted keys."""
         os.makedirs(self.cache.bpf_dir, exist_ok=True)
         pinning.pin_set(self.pinned_dir, programs, maps)
-        doc = dict(meta, format=FORMAT, boot_id=boot_id(), key=self.key, created=time.time())
+        doc = dict(meta, format=FORMAT, boot_id=boot_id(), key=self.key, parts=self.text, created=time.time())
         path = self.cache.meta_path(self.key)
         tmp = f"{path}.tmp{os.getpid()}"
         with open(tmp, "w") as f:
@@ -152,17 +165,18 @@ class ProgramCache:
                 return fd
             os.close(fd)
 
-    def acquire(self, key: str) -> Optional[Entry]:
-        """Lock key's entry for this process; None when another process is using it."""
+    def acquire(self, key: str, text: str) -> Optional[Entry]:
+        """Lock the entry of make_key()'s (key, text) for this process; None when another process
+        is using it. The entry's meta is None unless it was stored for exactly this text."""
         os.makedirs(self.meta_dir, mode=0o700, exist_ok=True)
         fd = self._try_lock(key)
         if fd is None:
             return None
         meta = self._read_meta(key)
         if meta is not None and (meta.get("format") != FORMAT or meta.get("boot_id") != boot_id()
-                                 or meta.get("key") != key):
+                                 or meta.get("key") != key or meta.get("parts") != text):
             meta = None
-        return Entry(self, key, fd, meta)
+        return Entry(self, key, text, fd, meta)
 
     def _read_meta(self, key: str) -> Optional[Dict[str, Any]]:
         try:

@@ -314,6 +314,9 @@ class Tracer:
         self._cache = None                     # the locked progcache.Entry, released by close()
         self._fresh_facts: dict = {}
         self.cache_status = "off"              # what the program cache did (shown by -v)
+        # enum skb_drop_reason of the BTF the programs were loaded against, once started (None:
+        # unknown); a run with cached programs has them without reading the kernel BTF
+        self.drop_reason_values: dict[str, int] | None = None
 
     # -- context manager ---------------------------------------------------------------------------
     def __enter__(self) -> "Tracer":
@@ -473,7 +476,7 @@ class Tracer:
         # the object file and the kernel BTF (~10 MB) go before the ring buffer is mapped.
         drops: dict[str, int] | None = None
         try:
-            drops = Btf.kernel_enum_values("skb_drop_reason", self.opts.btf_path)
+            drops = self.drop_reason_values = Btf.kernel_enum_values("skb_drop_reason", self.opts.btf_path)
         except NetBeeError:
             pass  # the drop reason resolver reports a missing enum itself
         # what a later run needs to reuse these programs (_cache_store)
@@ -497,13 +500,9 @@ class Tracer:
         if cache is None:
             self.cache_status = "off"
             return None
-        if self.opts.verbose:
-            self.cache_status = "off (-v shows the verifier logs of a fresh load)"
-            return None
         try:
             pinning.ensure_bpffs(cache.bpffs_root)
-            key = progcache.make_key(self._cache_key_parts(cfg, fields))
-            entry = cache.acquire(key)
+            entry = cache.acquire(*progcache.make_key(self._cache_key_parts(cfg, fields)))
         except (NetBeeError, OSError) as e:
             self.cache_status = f"off ({_reason(e)})"
             return None
@@ -519,10 +518,14 @@ class Tracer:
         modules can add kprobe targets."""
         from netbee import __version__, progcache
 
-        obj = os.path.abspath(self.opts.object_path or default_object_path())
-        st = os.stat(obj)
+        if self.opts.object_path is None and progcache.archive_identity() is not None:
+            obj_id: list = ["packaged in the archive"]  # extracted afresh each run: code identity covers it
+        else:
+            obj = os.path.abspath(self.opts.object_path or default_object_path())
+            st = os.stat(obj)
+            obj_id = [obj, st.st_size, st.st_mtime_ns, st.st_ino]
         parts = {"netbee": __version__, "code": progcache.code_identity(), "boot": progcache.boot_id(),
-                 "modules": _module_names(), "object": [obj, st.st_size, st.st_mtime_ns, st.st_ino],
+                 "modules": _module_names(), "object": obj_id,
                  "backend": self.opts.backend, "config": cfg.hex(), "filter_fields": fields,
                  "ringbuf": self.opts.ringbuf_bytes}
         if self.opts.btf_path:
@@ -533,8 +536,6 @@ class Tracer:
     def _open_cached(self, entry):
         """The entry's programs and maps with the per-run state reset, or None (entry dropped)
         when they are gone or unusable: (objects, backend, plan, skipped)."""
-        from netbee.loader.btf import Btf
-
         meta = entry.meta
         try:
             objs = entry.open([(p["name"], p["kind"], p["target"], p["btf_id"]) for p in meta["programs"]],
@@ -558,8 +559,7 @@ class Tracer:
             entry.discard()
             self.cache_status = f"miss (dropped an unusable entry: {_reason(e)})"
             return None
-        if meta.get("drop_reasons") is not None:
-            Btf.remember_kernel_enum("skb_drop_reason", meta["drop_reasons"], self.opts.btf_path)
+        self.drop_reason_values = meta.get("drop_reasons")
         self.cache_status = "hit"
         return objs, backend, plan, skipped
 
@@ -601,9 +601,9 @@ class Tracer:
             evicted = entry.store(coll.programs, coll.maps, meta)
         except (NetBeeError, OSError) as e:
             entry.discard()
-            self.cache_status = f"miss, not stored ({_reason(e)})"
+            self.cache_status += f", not stored ({_reason(e)})"
             return
-        self.cache_status = "miss, stored" + (f" (evicted {len(evicted)} old)" if evicted else "")
+        self.cache_status += ", stored" + (f" (evicted {len(evicted)} old)" if evicted else "")
 
     def _load(self, spec, kbtf, plan: list["_Planned"], timings: dict[str, float]):
         """Load the planned programs; one the verifier rejects is dropped with its hook, then retry.

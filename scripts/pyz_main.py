@@ -30,6 +30,9 @@ def _main() -> int:
         while archive in sys.path:
             sys.path.remove(archive)
         sys.path.insert(0, target)
+        import netbee
+        # the extracted copy is new each run: the program cache identifies the code by the archive
+        netbee.archive = archive
         from netbee.cli import main
         return main()
     finally:

@@ -207,19 +207,6 @@ class Btf:
         return cls.load_kernel(path).enum_values(enum_name)
 
     @classmethod
-    def remember_kernel_enum(cls, enum_name: str, values: Dict[str, int], path: Optional[str] = None) -> None:
-        """Answer kernel_enum_values(enum_name, path) with values, without parsing the file while it
-        is unchanged (a run that reuses cached programs got them from the run that loaded them)."""
-        path = path or KERNEL_BTF_PATH
-        try:
-            st = os.stat(path)
-        except OSError:
-            return
-        key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        _PARSED_OK.add(key)
-        _ENUMS[key + (enum_name,)] = dict(values)
-
-    @classmethod
     def load_kernel(cls, path: Optional[str] = None) -> "Btf":
         """The running kernel's BTF, or that of a file: raw BTF or an ELF (vmlinux) with .BTF.
 

@@ -7,22 +7,22 @@ Structure per command; the kernel zero-extends a shorter attr, so each command p
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno as _errno
 import os
-import platform
 from typing import Callable, Optional
 
 from netbee.loader.errors import SyscallError
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The interpreter's own symbols include libc's: no library search (ctypes.util.find_library runs
+# ldconfig in a subprocess, ~10 ms of every start).
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 _NR = {
     "x86_64": {"bpf": 321, "perf_event_open": 298, "ioctl": 16, "setns": 308, "mount": 165},
     "aarch64": {"bpf": 280, "perf_event_open": 241, "ioctl": 29, "setns": 268, "mount": 40},
 }
-_MACHINE = platform.machine()
+_MACHINE = os.uname().machine
 if _MACHINE not in _NR:  # pragma: no cover - we only ship for these two
     raise ImportError(f"netbee: unsupported architecture {_MACHINE}")
 NR_BPF = _NR[_MACHINE]["bpf"]

@@ -37,6 +37,11 @@ class DropReasons:
         self._names: Optional[Dict[int, str]] = None
         self.error: Optional[str] = None  # why names are unavailable (the CLI reports it once)
 
+    def use(self, values: Dict[str, int]) -> None:
+        """Take the enum's values from who already has them (the tracer) instead of loading them."""
+        self._names = names_from_enum(values)
+        self.error = None
+
     def _table(self) -> Dict[int, str]:
         if self._names is None:
             try:
