@@ -229,10 +229,13 @@ class ProgramCache:
             if (meta is None or meta.get("boot_id") != this_boot) and self._remove(k):
                 removed.append(k)
         keys = [k for k in keys if k not in removed]
-        while len(keys) + 1 > self.max_entries and keys:
-            k = keys.pop(0)
+        count = len(keys) + 1
+        for k in keys:  # oldest first; one in use stays and still counts
+            if count <= self.max_entries:
+                break
             if self._remove(k):
                 removed.append(k)
+                count -= 1
         return removed
 
     def clear(self) -> Tuple[int, int]:
