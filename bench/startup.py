@@ -32,8 +32,9 @@ TARGET_EXIT_S = 0.2
 
 def _python_floor() -> float:
     """Seconds for the interpreter alone to start and exit: part of any Python tool's startup."""
+    python = tracers.SYSTEM_PYTHON if os.path.exists(tracers.SYSTEM_PYTHON) else sys.executable
     t0 = time.monotonic()
-    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    subprocess.run([python, "-c", "pass"], check=True)
     return time.monotonic() - t0
 
 
@@ -68,9 +69,9 @@ def main(argv: List[str] | None = None) -> int:
         try:
             tools = {  # bpftrace stays in the init netns: `ip netns exec` remounts /sys without tracefs
                 "netbee": ("netbee (tracepoint backend, all hooks; cached programs)",
-                    pin(tracers.netbee_argv(["--netns", pair.tx, "--json"])), "tracing"),
+                    pin(tracers.installed_netbee_argv(["--netns", pair.tx, "--json"])), "tracing"),
                 "netbee-cold": ("netbee --no-cache (tracepoint backend, all hooks; fresh load)",
-                    pin(tracers.netbee_argv(["--netns", pair.tx, "--json", "--no-cache"])), "tracing"),
+                    pin(tracers.installed_netbee_argv(["--netns", pair.tx, "--json", "--no-cache"])), "tracing"),
                 "bt1": ("bpftrace, 1 tracepoint",
                         pin(tracers.bpftrace_argv("startup_one.bt")), "event"),
                 "bt5": ("bpftrace, netbee's 5 tracepoints",
@@ -82,7 +83,7 @@ def main(argv: List[str] | None = None) -> int:
                 ap.error(f"unknown tools: {sorted(unknown)}")
             if "netbee" in wanted:
                 # an empty cache, then one run that fills it (not measured)
-                subprocess.run(tracers.netbee_argv(["--clear-cache"]), check=True, stderr=subprocess.DEVNULL)
+                subprocess.run(tracers.installed_netbee_argv(["--clear-cache"]), check=True, stderr=subprocess.DEVNULL)
                 with tracers.Tracer(tools["netbee"][1]) as t:
                     t.wait_ready(need="tracing")
                     t.interrupt()

@@ -7,6 +7,7 @@ selects, so only the test's own packets count.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -157,7 +158,8 @@ def test_cli_uses_the_cache_and_clears_it():
     assert "program cache: miss, stored" in run()
     assert "program cache: hit" in run()
     res = subprocess.run([sys.executable, "-m", "netbee", "--clear-cache"], capture_output=True, text=True)
-    assert res.returncode == 0 and "removed 1 entries" in res.stderr, res.stderr
+    # at least ours (another netbee on this machine may have stored entries too)
+    assert res.returncode == 0 and re.search(r"removed [1-9]\d* entries", res.stderr), res.stderr
     assert "program cache: miss, stored" in run()
     argv.insert(3, "--no-cache")
     assert "program cache: off" in run()
