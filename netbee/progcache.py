@@ -219,8 +219,20 @@ class ProgramCache:
             os.close(fd)
         return True
 
+    def _sweep_partial_pins(self) -> None:
+        """Directories pinning.pin_set() left behind when its process died mid-way."""
+        try:
+            names = os.listdir(self.bpf_dir)
+        except FileNotFoundError:
+            return
+        for name in names:
+            _key, sep, pid = name.rpartition("_tmp")
+            if sep and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                pinning.remove_set(os.path.join(self.bpf_dir, name))
+
     def evict(self, keep: str) -> List[str]:
         """Drop entries of another boot, then the least recently used beyond max_entries."""
+        self._sweep_partial_pins()
         keys = [k for k in self.keys() if k != keep]
         this_boot = boot_id()
         removed = []

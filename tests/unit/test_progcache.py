@@ -97,9 +97,12 @@ def test_lock_files_and_pins_without_meta_are_cleaned(tmp_path):
     e = cache.acquire(*progcache.make_key(PARTS))  # a run that died before storing
     e.release()
     os.makedirs(os.path.join(cache.bpf_dir, "deadbeef"))  # pins whose meta never got written
+    os.makedirs(os.path.join(cache.bpf_dir, "deadbeef_tmp999999999"))  # a pin_set that died mid-way
+    os.makedirs(os.path.join(cache.bpf_dir, f"cafe_tmp{os.getpid()}"))  # one still running
     assert set(cache.keys()) == {e.key, "deadbeef"}
     assert set(cache.evict(keep="x")) == {e.key, "deadbeef"}
     assert cache.keys() == [] and os.listdir(cache.meta_dir) == []
+    assert os.listdir(cache.bpf_dir) == [f"cafe_tmp{os.getpid()}"]
 
 
 def test_clear_keeps_entries_in_use(tmp_path):
