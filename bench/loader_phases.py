@@ -4,6 +4,8 @@ Each sample is a fresh Python process (as a user's `netbee` is): it times the
 imports, then starts netbee.tracer.Tracer (tracepoint backend, the two
 benchmark namespaces) and reports StartReport.timings, which the tracer
 records itself, plus the time to close everything. Medians over samples.
+Then the same with the program cache (netbee/progcache.py, a private cache directory): one
+unmeasured start fills it, every measured start reuses the pinned programs.
 
     python3 -m bench.loader_phases [--samples N]
 """
@@ -22,11 +24,15 @@ from bench.lab import Pair
 from bench.traffic import OTHER_CPU
 
 
-def child(netns: List[str]) -> None:
+CACHE_NAME = f"nbbench{os.getpid()}"
+
+
+def child(netns: List[str], cache_name: str = "") -> None:
     t0 = time.perf_counter()
     from netbee.tracer import TraceOptions, Tracer  # noqa: E402 - the import is what is timed
     t_import = time.perf_counter() - t0
-    tracer = Tracer(TraceOptions(backend="tracepoint", netns=netns))
+    cache = _cache(cache_name) if cache_name else None
+    tracer = Tracer(TraceOptions(backend="tracepoint", netns=netns, cache=cache))
     t1 = time.perf_counter()
     rep = tracer.start()
     t_start = time.perf_counter() - t1
@@ -34,6 +40,8 @@ def child(netns: List[str]) -> None:
     tracer.close()
     t_close = time.perf_counter() - t2
     out = {"import": t_import, "start": t_start, "close": t_close}
+    if cache is not None:
+        out["cache_status"] = tracer.cache_status
     out.update({f"tracer.{k}": v for k, v in rep.timings.items()})
     print(json.dumps(out))
 
@@ -44,26 +52,50 @@ def main(argv: List[str] | None = None) -> int:
     ap.add_argument("--pin", action="store_true",
                     help=f"pin each sample to CPU {OTHER_CPU} (one CPU: no overlap of program loads)")
     ap.add_argument("--child", nargs="+", metavar="NETNS", help=argparse.SUPPRESS)
+    ap.add_argument("--cache-name", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        child(args.child)
+        child(args.child, args.cache_name)
         return 0
-    samples: Dict[str, List[float]] = {}
+    cold: Dict[str, List[float]] = {}
+    warm: Dict[str, List[float]] = {}
     with Pair() as pair:
-        for _ in range(args.samples):
+        def sample(cache_name: str = "") -> dict:
             pin = ["taskset", "-c", str(OTHER_CPU)] if args.pin else []
-            res = subprocess.run(pin + [sys.executable, "-m", "bench.loader_phases",
+            res = subprocess.run(pin + [sys.executable, "-m", "bench.loader_phases", "--cache-name", cache_name,
                                         "--child", pair.tx, pair.rx], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  text=True, cwd=str(tracers.ROOT))
             if res.returncode != 0:
                 raise RuntimeError(f"loader_phases child failed:\n{res.stderr[-2000:]}")
-            for k, v in json.loads(res.stdout.strip().splitlines()[-1]).items():
-                samples.setdefault(k, []).append(v)
+            return json.loads(res.stdout.strip().splitlines()[-1])
+
+        for _ in range(args.samples):
+            for k, v in sample().items():
+                cold.setdefault(k, []).append(v)
+        try:
+            sample(CACHE_NAME)  # fills the cache
+            for _ in range(args.samples):
+                out = sample(CACHE_NAME)
+                if out.pop("cache_status") != "hit":
+                    raise RuntimeError("a start after the cache was filled did not reuse it")
+                for k, v in out.items():
+                    warm.setdefault(k, []).append(v)
+        finally:
+            import shutil
+
+            from netbee.loader import pinning
+            cache = _cache(CACHE_NAME)
+            cache.clear()
+            pinning.remove_set(cache.bpf_dir)
+            shutil.rmtree(cache.meta_dir, ignore_errors=True)
     report.header("2. Loader phases", ["python3", "-m", "bench.loader_phases", "--samples", str(args.samples)]
                   + (["--pin"] if args.pin else []))
-    rows = [[k, f"{1000 * report.median(v):.1f}", report.spread([1000 * x for x in v])]
-            for k, v in samples.items()]
-    print(report.table(["phase", "ms (median)", "ms min..max"], rows))
+    for title, samples in (("Fresh load (no cache)", cold), ("Cached programs (a hit)", warm)):
+        rows = [[k, f"{1000 * report.median(v):.1f}", report.spread([1000 * x for x in v])]
+                for k, v in samples.items()]
+        print(f"{title}:\n")
+        print(report.table(["phase", "ms (median)", "ms min..max"], rows))
+        print()
     where = f"pinned to CPU {OTHER_CPU}" if args.pin else f"free to use all {os.cpu_count()} CPUs"
     print(f"\nSamples: {args.samples}, each a fresh process {where}. `import` = importing "
           "netbee.tracer; `start` = Tracer.start() as a whole; `tracer.*` = the phases it records itself "
@@ -71,6 +103,14 @@ def main(argv: List[str] | None = None) -> int:
           "`tracer.ready_cpu` = CPU time to ready, split into user (Python) and system (mostly the verifier)); "
           "`close` = Tracer.close().\n")
     return 0
+
+
+def _cache(name: str):
+    from netbee import progcache
+    from netbee.loader import pinning
+
+    return progcache.ProgramCache(bpf_dir=os.path.join(pinning.BPFFS_ROOT, name),
+                                  meta_dir=os.path.join("/run/netbee", name))
 
 
 if __name__ == "__main__":

@@ -371,10 +371,12 @@ class Tracer:
         cpu0 = time.process_time()  # user+system CPU: what the wall time would be on an idle machine
         times0 = os.times()         # the same split: user (Python) and system (mostly the verifier)
 
-        def lap(name: str) -> None:
+        def lap(name: str | None) -> None:
+            """Time since the last lap goes to name (None: to nothing, the caller timed it)."""
             nonlocal last
             now = time.perf_counter()
-            timings[name] = timings.get(name, 0.0) + (now - last)
+            if name is not None:
+                timings[name] = timings.get(name, 0.0) + (now - last)
             last = now
 
         from netbee.filter import field_mask
@@ -472,6 +474,7 @@ class Tracer:
         lap("config")
         coll, plan, load_skipped = self._load(spec, kbtf, plan, timings)
         self._coll = coll
+        lap(None)  # the collection timed its own phases (object_btf_load, maps, core, core_and_load)
         # Of the kernel BTF the trace needs only the drop reason names: remember those, and let
         # the object file and the kernel BTF (~10 MB) go before the ring buffer is mapped.
         drops: dict[str, int] | None = None
