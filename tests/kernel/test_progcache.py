@@ -77,7 +77,8 @@ def test_second_start_reuses_the_programs_and_starts_from_fresh_state(cache):
     # the same traffic gives the same events and counters: nothing carried over from run 1
     # (counters reset, the ring buffer's old records skipped)
     assert c1.submitted == c1.received == len(ev1) > 0
-    assert (c2.seen, c2.submitted, c2.received, c2.lost) == (c1.seen, c1.submitted, c1.received, c1.lost)
+    # (not seen: it also counts other packets on this machine, every hook sees all traffic)
+    assert (c2.submitted, c2.received, c2.lost) == (c1.submitted, c1.received, c1.lost)
     assert sorted(e.func for e in ev2) == sorted(e.func for e in ev1)
     assert {e.dport for e in ev2} == {PORT}
 
