@@ -97,6 +97,9 @@ class FakeTracer:
     instances = []
     stop_signal = signal.SIGTERM
 
+    drop_reason_values = None   # as a Tracer that could not read the drop reason enum
+    cache_status = "off"
+
     def __init__(self, opts):
         self.opts = opts
         self.closed = False
