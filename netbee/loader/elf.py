@@ -135,6 +135,7 @@ class ObjectSpec:
         self.btf_ext: Optional[BtfExt] = None
         self.globals: Dict[str, Tuple[str, int, int]] = {}   # name -> (map name, offset, size)
         self.kern_version = 0
+        self.replaced: Set[str] = set()   # functions whose body from_bytes(replace=...) swapped
 
     @classmethod
     def from_path(cls, path: str, programs: Optional[Iterable[str]] = None,
@@ -159,7 +160,8 @@ class ObjectSpec:
         one line_info record at its first instruction (the kernel wants one there); its own
         relocations, CO-RE relocations and other line records go, and what it called is linked
         only if something else calls it. The body must be self-contained: no BPF-to-BPF call,
-        no function address, no map reference (nothing would relocate them)."""
+        no function address, no map reference (nothing would relocate them). Names the object
+        lacks are skipped: `.replaced` holds those that were found."""
         parser = None
         try:
             parser = _Parser(bytes(data), what, None if programs is None else set(programs),
@@ -443,9 +445,11 @@ class _Parser:
         if not self.replace:
             return
         names = {f.name for funcs in self.funcs.values() for f in funcs}
+        # like `programs`, a name the object lacks is skipped (an older object keeps its own
+        # body); .replaced tells the caller which ones took effect
+        self.replace = {n: b for n, b in self.replace.items() if n in names}
+        self.spec.replaced = set(self.replace)
         for name, body in self.replace.items():
-            if name not in names:
-                raise self.fail(f"cannot replace {name!r}: the object has no such function")
             if not body or len(body) % I.INSN_SIZE:
                 raise self.fail(f"replacement for {name!r} is not a whole number of instructions")
             for k, ins in I.iter_insns(body):
