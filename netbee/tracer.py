@@ -151,6 +151,8 @@ class TraceOptions:
     object_path: str | None = None           # None: the prebuilt object shipped with netbee
     wakeup_bytes: int = 0                    # 0: a quarter of the ring buffer
     verbose: bool = False                    # keep verifier logs
+    filter_interpreter: bool = False         # run the object's C filter interpreter instead of
+                                             # code generated from the rules (tests, comparisons)
 
 
 @dataclass
@@ -380,7 +382,14 @@ class Tracer:
         lap("btf_index_and_plan")
         # Only the planned programs are linked (~10 of the object's ~50).
         wanted = {p.prog for p in plan}
-        spec = ObjectSpec.from_path(self.opts.object_path or default_object_path(), programs=wanted)
+        replace = None
+        if not self.opts.filter_interpreter:
+            # the rules as straight-line BPF in place of the interpreter (an object without
+            # the function keeps its own filter)
+            from netbee import filter_codegen
+            replace = {filter_codegen.FUNCTION: filter_codegen.compile_rules(self.opts.rules or [])}
+        spec = ObjectSpec.from_path(self.opts.object_path or default_object_path(), programs=wanted,
+                                    replace=replace)
         missing = sorted(wanted - set(spec.programs))
         if missing:
             raise NetBeeError(f"the BPF object lacks program(s) {', '.join(missing)}: object and netbee/hooks.py disagree")
