@@ -26,10 +26,8 @@ FUNCTION = "nb_filter_run"
 
 R0, R_EV, R_TMP = 0, 1, 2
 
-# jump operations (opcode & 0xf0) and their negations
-JEQ, JGT, JGE, JNE, JLT, JLE = 0x10, 0x20, 0x30, 0x50, 0xA0, 0xB0
+JEQ, JGT, JGE, JNE, JLT, JLE = I.BPF_JEQ, I.BPF_JGT, I.BPF_JGE, I.BPF_JNE, I.BPF_JLT, I.BPF_JLE
 NEGATE = {JEQ: JNE, JNE: JEQ, JGT: JLE, JLE: JGT, JGE: JLT, JLT: JGE}
-ALU_AND = 0x50
 _LOAD_SIZE = {1: I.BPF_B, 2: I.BPF_H, 4: I.BPF_W}
 
 _OFFSETS: Dict[str, Tuple[int, int]] = abi.event_offsets()
@@ -201,7 +199,7 @@ def rules_tree(rules: Sequence[Rule]) -> Node:
 
 @dataclass
 class _Jump:
-    opcode: int
+    op: Optional[int]   # JEQ...; None: unconditional
     imm: int
     label: int
 
@@ -219,15 +217,13 @@ class _Emitter:
         """Jump to target if the test is `when`; fall through otherwise."""
         off, size = _OFFSETS[t.field]
         size = t.size or size
-        self.code.append(I.Insn(I.BPF_LDX | I.BPF_MEM | _LOAD_SIZE[size], R_TMP, R_EV,
-                                off + t.delta).encode())
+        self.code.append(I.ldx_mem(_LOAD_SIZE[size], R_TMP, R_EV, off + t.delta))
         if t.mask is not None:
-            self.code.append(I.Insn(I.BPF_ALU | ALU_AND | I.BPF_K, R_TMP, 0, 0, t.mask).encode())
-        op = t.op if when else NEGATE[t.op]
-        self.code.append(_Jump(I.BPF_JMP32 | op | I.BPF_K, t.imm, target))
+            self.code.append(I.alu32_imm(I.BPF_AND, R_TMP, t.mask))
+        self.code.append(_Jump(t.op if when else NEGATE[t.op], t.imm, target))
 
     def goto(self, target: int) -> None:
-        self.code.append(_Jump(I.BPF_JMP | I.BPF_JA, 0, target))
+        self.code.append(_Jump(None, 0, target))
 
     def node(self, n: Node, t: int, f: int, nxt: int) -> None:
         """Code that goes to label t when n is true, to f when false; nxt is placed right
@@ -274,8 +270,7 @@ class _Emitter:
                 off = where[item.label] - pos - 1
                 if not -0x8000 <= off <= 0x7FFF:
                     raise FilterError(f"filter code too long: a jump of {off} instructions")
-                item = I.Insn(item.opcode, R_TMP if item.opcode != I.BPF_JMP | I.BPF_JA else 0,
-                              0, off, item.imm).encode()
+                item = I.ja(off) if item.op is None else I.jmp32_imm(item.op, R_TMP, item.imm, off)
             out += item
             pos += 1
         return bytes(out)
