@@ -151,6 +151,8 @@ class TraceOptions:
     object_path: str | None = None           # None: the prebuilt object shipped with netbee
     wakeup_bytes: int = 0                    # 0: a quarter of the ring buffer
     verbose: bool = False                    # keep verifier logs
+    filter_interpreter: bool = False         # run the object's C filter interpreter instead of
+                                             # code generated from the rules (tests, comparisons)
     # netbee.progcache.ProgramCache: reuse the programs an earlier run of the same command loaded,
     # and keep this run's for the next; None: always load afresh, pin nothing
     cache: object = None
@@ -457,7 +459,14 @@ class Tracer:
         lap("btf_index_and_plan")
         # Only the planned programs are linked (~10 of the object's ~50).
         wanted = {p.prog for p in plan}
-        spec = ObjectSpec.from_path(self.opts.object_path or default_object_path(), programs=wanted)
+        replace = None
+        if not self.opts.filter_interpreter:
+            # the rules as straight-line BPF in place of the interpreter (an object without
+            # the function keeps its own filter)
+            from netbee import filter_codegen
+            replace = {filter_codegen.FUNCTION: filter_codegen.compile_rules(self.opts.rules or [])}
+        spec = ObjectSpec.from_path(self.opts.object_path or default_object_path(), programs=wanted,
+                                    replace=replace)
         missing = sorted(wanted - set(spec.programs))
         if missing:
             raise NetBeeError(f"the BPF object lacks program(s) {', '.join(missing)}: object and netbee/hooks.py disagree")
@@ -530,6 +539,7 @@ class Tracer:
         parts = {"netbee": __version__, "code": progcache.code_identity(), "boot": progcache.boot_id(),
                  "modules": _module_names(), "object": obj_id,
                  "backend": self.opts.backend, "config": cfg.hex(), "filter_fields": fields,
+                 "filter_interpreter": self.opts.filter_interpreter,
                  "ringbuf": self.opts.ringbuf_bytes}
         if self.opts.btf_path:
             bst = os.stat(self.opts.btf_path)

@@ -14,6 +14,8 @@
 # put its line text into .BTF.ext (prefix maps would break that); inputs are processed in sorted order; nothing
 # records a time. The .BTF/.BTF.ext sections stay (the loader needs them):
 # no stripping.
+# A bash script: `sh scripts/build_bpf.sh` (dash) hands itself to bash.
+if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
 set -euo pipefail
 export LC_ALL=C
 export SOURCE_DATE_EPOCH=0

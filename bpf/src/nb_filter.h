@@ -128,4 +128,18 @@ static __always_inline bool nb_filter_match(const struct nb_event *ev, volatile 
 	return *st & 1;
 }
 
+/*
+ * The filter as one BPF function of its own. The loader replaces this body
+ * with straight-line code generated from the rules (netbee/filter_codegen.py):
+ * that code reads only ev (r1), a pointer into the per-CPU scratch map value,
+ * and returns 1 to keep the packet, 0 to drop it. The C body below is the
+ * reference implementation and what runs when the loader leaves it (the
+ * interpreter option, or a loader without the generator). noinline keeps it
+ * a separate function in every program, so there is a body to replace.
+ */
+static __noinline int nb_filter_run(const struct nb_event *ev, volatile __u32 *st)
+{
+	return nb_filter_match(ev, st);
+}
+
 #endif

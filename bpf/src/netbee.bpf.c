@@ -49,7 +49,7 @@ const volatile enum nb_counter abi_counter_type = NB_CNT_MAX;
 struct nb_record {
 	struct nb_event ev;
 	__u64 stack[NB_MAX_STACK];      /* sent right after ev when NB_F_STACK */
-	__u32 fst;                      /* filter stack, see nb_filter_match */
+	__u32 fst;                      /* filter stack, see nb_filter_match (the interpreter) */
 	__u32 pad;
 };
 
@@ -252,7 +252,7 @@ static __always_inline bool nb_build(struct nb_event *ev, struct sk_buff *skb, _
 	ports_first = nb_filter_uses_ports();
 	if (ports_first && pkt.l4)
 		nb_parse_l4(ev, &pkt.v, pkt.l4, pkt.l4_bytes);
-	if (!nb_filter_match(ev, fst))
+	if (!nb_filter_run(ev, fst))
 		return false;
 	if (!ports_first && pkt.l4)
 		nb_parse_l4(ev, &pkt.v, pkt.l4, pkt.l4_bytes);

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import io
 from bisect import bisect_left
-from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Set, Tuple
+from dataclasses import dataclass, field, replace as dc_replace
+from typing import Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from netbee.loader import insn as I
 from netbee.loader.btf import Btf, BtfKind, Datasec, VarSecInfo
@@ -135,25 +135,37 @@ class ObjectSpec:
         self.btf_ext: Optional[BtfExt] = None
         self.globals: Dict[str, Tuple[str, int, int]] = {}   # name -> (map name, offset, size)
         self.kern_version = 0
+        self.replaced: Set[str] = set()   # functions whose body from_bytes(replace=...) swapped
 
     @classmethod
-    def from_path(cls, path: str, programs: Optional[Iterable[str]] = None) -> "ObjectSpec":
+    def from_path(cls, path: str, programs: Optional[Iterable[str]] = None,
+                  replace: Optional[Mapping[str, bytes]] = None) -> "ObjectSpec":
         try:
             with open(path, "rb") as f:
                 data = f.read()
         except OSError as e:
             raise ObjectFileError(f"cannot read BPF object {path}: {e.strerror or e}") from e
-        return cls.from_bytes(data, what=str(path), programs=programs)
+        return cls.from_bytes(data, what=str(path), programs=programs, replace=replace)
 
     @classmethod
     def from_bytes(cls, data: bytes, what: str = "BPF object",
-                   programs: Optional[Iterable[str]] = None) -> "ObjectSpec":
+                   programs: Optional[Iterable[str]] = None,
+                   replace: Optional[Mapping[str, bytes]] = None) -> "ObjectSpec":
         """programs: link only these (a subset the caller will load; names the object lacks are
         simply absent from .programs). Linking is most of the parse: the tracer loads ~10 of
-        the prebuilt object's 52 programs."""
+        the prebuilt object's 52 programs.
+
+        replace: function name -> encoded instructions that stand for its body in every program
+        that reaches it (code generated at load time). The function keeps its BTF func_info and
+        one line_info record at its first instruction (the kernel wants one there); its own
+        relocations, CO-RE relocations and other line records go, and what it called is linked
+        only if something else calls it. The body must be self-contained: no BPF-to-BPF call,
+        no function address, no map reference (nothing would relocate them). Names the object
+        lacks are skipped: `.replaced` holds those that were found."""
         parser = None
         try:
-            parser = _Parser(bytes(data), what, None if programs is None else set(programs))
+            parser = _Parser(bytes(data), what, None if programs is None else set(programs),
+                             dict(replace or {}))
             return parser.parse()
         except NetBeeError:
             raise
@@ -187,12 +199,14 @@ class ObjectSpec:
 
 
 class _Parser:
-    def __init__(self, data: bytes, what: str, only: Optional[Set[str]] = None) -> None:
+    def __init__(self, data: bytes, what: str, only: Optional[Set[str]] = None,
+                 replace: Optional[Dict[str, bytes]] = None) -> None:
         from elftools.elf.elffile import ELFFile
 
         self.data = data
         self.what = what
         self.only = only
+        self.replace = replace or {}
         if data[:4] != b"\x7fELF":
             raise ObjectFileError(f"{what}: not an ELF file")
         self.elf = ELFFile(io.BytesIO(data))
@@ -425,6 +439,23 @@ class _Parser:
                 is_prog = sec_name != ".text" and bind in ("STB_GLOBAL", "STB_WEAK")
                 out.append(_Func(name, idx, start, end, is_prog))
             self.funcs[idx] = out
+        self._check_replacements()
+
+    def _check_replacements(self) -> None:
+        if not self.replace:
+            return
+        names = {f.name for funcs in self.funcs.values() for f in funcs}
+        # like `programs`, a name the object lacks is skipped (an older object keeps its own
+        # body); .replaced tells the caller which ones took effect
+        self.replace = {n: b for n, b in self.replace.items() if n in names}
+        self.spec.replaced = set(self.replace)
+        for name, body in self.replace.items():
+            if not body or len(body) % I.INSN_SIZE:
+                raise self.fail(f"replacement for {name!r} is not a whole number of instructions")
+            for k, ins in I.iter_insns(body):
+                if ins.is_pseudo_call or ins.opcode == I.OP_LD_IMM64 and ins.src:
+                    raise self.fail(f"replacement for {name!r}: instruction {k} needs a relocation "
+                                    "(calls and map or function references are not supported)")
 
     def ext_records(self, table: Dict[str, list], sec: str, lo: int, hi: int) -> list:
         """The .BTF.ext records of `sec` with lo <= insn_off < hi (bisected; cached per table)."""
@@ -531,6 +562,11 @@ class _Linker:
         self.placed[(f.sec, f.start)] = base
         if f is not self.main:
             self.spec.subprograms.append(f.name)
+        body = self.p.replace.get(f.name)
+        if body is not None:
+            self.insns += body
+            self._carry_ext_replaced(f, base)
+            return
         self.insns += self.p.code[f.sec][f.start * 8:f.end * 8]
         self._carry_ext(f, base)
         relocs = self.p.relocs.get(f.sec, {})
@@ -561,6 +597,25 @@ class _Linker:
                            for r in ext(self.ext.func_info, sec, lo, hi))
         s.core_relos.extend(CoreRelo(r.insn_off + shift, r.type_id, r.access_str, r.kind)
                             for r in ext(self.ext.core_relos, sec, lo, hi))
+
+    def _carry_ext_replaced(self, f: _Func, base: int) -> None:
+        """A replaced body keeps the function's BTF identity (its func_info record) and the
+        line record of its first instruction, moved to where the body now starts."""
+        if self.ext is None:
+            return
+        sec = self.p.sections[f.sec].name
+        lo = f.start * 8
+        self.spec.func_info.extend(FuncInfo(base * 8, r.type_id)
+                                   for r in self.p.ext_records(self.ext.func_info, sec, lo, lo + 1))
+        lines = self.ext.line_info.get(sec)
+        if lines:
+            first = lines.between(lo, lo + 1, (base - f.start) * 8)[0:1]
+            if not len(first):
+                # no record at the start: the next one of the function stands there instead
+                rest = lines.between(lo, f.end * 8)[0:1]
+                if len(rest):
+                    first = [dc_replace(rest[0], insn_off=base * 8)]
+            self.spec.line_info.extend(first)
 
     def _fix(self, f: _Func, base: int, i: int, rel: Optional[_Reloc]) -> None:
         pos = base + (i - f.start)
@@ -623,6 +678,8 @@ class _Linker:
             raise self.p.fail(f"{where}: call target {target} in section "
                               f"{self.p.sections[sec].name!r} is not inside a function")
         key = (callee.sec, callee.start)
+        if target != callee.start and callee.name in self.p.replace:
+            raise self.p.fail(f"{where}: jumps into the middle of {callee.name!r}, whose body is replaced")
         if key not in self.placed:
             self._append(callee)
         dest = self.placed[key] + (target - callee.start)

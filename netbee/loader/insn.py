@@ -43,9 +43,16 @@ BPF_X = 0x08
 # ALU/JMP operation (opcode & 0xf0)
 BPF_MOV = 0xB0
 BPF_ADD = 0x00
+BPF_AND = 0x50
 BPF_CALL = 0x80
 BPF_EXIT = 0x90
 BPF_JA = 0x00
+BPF_JEQ = 0x10
+BPF_JGT = 0x20
+BPF_JGE = 0x30
+BPF_JNE = 0x50
+BPF_JLT = 0xA0
+BPF_JLE = 0xB0
 
 OP_LD_IMM64 = BPF_LD | BPF_IMM | BPF_DW     # 0x18, two slots
 OP_CALL = BPF_JMP | BPF_CALL                # 0x85
@@ -167,3 +174,23 @@ def call_helper(helper_id: int) -> bytes:
 
 def exit_insn() -> bytes:
     return Insn(OP_EXIT).encode()
+
+
+def ldx_mem(size: int, dst: int, src: int, off: int) -> bytes:
+    """dst = *(size *)(src + off); size one of BPF_B, BPF_H, BPF_W, BPF_DW."""
+    return Insn(BPF_LDX | BPF_MEM | size, dst, src, off, 0).encode()
+
+
+def alu32_imm(op: int, dst: int, imm: int) -> bytes:
+    """wdst op= imm on the low 32 bits (the upper half is zeroed)."""
+    return Insn(BPF_ALU | op | BPF_K, dst, 0, 0, imm).encode()
+
+
+def jmp32_imm(op: int, dst: int, imm: int, off: int) -> bytes:
+    """if (u32)dst op (u32)imm: skip off instructions. Comparing 32 bits means an imm with
+    the top bit set is not sign-extended against a zero-extended u32 load."""
+    return Insn(BPF_JMP32 | op | BPF_K, dst, 0, off, imm).encode()
+
+
+def ja(off: int) -> bytes:
+    return Insn(BPF_JMP | BPF_JA, 0, 0, off, 0).encode()

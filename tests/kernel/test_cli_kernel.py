@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import zlib
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import pytest
 
@@ -32,8 +32,9 @@ SLOW = 15.0 if os.environ.get("NETBEE_IN_VM") == "1" else 1.0
 class NetbeeRun:
     """`python -m netbee ARGS` in the background; events() after stop() gives parsed JSON lines."""
 
-    def __init__(self, *args: str, ready_timeout: float = 60.0 * SLOW, json_out: bool = True) -> None:
-        argv = [sys.executable, "-m", "netbee"] + (["--json"] if json_out else []) + list(args)
+    def __init__(self, *args: str, ready_timeout: float = 60.0 * SLOW, json_out: bool = True,
+                 python_args: Sequence[str] = ("-m", "netbee")) -> None:
+        argv = [sys.executable, *python_args] + (["--json"] if json_out else []) + list(args)
         self.argv = argv
         self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)

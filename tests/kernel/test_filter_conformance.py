@@ -1,7 +1,9 @@
 """Filter conformance: at the device hooks, netbee reports exactly the packets tcpdump captures
 on the same interface with the same expression (mixed ICMP/TCP/UDP, IPv4 and IPv6 traffic).
 
-Both run at once on the server's veth; netbee confined with --netns/-i. Packets are compared as
+Both run at once on the server's veth; netbee confined with --netns/-i. netbee's filter runs as
+the code generated from the rules (the default); one expression also runs with the object's C
+interpreter (TraceOptions.filter_interpreter). Packets are compared as
 multisets of (saddr, daddr, proto, sport, dport, icmp type) restricted to our own test prefixes,
 so IPv6 link-local/multicast housekeeping that may fall outside one tool's window cannot decide
 the outcome; the selection among our own mixed packets does.
@@ -35,6 +37,20 @@ EXPRESSIONS = [
     "tcp or udp and not port 5353", "icmp or icmp6 and host fd00:201::2",
     "portrange 5000-5300", "ip proto 6 or ip6 proto 17",
 ]
+# `python -c` program: the netbee command with the filter interpreter instead of generated code
+INTERPRETER_MAIN = """
+import dataclasses, sys
+import netbee.tracer as tracer
+init = tracer.Tracer.__init__
+def with_interpreter(self, opts=None):
+    init(self, dataclasses.replace(opts or tracer.TraceOptions(), filter_interpreter=True))
+    print("filter: interpreter", file=sys.stderr, flush=True)
+tracer.Tracer.__init__ = with_interpreter
+from netbee.cli import main
+sys.exit(main())
+"""
+VARIANTS = [pytest.param(e, "generated", id=e) for e in EXPRESSIONS] + [
+    pytest.param("tcp or udp and not port 5353", "interpreter", id="interpreter-tcp or udp and not port 5353")]
 OURS = [ipaddress.ip_network("10.201.1.0/24"), ipaddress.ip_network("fd00:201::/64")]
 ICMP_TYPES = {"echo request": (8, 128), "echo reply": (0, 129)}
 TCPDUMP_LINE = re.compile(
@@ -138,8 +154,8 @@ def mixed_traffic(t: netlab.TwoHosts) -> None:
     netlab.udp_send(t.client, t.server_ip6, 9999, open_port=False)
 
 
-@pytest.mark.parametrize("expr", EXPRESSIONS)
-def test_netbee_selects_what_tcpdump_captures(two_hosts, expr):
+@pytest.mark.parametrize("expr,variant", VARIANTS)
+def test_netbee_selects_what_tcpdump_captures(two_hosts, expr, variant):
     t = two_hosts
     # Resolve neighbours first: ARP/NDP timing then cannot differ between the two windows.
     netlab.ping(t.client, t.server_ip, count=1)
@@ -147,7 +163,8 @@ def test_netbee_selects_what_tcpdump_captures(two_hosts, expr):
     dump = start_tcpdump(t.server, t.server_if, expr)
     run = None
     try:
-        run = NetbeeRun("--netns", t.server.name, "-i", t.server_if, expr)
+        python_args = ("-c", INTERPRETER_MAIN) if variant == "interpreter" else ("-m", "netbee")
+        run = NetbeeRun("--netns", t.server.name, "-i", t.server_if, expr, python_args=python_args)
         mixed_traffic(t)
         run.stop(settle=1.0)
         time.sleep(0.2)
@@ -159,6 +176,7 @@ def test_netbee_selects_what_tcpdump_captures(two_hosts, expr):
         if dump.poll() is None:
             dump.kill()
             dump.communicate()
+    assert ("filter: interpreter" in run.pre_lines) == (variant == "interpreter"), run.pre_lines
     theirs = parse_tcpdump(out)
     mine, funcs = netbee_keys(run.events())
     assert theirs, f"tcpdump saw none of our packets for {expr!r}:\n{out}"

@@ -4,9 +4,12 @@ Tracepoint-backend programs (tp_btf, netfilter) load on this machine. kprobe and
 need kernels that allow them: those tests carry requires_kernel and run in the QEMU guests
 (Debian 6.1 / 6.12), attach targets resolved from netbee/hooks.py like the tracer does.
 
-Each program is verified twice: with the default configuration (no filter) and with a "stress"
+Each program is verified with the default configuration (no filter) and with a "stress"
 configuration, NB_MAX_RULES filter rules of every field kind plus want_stack: cfg is frozen
 .rodata, so the verifier walks exactly the rules configured and the worst case must fit too.
+Both run twice: with the object's C filter interpreter, and ("-generated") with the code
+netbee/filter_codegen.py generates from the same rules in place of nb_filter_run, as the tracer
+loads it by default.
 """
 from __future__ import annotations
 
@@ -16,22 +19,23 @@ from typing import Dict, List, Optional
 
 import pytest
 
-from netbee import abi, hooks
+from netbee import abi, filter_codegen, hooks
+from netbee.filter import Rule, encode_rules
 from netbee.loader.btf import Btf, BtfKind
 from netbee.loader.collection import Collection
 from netbee.loader.elf import ObjectSpec
 from netbee.loader.errors import NetBeeError
 
 OBJ = pathlib.Path(__file__).resolve().parents[2] / "bpf" / "prebuilt" / "netbee.bpf.o"
-CONFIGS = ("default", "stress")
+CONFIGS = ("default", "stress", "default-generated", "stress-generated")
 
 
-def _rule(op: int, field: int = 0, family: int = 0) -> bytes:
-    return abi.RULE.build(dict(op=op, field=field, family=family, pad=0, lo=1000, hi=2000, value=7,
-                               addr=bytes([10, 200]) + bytes(14), mask=b"\xff" * 16))
+def _rule(op: int, field: int = 0, family: int = 0) -> Rule:
+    return Rule(op, field, family=family, lo=1000, hi=2000, value=7,
+                addr=bytes([10, 200]) + bytes(14), mask=b"\xff" * 16)
 
 
-def stress_config() -> bytes:
+def stress_rules() -> List[Rule]:
     """A well-formed postfix program of exactly NB_MAX_RULES entries using every field kind:
     (t t OR) then seven times (t t OR|AND) AND|REQUIRE, then NOT (REQUIRE: the early exit)."""
     kinds = [f for f in abi.RuleField if f != abi.RuleField.TRUE]
@@ -43,7 +47,12 @@ def stress_config() -> bytes:
                   _rule(abi.RuleOp.AND if i % 3 else abi.RuleOp.REQUIRE)]
     rules.append(_rule(abi.RuleOp.NOT))
     assert len(rules) == abi.NB_MAX_RULES
-    return abi.build_config(b"".join(rules), len(rules), want_stack=True, wakeup_bytes=65536)
+    return rules
+
+
+def stress_config() -> bytes:
+    rules = stress_rules()
+    return abi.build_config(encode_rules(rules), len(rules), want_stack=True, wakeup_bytes=65536)
 
 
 @functools.lru_cache(maxsize=None)
@@ -71,8 +80,14 @@ def resolve(target: hooks.Target) -> Optional[str]:
 @functools.lru_cache(maxsize=None)
 def object_spec(config: str) -> ObjectSpec:
     """One parse of the object per configuration (set_global changes the spec's .rodata)."""
-    spec = ObjectSpec.from_path(str(OBJ))
-    if config == "stress":
+    stress, generated = config.startswith("stress"), config.endswith("-generated")
+    replace = None
+    if generated:
+        replace = {filter_codegen.FUNCTION: filter_codegen.compile_rules(stress_rules() if stress else [])}
+    spec = ObjectSpec.from_path(str(OBJ), replace=replace)
+    assert (filter_codegen.FUNCTION in spec.replaced) == generated
+    if stress:
+        # the interpreter reads the rules from cfg; generated code has them in its instructions
         spec.set_global("cfg", stress_config())
     return spec
 

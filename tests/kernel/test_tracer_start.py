@@ -43,8 +43,8 @@ def test_start_lets_go_of_the_object_and_the_kernel_btf(ns, monkeypatch):
         held.append(weakref.ref(b))
         return b
 
-    def parsing(cls, path, programs=None):
-        spec = from_path(cls, path, programs)
+    def parsing(cls, path, programs=None, **kw):
+        spec = from_path(cls, path, programs, **kw)
         held.append(weakref.ref(spec))
         return spec
 

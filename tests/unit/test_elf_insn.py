@@ -38,3 +38,15 @@ def test_calls():
     mov = I.decode(I.mov64_imm(0, 7), 0)
     assert mov.cls == I.BPF_ALU64 and mov.imm == 7
     assert [i for i, _ in I.iter_insns(I.mov64_imm(0, 0) + I.exit_insn())] == [0, 1]
+
+
+def test_filter_codegen_encoders_match_clang():
+    """The encoders filter_codegen uses give clang's bytes (llvm-objdump-19 of nb_filter_run)."""
+    assert I.ldx_mem(I.BPF_H, 3, 1, 0x34) == bytes.fromhex("6913340000000000")      # r3 = *(u16 *)(r1 + 0x34)
+    assert I.alu32_imm(I.BPF_AND, 4, 0x202) == bytes.fromhex("5404000002020000")    # w4 &= 0x202
+    assert I.jmp32_imm(I.BPF_JEQ, 4, 6, 5) == bytes.fromhex("1604050006000000")     # if w4 == 0x6 goto +5
+    assert I.jmp32_imm(I.BPF_JNE, 4, 0, 0x18) == bytes.fromhex("5604180000000000")  # if w4 != 0x0 goto +24
+    assert I.ja(8) == bytes.fromhex("0500080000000000")                              # goto +8
+    assert I.jmp32_imm(I.BPF_JLE, 2, 0xFFFFFFFF, -1) == bytes.fromhex("b602ffffffffffff")
+    assert I.ldx_mem(I.BPF_W, 2, 1, 102) == bytes.fromhex("6112660000000000")
+    assert I.ldx_mem(I.BPF_B, 2, 1, 81) == bytes.fromhex("7112510000000000")
