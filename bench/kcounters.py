@@ -41,21 +41,32 @@ def _find_map(pid: int, name: str) -> Optional[sc.Fd]:
     return None
 
 
-def read(pid: int) -> Dict[str, int]:
-    """seen, filtered, submitted, lost summed over CPUs, as the kernel holds them now."""
+def open_counters(pid: int) -> sc.Fd:
+    """An fd of the process's counters map: it keeps the map readable after the process exits
+    (its programs detached then, so the values are final)."""
     fd = _find_map(pid, "counters")
     if fd is None:
         raise RuntimeError(f"process {pid} holds no BPF map named 'counters'")
-    with fd:
-        info = sc.obj_info(fd.fd, sc.MapInfo())
-        stride = (info.value_size + 7) & ~7
-        ncpu = possible_cpus()
-        out = {}
-        for i, name in enumerate(COUNTER_NAMES):
-            key = sc.Buffer(i.to_bytes(4, sys.byteorder))
-            val = sc.Buffer(stride * ncpu)
-            sc.bpf(sc.Cmd.MAP_LOOKUP_ELEM, sc.MapElemAttr(map_fd=fd.fd, key=key.addr, value=val.addr),
-                   what="counters lookup")
-            raw = val.raw
-            out[name] = sum(int.from_bytes(raw[c * stride:c * stride + 8], sys.byteorder) for c in range(ncpu))
-        return out
+    return fd
+
+
+def read(pid: int) -> Dict[str, int]:
+    """seen, filtered, submitted, lost summed over CPUs, as the kernel holds them now."""
+    with open_counters(pid) as fd:
+        return read_fd(fd)
+
+
+def read_fd(fd: sc.Fd) -> Dict[str, int]:
+    """read() through an fd from open_counters()."""
+    info = sc.obj_info(fd.fd, sc.MapInfo())
+    stride = (info.value_size + 7) & ~7
+    ncpu = possible_cpus()
+    out = {}
+    for i, name in enumerate(COUNTER_NAMES):
+        key = sc.Buffer(i.to_bytes(4, sys.byteorder))
+        val = sc.Buffer(stride * ncpu)
+        sc.bpf(sc.Cmd.MAP_LOOKUP_ELEM, sc.MapElemAttr(map_fd=fd.fd, key=key.addr, value=val.addr),
+               what="counters lookup")
+        raw = val.raw
+        out[name] = sum(int.from_bytes(raw[c * stride:c * stride + 8], sys.byteorder) for c in range(ncpu))
+    return out

@@ -385,6 +385,7 @@ class Tracer:
 
         cfg = self._config_bytes()
         fields = field_mask(self.opts.rules or [])
+        lap("config_bytes")  # mostly the first import of netbee.abi (construct)
         entry = self._cache_entry(cfg, fields)
         lap("cache_lookup")
         loaded = self._open_cached(entry) if entry is not None and entry.meta is not None else None
