@@ -71,26 +71,24 @@ Node = Union[Test, Const, Not, And, Or]
 TRUE, FALSE = Const(True), Const(False)
 
 
-def all_of(*kids: Node) -> Node:
-    """And, with constants folded: no constant stays inside a tree (the verifier refuses
-    code that cannot be reached, which a constant branch would leave behind)."""
+def _junction(kind: type, unit: Const, absorbing: Const, kids: tuple) -> Node:
+    """And/Or of kids, flattened, with constants folded: no constant stays inside a tree (the
+    verifier refuses code that cannot be reached, which a constant branch would leave behind)."""
     out: List[Node] = []
     for k in kids:
-        if k == FALSE:
-            return FALSE
-        if k != TRUE:
-            out.extend(k.kids if isinstance(k, And) else (k,))
-    return TRUE if not out else out[0] if len(out) == 1 else And(tuple(out))
+        if k == absorbing:
+            return absorbing
+        if k != unit:
+            out.extend(k.kids if isinstance(k, kind) else (k,))
+    return unit if not out else out[0] if len(out) == 1 else kind(tuple(out))
+
+
+def all_of(*kids: Node) -> Node:
+    return _junction(And, TRUE, FALSE, kids)
 
 
 def any_of(*kids: Node) -> Node:
-    out: List[Node] = []
-    for k in kids:
-        if k == TRUE:
-            return TRUE
-        if k != FALSE:
-            out.extend(k.kids if isinstance(k, Or) else (k,))
-    return FALSE if not out else out[0] if len(out) == 1 else Or(tuple(out))
+    return _junction(Or, FALSE, TRUE, kids)
 
 
 def negate(kid: Node) -> Node:

@@ -552,30 +552,23 @@ class Tracer:
         when they are gone or unusable: (objects, backend, plan, skipped)."""
         meta = entry.meta
         try:
-            objs = entry.open([(p["name"], p["kind"], p["target"], p["btf_id"]) for p in meta["programs"]],
-                              list(meta["maps"]))
-        except (NetBeeError, OSError, KeyError, TypeError, ValueError) as e:
-            entry.discard()
-            self.cache_status = f"miss (dropped an unusable entry: {_reason(e)})"
-            return None
-        self._coll = objs
-        try:
-            self._reset_maps(objs, meta["maps"], meta["self_pid"])
+            self._coll = entry.open([(p["name"], p["kind"], p["target"], p["btf_id"])
+                                     for p in meta["programs"]], list(meta["maps"]))
+            self._reset_maps(self._coll, meta["maps"], meta["self_pid"])
             plan = [_Planned(**p) for p in meta["plan"]]
             skipped = [(h, why) for h, why in meta["skipped"]]
             backend = meta["backend"]
         except (NetBeeError, OSError, KeyError, TypeError, ValueError) as e:
-            self._coll = None
-            objs.close()
-            if self._reader is not None:
-                self._reader.close()
-                self._reader = None
+            for obj in (self._reader, self._coll):
+                if obj is not None:
+                    obj.close()
+            self._reader = self._coll = None
             entry.discard()
             self.cache_status = f"miss (dropped an unusable entry: {_reason(e)})"
             return None
         self.drop_reason_values = meta.get("drop_reasons")
         self.cache_status = "hit"
-        return objs, backend, plan, skipped
+        return self._coll, backend, plan, skipped
 
     def _reset_maps(self, objs, rules: dict, self_pid: list) -> None:
         """Per-run state back to a fresh load's, before anything is attached: counters and scratch
@@ -595,7 +588,7 @@ class Tracer:
             if name == pid_map:
                 value[pid_off:pid_off + pid_size] = os.getpid().to_bytes(pid_size, sys.byteorder)
             for key in range(m.max_entries):
-                if m.type in (MapType.PERCPU_ARRAY,):
+                if m.type == MapType.PERCPU_ARRAY:
                     m.update_percpu(key, [bytes(value)] * possible_cpus())
                 elif m.type == MapType.ARRAY:
                     m.update(key, bytes(value))
@@ -813,11 +806,11 @@ class Tracer:
 def _reset_rule(mspec, name: str) -> str:
     """How a reused map is reset (Tracer._reset_maps): "ring" (skip old records), "keep" (frozen
     read-only data), else the hex bytes each entry starts with (a fresh load's contents)."""
-    from netbee.loader.maps import F_RDONLY_PROG, MapType
+    from netbee.loader.maps import MapType, is_frozen_data
 
     if mspec.type == MapType.RINGBUF:
         return "ring"
-    if mspec.data is not None and (".rodata" in name or mspec.flags & F_RDONLY_PROG):
+    if is_frozen_data(mspec):
         return "keep"
     return bytes(mspec.data or b"").hex()
 

@@ -67,6 +67,11 @@ def kernel_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.]", "_", name)[:15]
 
 
+def is_frozen_data(spec: Any) -> bool:
+    """A global-data map that Map.from_spec makes read-only for programs and freezes (.rodata)."""
+    return spec.data is not None and bool(".rodata" in spec.name or spec.flags & F_RDONLY_PROG)
+
+
 class Map(sc.KernelObject):
     """A kernel map owned by this process."""
 
@@ -112,7 +117,7 @@ class Map(sc.KernelObject):
         """Create from an elf.MapSpec. Global-data maps (spec.data set) get their contents written
         now; a .rodata map is read-only for programs and frozen, so the verifier can trust it."""
         flags = spec.flags
-        rodata = spec.data is not None and (".rodata" in spec.name or flags & F_RDONLY_PROG)
+        rodata = is_frozen_data(spec)
         if spec.data is not None:
             flags |= F_RDONLY_PROG if rodata else 0
             flags |= F_MMAPABLE if mmapable and not rodata else 0

@@ -24,7 +24,7 @@ def _cache(tmp_path, n: int = 2) -> progcache.ProgramCache:
 def _fake_entry(cache: progcache.ProgramCache, parts: dict, boot: str | None = None, age: float = 0.0) -> str:
     """What Entry.store leaves behind: a pinned directory and a meta file (aged by `age` s)."""
     key, text = progcache.make_key(parts)
-    os.makedirs(os.path.join(cache.bpf_dir, key, ), exist_ok=True)
+    os.makedirs(os.path.join(cache.bpf_dir, key), exist_ok=True)
     open(os.path.join(cache.bpf_dir, key, "prog_x"), "w").close()
     os.makedirs(cache.meta_dir, exist_ok=True)
     path = cache.meta_path(key)
