@@ -94,9 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-cache", action="store_true",
                    help="load the programs afresh and keep none: by default the programs one run "
                         "loads stay pinned in /sys/fs/bpf/netbee (unattached) until reboot, and the "
-                        "same command run again starts from them in a few milliseconds")
+                        "same command run again starts from them in a few milliseconds; their "
+                        "relocated code and hook plan stay in /var/cache/netbee for other filters "
+                        "and later boots of the same kernel")
     t.add_argument("--clear-cache", action="store_true",
-                   help="remove the programs kept by earlier runs (those of a running netbee stay) and exit")
+                   help="remove the programs and relocated code kept by earlier runs (those of a "
+                        "running netbee stay) and exit")
     o = p.add_argument_group("output")
     o.add_argument("-c", "--count", type=int, metavar="N",
                    help="stop after N events")
@@ -282,10 +285,11 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise UsageError(f"cannot read OUI database {args.oui_db}: no such file")
     if args.clear_cache:
         check_privileges()
-        from netbee import progcache
+        from netbee import prepcache, progcache
         removed, busy = progcache.ProgramCache().clear()
         print(f"netbee: program cache: removed {removed} entries" + (f", {busy} in use kept" if busy else ""),
               file=err)
+        print(f"netbee: relocated code cache: removed {prepcache.PreparedCache().clear()} entries", file=err)
         return 0
     if args.probe:
         check_privileges()
@@ -325,13 +329,14 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     from netbee.tracer import TraceOptions, Tracer
 
-    cache = None
+    cache = prepared = None
     if not args.no_cache:
+        from netbee.prepcache import PreparedCache
         from netbee.progcache import ProgramCache
-        cache = ProgramCache()
+        cache, prepared = ProgramCache(), PreparedCache()
     opts = TraceOptions(backend=args.backend, netns=ns_specs or None, rules=rules,
                         want_stack=args.stack, btf_path=args.btf, ringbuf_bytes=ringbuf,
-                        verbose=args.verbose, cache=cache)
+                        verbose=args.verbose, cache=cache, prepared_cache=prepared)
     shown = 0
     flag = _StopFlag()
     old_handlers = {sig: signal.signal(sig, flag) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -343,7 +348,8 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if args.stack:
             len(res.kallsyms)  # load /proc/kallsyms now, not while the first drop is waiting
         if args.verbose:
-            print(f"netbee: program cache: {tracer.cache_status}", file=err)
+            print(f"netbee: program cache: {tracer.cache_status}; relocated code cache: "
+                  f"{tracer.prepared_status}", file=err)
         print(start_line(report), file=err, flush=True)
         if not args.json:
             print(renderer.header(), file=out, flush=True)

@@ -156,6 +156,9 @@ class TraceOptions:
     # netbee.progcache.ProgramCache: reuse the programs an earlier run of the same command loaded,
     # and keep this run's for the next; None: always load afresh, pin nothing
     cache: object = None
+    # netbee.prepcache.PreparedCache: relocated programs and hook plan of an earlier run on this
+    # kernel (any filter, any boot), so a fresh load skips BTF, ELF and CO-RE; None: not used
+    prepared_cache: object = None
 
 
 @dataclass
@@ -316,6 +319,7 @@ class Tracer:
         self._cache = None                     # the locked progcache.Entry, released by close()
         self._fresh_facts: dict = {}
         self.cache_status = "off"              # what the program cache did (shown by -v)
+        self.prepared_status = "off"           # what the prepared cache did, on a fresh load
         # enum skb_drop_reason of the BTF the programs were loaded against, once started (None:
         # unknown); a run with cached programs has them without reading the kernel BTF
         self.drop_reason_values: dict[str, int] | None = None
@@ -444,54 +448,54 @@ class Tracer:
         return report
 
     def _load_fresh(self, cfg: bytes, fields: int, timings: dict[str, float], lap: Callable[[str], None]):
-        """Plan the hooks, relocate and load the programs: (collection, backend, plan, skipped)."""
-        from netbee.loader.btf import Btf
-        from netbee.loader.elf import ObjectSpec
-
-        kbtf = Btf.load_kernel(self.opts.btf_path)
-        lap("kernel_btf")
-        backend = self._choose_backend()
-        lap("features")
-        # Tracepoints are found in the BTF alone; kprobe/fentry symbols also need kallsyms.
-        kallsyms = SymbolNames.load() if backend != "tracepoint" else None
-        lap("kallsyms")
-        plan, skipped = plan_hooks(backend, kbtf, kallsyms)
-        # The first few BTF look-ups build the kernel BTF's name index: most of this phase's cost.
-        lap("btf_index_and_plan")
-        # Only the planned programs are linked (~10 of the object's ~50).
-        wanted = {p.prog for p in plan}
-        replace = None
+        """Plan the hooks, relocate and load the programs: (collection, backend, plan, skipped).
+        Planning and relocation come from the prepared cache when it has them."""
+        body = None
         if not self.opts.filter_interpreter:
             # the rules as straight-line BPF in place of the interpreter (an object without
             # the function keeps its own filter)
             from netbee import filter_codegen
-            replace = {filter_codegen.FUNCTION: filter_codegen.compile_rules(self.opts.rules or [])}
-        spec = ObjectSpec.from_path(self.opts.object_path or default_object_path(), programs=wanted,
-                                    replace=replace)
-        missing = sorted(wanted - set(spec.programs))
-        if missing:
-            raise NetBeeError(f"the BPF object lacks program(s) {', '.join(missing)}: object and netbee/hooks.py disagree")
-        lap("object_parse")
+            body = filter_codegen.compile_rules(self.opts.rules or [])
+        backend = self._choose_backend()
+        lap("features")
+        slot = self._prepared_slot(backend)
+        lap("prepared_lookup")
+        hit = self._read_prepared(slot, body) if slot is not None else None
+        if hit is not None:
+            spec, plan, skipped, drops, direct_reads = hit
+            kbtf = None
+            lap("prepared_read")
+        else:
+            spec, kbtf, plan, skipped = self._plan_and_parse(backend, body, lap)
+            drops = None
+            from netbee.loader import features
+            # (the probe reads the kernel BTF, which is at hand now and not on a prepared load)
+            direct_reads = features.has("direct_packet_reads")[0]
         spec.set_global("cfg", cfg)
         spec.set_global("self_pid", struct.pack("<I", os.getpid()))
         if "filter_fields" in spec.globals:
             # which fields the filter needs before it can run (ports cost a header read)
             spec.set_global("filter_fields", struct.pack("<I", fields))
-        from netbee.loader import features
-        if "direct_packet_reads" in spec.globals and features.has("direct_packet_reads")[0]:
+        if "direct_packet_reads" in spec.globals and direct_reads:
             # packet headers by plain loads instead of a helper call per header (bpf/src/nb_parse.h)
             spec.set_global("direct_packet_reads", struct.pack("<I", 1))
         lap("config")
-        coll, plan, load_skipped = self._load(spec, kbtf, plan, timings)
+        coll, loaded_plan, load_skipped = self._load(spec, kbtf, plan, timings)
         self._coll = coll
         lap(None)  # the collection timed its own phases (object_btf_load, maps, core, core_and_load)
-        # Of the kernel BTF the trace needs only the drop reason names: remember those, and let
-        # the object file and the kernel BTF (~10 MB) go before the ring buffer is mapped.
-        drops: dict[str, int] | None = None
-        try:
-            drops = self.drop_reason_values = Btf.kernel_enum_values("skb_drop_reason", self.opts.btf_path)
-        except NetBeeError:
-            pass  # the drop reason resolver reports a missing enum itself
+        if hit is None:
+            # Of the kernel BTF the trace needs only the drop reason names: remember those, and
+            # let the object file and the kernel BTF (~10 MB) go before the ring buffer is mapped.
+            from netbee.loader.btf import Btf
+            try:
+                drops = Btf.kernel_enum_values("skb_drop_reason", self.opts.btf_path)
+            except NetBeeError:
+                pass  # the drop reason resolver reports a missing enum itself
+            if slot is not None and not load_skipped:
+                # (a program the verifier refused may be refused for this filter only: not kept)
+                self._store_prepared(slot, coll, backend, plan, skipped, drops, direct_reads)
+                lap("prepared_store")
+        self.drop_reason_values = drops
         # what a later run needs to reuse these programs (_cache_store)
         self._fresh_facts = {"self_pid": list(spec.globals["self_pid"]), "drop_reasons": drops,
                              "maps": {name: _reset_rule(mspec, name) for name, mspec in spec.maps.items()
@@ -501,7 +505,93 @@ class Tracer:
         from netbee.loader.syscall import release_free_heap
         release_free_heap()   # the freed megabytes leave the resident set before the ring is mapped
         lap("release_sources")
-        return coll, backend, plan, skipped + load_skipped
+        return coll, backend, loaded_plan, skipped + load_skipped
+
+    def _plan_and_parse(self, backend: str, body: bytes | None, lap: Callable[[str], None]):
+        """The slow way: kernel BTF, hook plan, ELF object. (spec, kernel BTF, plan, skipped)"""
+        from netbee.loader.btf import Btf
+        from netbee.loader.elf import ObjectSpec
+
+        kbtf = Btf.load_kernel(self.opts.btf_path)
+        lap("kernel_btf")
+        # Tracepoints are found in the BTF alone; kprobe/fentry symbols also need kallsyms.
+        kallsyms = SymbolNames.load() if backend != "tracepoint" else None
+        lap("kallsyms")
+        plan, skipped = plan_hooks(backend, kbtf, kallsyms)
+        # The first few BTF look-ups build the kernel BTF's name index: most of this phase's cost.
+        lap("btf_index_and_plan")
+        # Only the planned programs are linked (~10 of the object's ~50).
+        wanted = {p.prog for p in plan}
+        replace = None
+        if body is not None:
+            from netbee import filter_codegen
+            replace = {filter_codegen.FUNCTION: body}
+        spec = ObjectSpec.from_path(self.opts.object_path or default_object_path(), programs=wanted,
+                                    replace=replace)
+        missing = sorted(wanted - set(spec.programs))
+        if missing:
+            raise NetBeeError(f"the BPF object lacks program(s) {', '.join(missing)}: object and netbee/hooks.py disagree")
+        lap("object_parse")
+        return spec, kbtf, plan, skipped
+
+    # -- prepared cache (netbee/prepcache.py) ------------------------------------------------------
+    def _prepared_slot(self, backend: str):
+        """(cache, key, key text) of the prepared cache for this object, kernel and backend."""
+        from netbee import __version__, prepcache, progcache
+
+        cache = self.opts.prepared_cache
+        if cache is None:
+            return None
+        try:
+            parts = {"netbee": __version__, "code": progcache.code_identity(), "object": self._object_identity(),
+                     "kernel": prepcache.kernel_identity(self.opts.btf_path), "modules": _module_names(),
+                     "backend": backend, "filter_interpreter": self.opts.filter_interpreter}
+        except OSError:
+            return None   # no kernel BTF: the slow way says so properly
+        return (cache, *progcache.make_key(parts))
+
+    def _read_prepared(self, slot, body: bytes | None):
+        """(prepared object with this filter's body, plan, skipped, drop reasons, whether packet
+        bytes are read by plain loads) or None."""
+        from netbee.loader.prepared import PreparedObject
+
+        cache, key, text = slot
+        doc = cache.load(key, text)
+        if doc is None:
+            self.prepared_status = "miss"
+            return None
+        try:
+            obj = PreparedObject.from_doc(doc["object"])
+            plan = [_Planned(**p) for p in doc["plan"]]
+            skipped = [(str(h), str(why)) for h, why in doc["skipped"]]
+            drops = doc["drop_reasons"]
+            direct_reads = bool(doc["direct_packet_reads"])
+            if not {p.prog for p in plan} <= set(obj.programs):
+                raise ValueError("the plan names programs it lacks")
+            if body is not None:
+                from netbee import filter_codegen
+                obj = obj.with_body(filter_codegen.FUNCTION, body)
+        except (NetBeeError, KeyError, TypeError, ValueError) as e:
+            self.prepared_status = f"miss (dropped an unusable entry: {_reason(e)})"
+            cache.discard(key)
+            return None
+        self.prepared_status = "hit"
+        return obj, plan, skipped, drops, direct_reads
+
+    def _store_prepared(self, slot, coll, backend: str, plan: list, skipped: list, drops,
+                        direct_reads: bool) -> None:
+        from dataclasses import asdict
+
+        cache, key, text = slot
+        doc = {"backend": backend, "plan": [asdict(p) for p in plan], "skipped": [list(s) for s in skipped],
+               "drop_reasons": drops, "direct_packet_reads": direct_reads,
+               "object": coll.prepared_object().to_doc()}
+        try:
+            cache.store(key, text, doc)
+        except OSError as e:
+            self.prepared_status += f", not stored ({_reason(e)})"
+            return
+        self.prepared_status += ", stored"
 
     # -- program cache (netbee/progcache.py) -------------------------------------------------------
     def _cache_entry(self, cfg: bytes, fields: int):
@@ -531,14 +621,8 @@ class Tracer:
         modules can add kprobe targets."""
         from netbee import __version__, progcache
 
-        if self.opts.object_path is None and progcache.archive_identity() is not None:
-            obj_id: list = ["packaged in the archive"]  # extracted afresh each run: code identity covers it
-        else:
-            obj = os.path.abspath(self.opts.object_path or default_object_path())
-            st = os.stat(obj)
-            obj_id = [obj, st.st_size, st.st_mtime_ns, st.st_ino]
         parts = {"netbee": __version__, "code": progcache.code_identity(), "boot": progcache.boot_id(),
-                 "modules": _module_names(), "object": obj_id,
+                 "modules": _module_names(), "object": self._object_identity(),
                  "backend": self.opts.backend, "config": cfg.hex(), "filter_fields": fields,
                  "filter_interpreter": self.opts.filter_interpreter,
                  "ringbuf": self.opts.ringbuf_bytes}
@@ -546,6 +630,15 @@ class Tracer:
             bst = os.stat(self.opts.btf_path)
             parts["btf"] = [os.path.abspath(self.opts.btf_path), bst.st_size, bst.st_mtime_ns, bst.st_ino]
         return parts
+
+    def _object_identity(self) -> list:
+        from netbee import progcache
+
+        if self.opts.object_path is None and progcache.archive_identity() is not None:
+            return ["packaged in the archive"]  # extracted afresh each run: code identity covers it
+        obj = os.path.abspath(self.opts.object_path or default_object_path())
+        st = os.stat(obj)
+        return [obj, st.st_size, st.st_mtime_ns, st.st_ino]
 
     def _open_cached(self, entry):
         """The entry's programs and maps with the per-run state reset, or None (entry dropped)
@@ -625,8 +718,9 @@ class Tracer:
         log_level = 1 if self.opts.verbose else 0
         for _ in range(len(plan) + 1):
             names = list(dict.fromkeys(p.prog for p in plan))
+            # (prepared programs come with their targets: kbtf is None then)
             overrides = {p.prog: {"attach_target": p.target} for p in plan
-                         if p.kind not in ("netfilter",) and p.target}
+                         if p.kind not in ("netfilter",) and p.target} if kbtf is not None else {}
             try:
                 coll = _TimedCollection(spec, kernel_btf=kbtf, programs=names, overrides=overrides,
                                         map_sizes={"events": self.opts.ringbuf_bytes}, log_level=log_level,

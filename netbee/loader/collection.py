@@ -1,13 +1,15 @@
 """Collection: an ObjectSpec and the kernel's BTF in, loaded maps and programs out; close() frees all.
 
 Order: object BTF (sanitized for this kernel) -> maps (global data written, .rodata frozen) ->
-per program: copy instructions, put map fds into ld_imm64s, CO-RE relocate against the kernel
-BTF, resolve the BTF attach target -> load them all, a few at a time in threads (the verifier
-is most of the start-up time; with a verifier log on rejection).
+per program: copy instructions, CO-RE relocate against the kernel BTF, resolve the BTF attach
+target (a PreparedProgram) -> put map fds into ld_imm64s and load them all, a few at a time in
+threads (the verifier is most of the start-up time; with a verifier log on rejection).
+
+A PreparedObject (prepared.py) made by an earlier collection (prepared_object()) can stand in
+for the ObjectSpec: then no kernel BTF is needed and nothing is relocated again.
 """
 from __future__ import annotations
 
-import copy
 import os
 from collections import deque
 from dataclasses import dataclass
@@ -17,7 +19,8 @@ from netbee.loader import insn as I
 from netbee.loader import syscall as sc
 from netbee.loader.errors import NetBeeError, ObjectFileError, VerifierError
 from netbee.loader.maps import Map
-from netbee.loader.programs import KINDS, LoadedBtf, Program, resolve_attach_btf_id
+from netbee.loader.prepared import PreparedObject, PreparedProgram, func_info_records
+from netbee.loader.programs import KINDS, LoadedBtf, Program, line_info_records, resolve_attach_btf_id
 
 POISON_MARK = "unknown#195896080"  # how the verifier names core.py's poisoned calls
 BTF_TARGET_KINDS = ("fentry", "fexit", "tp_btf")
@@ -32,16 +35,6 @@ def load_workers(n_programs: int) -> int:
     return max(1, min(n_programs, cpus))
 
 
-@dataclass
-class _Prepared:
-    """A program ready for the verifier: relocated instructions and its BTF attach id."""
-
-    spec: Any
-    insns: bytes
-    attach_btf_id: int
-    poisoned: List[Any]
-
-
 class Collection(sc.Closeable):
     """Loaded maps and programs of one object (a context manager)."""
 
@@ -54,14 +47,18 @@ class Collection(sc.Closeable):
         self.maps: Dict[str, Map] = {}
         self.programs: Dict[str, Program] = {}
         self.btf: Optional[LoadedBtf] = None
+        self.btf_raw: Optional[bytes] = None   # what self.btf was loaded from
         self.warnings: List[str] = []
         self.poisoned: Dict[str, List[Any]] = {}
+        self.prepared: Dict[str, PreparedProgram] = {}   # of the loaded programs
         wanted = list(spec.programs) if programs is None else list(programs)
         unknown = [p for p in wanted if p not in spec.programs]
         if unknown:
             raise ObjectFileError(f"no program(s) {', '.join(unknown)} in the object "
                                   f"(has: {', '.join(sorted(spec.programs))})")
         overrides = overrides or {}
+        if overrides and isinstance(spec, PreparedObject):
+            raise ObjectFileError("prepared programs cannot be overridden: they are relocated already")
         try:
             self._load_btf(btf_features)
             self._create_maps(map_sizes or {})
@@ -72,14 +69,26 @@ class Collection(sc.Closeable):
 
     # --- steps --------------------------------------------------------------------------------------
     def _load_btf(self, features: Optional[Iterable[str]]) -> None:
-        if self.spec.btf is None:
+        if isinstance(self.spec, PreparedObject):
+            self.warnings += self.spec.warnings
+            raw = self.spec.btf_raw
+        elif self.spec.btf is not None:
+            from netbee.loader.btf import sanitize
+            if features is None:
+                from netbee.loader.features import btf_features
+                features = btf_features()
+            raw = None
+            try:
+                raw = sanitize(self.spec.btf, features).to_bytes()
+            except NetBeeError as e:
+                self.warnings.append(f"object BTF not loaded, continuing without it: {e}")
+        else:
+            raw = None
+        if raw is None:
             return
-        from netbee.loader.btf import sanitize
-        if features is None:
-            from netbee.loader.features import btf_features
-            features = btf_features()
         try:
-            self.btf = LoadedBtf(sanitize(self.spec.btf, features).to_bytes())
+            self.btf = LoadedBtf(raw)
+            self.btf_raw = raw
         except NetBeeError as e:
             # like libbpf: go on without object BTF (no func/line info), say so
             self.warnings.append(f"object BTF not loaded, continuing without it: {e}")
@@ -97,22 +106,21 @@ class Collection(sc.Closeable):
                                             max_entries=sizes.get(name), mmapable=bool(mmapable))
 
     def _prepare_program(self, pspec: Any, override: Dict[str, Any],
-                         cand_cache: Dict[int, List[int]]) -> "_Prepared":
-        """Everything before the verifier: map fds, CO-RE, the BTF attach target (pure Python)."""
-        pspec = copy.copy(pspec)
-        for key, value in override.items():
-            if key not in ("attach_target", "kind"):
-                raise ObjectFileError(f"cannot override {key!r} of program {pspec.name!r}")
-            setattr(pspec, key, value)
-        if pspec.kind not in KINDS:
-            raise ObjectFileError(f"program {pspec.name!r}: unsupported kind {pspec.kind!r}")
-        insns = bytearray(pspec.insns)
+                         cand_cache: Dict[int, List[int]]) -> PreparedProgram:
+        """Everything before the verifier but the map fds: CO-RE, the BTF attach target, the
+        func/line records (pure Python)."""
+        if isinstance(pspec, PreparedProgram):
+            return pspec
+        kind, target = override.get("kind", pspec.kind), override.get("attach_target", pspec.attach_target)
+        bad = set(override) - {"kind", "attach_target"}
+        if bad:
+            raise ObjectFileError(f"cannot override {sorted(bad)[0]!r} of program {pspec.name!r}")
+        if kind not in KINDS:
+            raise ObjectFileError(f"program {pspec.name!r}: unsupported kind {kind!r}")
         for r in pspec.map_relocs:
-            m = self.maps.get(r.map_name)
-            if m is None:
+            if r.map_name not in self.maps:
                 raise ObjectFileError(f"program {pspec.name!r} uses unknown map {r.map_name!r}")
-            I.set_src(insns, r.insn_index, r.src)
-            I.set_imm(insns, r.insn_index, m.fd)
+        insns = bytearray(pspec.insns)
         poisoned: List[Any] = []
         if pspec.core_relos:
             from netbee.loader import core  # Loader I / CO-RE engineer's module
@@ -121,14 +129,18 @@ class Collection(sc.Closeable):
                                       "object or kernel BTF is missing")
             fixups = core.relocate(pspec.name, pspec.core_relos, self.spec.btf, self.kernel_btf, cand_cache)
             poisoned = core.apply_fixups(insns, fixups)
-            if poisoned:
-                self.poisoned[pspec.name] = poisoned
         attach_btf_id = 0
-        if pspec.kind in BTF_TARGET_KINDS:
+        if kind in BTF_TARGET_KINDS:
             if self.kernel_btf is None:
-                raise ObjectFileError(f"program {pspec.name!r} ({pspec.kind}) needs the kernel BTF")
-            attach_btf_id = resolve_attach_btf_id(self.kernel_btf, pspec.kind, pspec.attach_target)
-        return _Prepared(pspec, bytes(insns), attach_btf_id, poisoned)
+                raise ObjectFileError(f"program {pspec.name!r} ({kind}) needs the kernel BTF")
+            attach_btf_id = resolve_attach_btf_id(self.kernel_btf, kind, target)
+        func_info = line_info = b""
+        if self.btf is not None:
+            func_info = func_info_records(pspec.func_info)
+            line_info = (line_info_records(pspec.line_info, self.btf) if pspec.line_info else None) or b""
+        return PreparedProgram(pspec.name, kind, target, pspec.license or self.spec.license or "GPL",
+                               bytes(insns), list(pspec.map_relocs), attach_btf_id, func_info, line_info,
+                               [tuple(p) for p in poisoned], dict(getattr(pspec, "replaced_at", {})))
 
     def _load_programs(self, wanted: List[str], overrides: Dict[str, Dict[str, Any]], log_level: int) -> None:
         """Prepare each program in turn and hand it to the verifier, several at a time.
@@ -202,20 +214,39 @@ class Collection(sc.Closeable):
         if first is not None:
             raise first
 
-    def _load_prepared(self, p: "_Prepared", log_level: int) -> Program:
-        pspec, use_btf = p.spec, self.btf is not None
+    def _load_prepared(self, p: PreparedProgram, log_level: int) -> Program:
+        if p.poisoned:
+            self.poisoned[p.name] = list(p.poisoned)
+        insns = bytearray(p.insns)
+        for r in p.map_relocs:
+            m = self.maps.get(r.map_name)
+            if m is None:
+                raise ObjectFileError(f"program {p.name!r} uses unknown map {r.map_name!r}")
+            I.set_src(insns, r.insn_index, r.src)
+            I.set_imm(insns, r.insn_index, m.fd)
+        use_btf = self.btf is not None
         try:
-            return Program(pspec.name, pspec.kind, p.insns, license=pspec.license or self.spec.license or "GPL",
-                           attach_target=pspec.attach_target, attach_btf_id=p.attach_btf_id,
+            prog = Program(p.name, p.kind, bytes(insns), license=p.license,
+                           attach_target=p.attach_target, attach_btf_id=p.attach_btf_id,
                            btf=self.btf if use_btf else None,
-                           func_info=pspec.func_info if use_btf else (),
-                           line_info=pspec.line_info if use_btf else (), log_level=log_level)
+                           func_info=p.func_info if use_btf else b"",
+                           line_info=p.line_info if use_btf else b"", log_level=log_level)
         except VerifierError as e:
             if p.poisoned and POISON_MARK in e.log:
                 why = "\n".join(f"  insn {idx}: {reason}" for idx, reason in p.poisoned)
-                raise VerifierError(pspec.name, e.log + "\nCO-RE relocations that could not be "
+                raise VerifierError(p.name, e.log + "\nCO-RE relocations that could not be "
                                     f"satisfied on this kernel:\n{why}", e.errno) from None
             raise
+        self.prepared[p.name] = p
+        return prog
+
+    def prepared_object(self) -> PreparedObject:
+        """What a later collection needs to load the same programs again without the object
+        file or the kernel BTF (before release_sources())."""
+        if self.spec is None:
+            raise NetBeeError("prepared_object() after release_sources()")
+        return PreparedObject(self.spec.license, self.btf_raw, self.spec.maps, dict(self.spec.globals),
+                              {n: self.prepared[n] for n in self.programs}, list(self.warnings))
 
     # --- lifecycle ----------------------------------------------------------------------------------
     def release_sources(self) -> None:

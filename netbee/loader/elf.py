@@ -15,6 +15,7 @@ from netbee.loader import insn as I
 from netbee.loader.btf import Btf, BtfKind, Datasec, VarSecInfo
 from netbee.loader.btf_ext import BtfExt, CoreRelo, FuncInfo, LineInfos
 from netbee.loader.errors import BTFError, NetBeeError, ObjectFileError
+from netbee.loader.map_spec import Globals, MapReloc, MapSpec, read_global, write_global  # noqa: F401 (re-exported)
 
 EM_BPF = 247
 SHF_EXECINSTR = 0x4
@@ -51,34 +52,6 @@ _MAP_INT_FIELDS = ("type", "max_entries", "map_flags", "key_size", "value_size",
 
 
 @dataclass
-class MapReloc:
-    """An ld_imm64 that must receive a map: its fd (PSEUDO_MAP_FD) or the address
-    of `offset` inside its value (PSEUDO_MAP_VALUE; the offset is already in the
-    second slot's imm, as the kernel wants)."""
-    insn_index: int
-    map_name: str
-    src: int = I.BPF_PSEUDO_MAP_FD
-    offset: int = 0
-
-
-@dataclass
-class MapSpec:
-    name: str
-    type: int
-    key_size: int
-    value_size: int
-    max_entries: int
-    flags: int = 0
-    data: Optional[bytes] = None          # global data maps: the initial value
-    btf_key_type_id: int = 0
-    btf_value_type_id: int = 0
-    section: str = ".maps"
-    pinning: int = 0                      # parsed, ignored by NetBee
-    numa_node: int = 0
-    map_extra: int = 0
-
-
-@dataclass
 class ProgramSpec:
     name: str
     section: str
@@ -91,6 +64,9 @@ class ProgramSpec:
     core_relos: List[CoreRelo] = field(default_factory=list)
     license: str = ""
     subprograms: List[str] = field(default_factory=list)       # appended, in order
+    # function whose body replace= swapped -> its first instruction; such functions come last,
+    # after every other subprogram, so another body can take the place of this one (prepared.py)
+    replaced_at: Dict[str, int] = field(default_factory=dict)
 
     @property
     def insn_count(self) -> int:
@@ -133,7 +109,7 @@ class ObjectSpec:
         self.license = ""
         self.btf: Optional[Btf] = None
         self.btf_ext: Optional[BtfExt] = None
-        self.globals: Dict[str, Tuple[str, int, int]] = {}   # name -> (map name, offset, size)
+        self.globals: Globals = {}   # name -> (map name, offset, size)
         self.kern_version = 0
         self.replaced: Set[str] = set()   # functions whose body from_bytes(replace=...) swapped
 
@@ -179,23 +155,10 @@ class ObjectSpec:
 
     def set_global(self, name: str, value: bytes) -> None:
         """Write a global variable's initial value (e.g. a `const volatile` config) before load."""
-        where = self.globals.get(name)
-        if where is None:
-            known = ", ".join(sorted(self.globals)) or "none"
-            raise ObjectFileError(f"no global variable {name!r} in the object (known: {known})")
-        map_name, offset, size = where
-        value = bytes(value)
-        if len(value) != size:
-            raise ObjectFileError(f"global {name!r} is {size} bytes, got a value of {len(value)}")
-        spec = self.maps[map_name]
-        data = bytearray(spec.data if spec.data is not None else bytes(spec.value_size))
-        data[offset:offset + size] = value
-        spec.data = bytes(data)
+        write_global(self.maps, self.globals, name, value)
 
     def get_global(self, name: str) -> bytes:
-        map_name, offset, size = self.globals[name]
-        data = self.maps[map_name].data or bytes(self.maps[map_name].value_size)
-        return data[offset:offset + size]
+        return read_global(self.maps, self.globals, name)
 
 
 class _Parser:
@@ -539,7 +502,8 @@ class _Parser:
 
 class _Linker:
     """Builds one program: its own code, then every subprogram it reaches, appended
-    depth-first in the order libbpf uses, with calls and relocations rebased."""
+    depth-first in the order libbpf uses, with calls and relocations rebased. Functions whose
+    body is replaced come after all of those (their callers are fixed up when they are placed)."""
 
     def __init__(self, parser: _Parser, main: _Func, ext: Optional[BtfExt]) -> None:
         self.p = parser
@@ -549,11 +513,17 @@ class _Linker:
         self.spec = ProgramSpec(main.name, "", "", "", self.insns, license=parser.spec.license,
                                 line_info=LineInfos(btf=parser.spec.btf))
         self.main = main
+        # replaced functions still to place: (section, start) -> (function, slots that call it)
+        self.deferred: Dict[Tuple[int, int], Tuple[_Func, List[int]]] = {}
 
     def link(self, section: str, kind: str, target: str) -> ProgramSpec:
         s = self.spec
         s.section, s.kind, s.attach_target = section, kind, target
         self._append(self.main)
+        for key, (callee, slots) in self.deferred.items():
+            self._append(callee)
+            for pos in slots:
+                I.set_imm(self.insns, pos, self.placed[key] - pos - 1)
         s.map_relocs.sort(key=lambda r: r.insn_index)
         return s
 
@@ -564,6 +534,7 @@ class _Linker:
             self.spec.subprograms.append(f.name)
         body = self.p.replace.get(f.name)
         if body is not None:
+            self.spec.replaced_at[f.name] = base
             self.insns += body
             self._carry_ext_replaced(f, base)
             return
@@ -681,6 +652,9 @@ class _Linker:
         if target != callee.start and callee.name in self.p.replace:
             raise self.p.fail(f"{where}: jumps into the middle of {callee.name!r}, whose body is replaced")
         if key not in self.placed:
+            if callee.name in self.p.replace:
+                self.deferred.setdefault(key, (callee, []))[1].append(pos)
+                return
             self._append(callee)
         dest = self.placed[key] + (target - callee.start)
         I.set_imm(self.insns, pos, dest - pos - 1)

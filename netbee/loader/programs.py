@@ -10,6 +10,7 @@ from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
 from netbee.loader import syscall as sc
 from netbee.loader.errors import AttachError, BTFError, SyscallError, VerifierError
 from netbee.loader.maps import kernel_name
+from netbee.loader.prepared import FUNC_INFO_SIZE, LINE_INFO_SIZE, func_info_records
 
 
 class ProgType(IntEnum):
@@ -137,12 +138,7 @@ class LoadedBtf:
         self._fd.close()
 
 
-def _func_info_blob(func_info: Iterable[Any]) -> bytes:
-    """struct bpf_func_info {insn_off (instructions), type_id}; records carry byte offsets."""
-    return b"".join(struct.pack("=II", r.insn_off // 8, r.type_id) for r in func_info)
-
-
-def _line_info_blob(line_info: Iterable[Any], btf: LoadedBtf) -> Optional[bytes]:
+def line_info_records(line_info: Iterable[Any], btf: LoadedBtf) -> Optional[bytes]:
     """struct bpf_line_info; None when a string is missing from the loaded BTF."""
     blob = getattr(line_info, "blob", None)
     if blob is not None:
@@ -195,13 +191,19 @@ class Program(sc.KernelObject):
             attr.kern_version = kernel_version_code()
         if btf is not None:
             attr.prog_btf_fd = btf.fd
+            # records as objects (elf.py's), or already in the kernel's form (prepared.py's)
             if func_info:
-                fi = self._pin(_func_info_blob(func_info))
-                attr.func_info, attr.func_info_cnt, attr.func_info_rec_size = fi.addr, len(func_info), 8
-            lblob = _line_info_blob(line_info, btf) if line_info else None
+                fblob = func_info if isinstance(func_info, bytes) else func_info_records(func_info)
+                fi = self._pin(fblob)
+                attr.func_info, attr.func_info_cnt = fi.addr, len(fblob) // FUNC_INFO_SIZE
+                attr.func_info_rec_size = FUNC_INFO_SIZE
+            lblob = None
+            if line_info:
+                lblob = line_info if isinstance(line_info, bytes) else line_info_records(line_info, btf)
             if lblob:
                 li = self._pin(lblob)
-                attr.line_info, attr.line_info_cnt, attr.line_info_rec_size = li.addr, len(line_info), 16
+                attr.line_info, attr.line_info_cnt = li.addr, len(lblob) // LINE_INFO_SIZE
+                attr.line_info_rec_size = LINE_INFO_SIZE
         self._attr = attr
         self._fd = self._load(attr, log_level)
         self._keep = []

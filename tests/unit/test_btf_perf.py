@@ -166,7 +166,7 @@ def test_object_parse_and_load_blobs_decode_no_line_info_record(monkeypatch):
     """line_info stays raw (LineInfos) from parse to the kernel blob: no LineInfo object and no
     string look-up unless a record is read. Counted, so the guard cannot flap with the load."""
     from netbee.loader import btf_ext
-    from netbee.loader.programs import _line_info_blob
+    from netbee.loader.programs import line_info_records
 
     made = [0]
 
@@ -180,7 +180,7 @@ def test_object_parse_and_load_blobs_decode_no_line_info_record(monkeypatch):
     in_ext = sum(len(v) for v in spec.btf_ext.line_info.values())
     in_progs = sum(len(p.line_info) for p in spec.programs.values())
     assert in_ext > 10000 and in_progs >= in_ext
-    blobs = {n: _line_info_blob(p.line_info, None) for n, p in spec.programs.items()}
+    blobs = {n: line_info_records(p.line_info, None) for n, p in spec.programs.items()}
     assert made[0] == 0, f"{made[0]} line_info records decoded by parse + blob building"
     for n, p in spec.programs.items():
         assert len(blobs[n]) == 16 * len(p.line_info)

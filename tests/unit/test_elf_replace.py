@@ -137,3 +137,26 @@ def test_replacement_errors():
         ObjectSpec.from_path(BASIC, replace={"bump": I.ld_imm64(1, 0, I.BPF_PSEUDO_MAP_VALUE) + BODY})
     # a helper call needs no relocation: accepted
     ObjectSpec.from_path(BASIC, replace={"bump": I.call_helper(5) + BODY})
+
+
+BODY2 = I.mov64_imm(0, 1) + I.exit_insn()
+
+
+@pytest.mark.parametrize("path, function", [(NETBEE, "nb_filter_run"), (BASIC, "bump"), (BASIC, "read_len")])
+def test_a_replaced_function_comes_last_so_another_body_swaps_in(path, function):
+    """What prepared.PreparedProgram.with_body relies on: linking with another body changes
+    nothing but the instructions from replaced_at on."""
+    a = ObjectSpec.from_path(path, replace={function: BODY})
+    b = ObjectSpec.from_path(path, replace={function: BODY2})
+    reached = [n for n, p in a.programs.items() if function in p.replaced_at]
+    assert reached
+    for name in reached:
+        pa, pb = a.programs[name], b.programs[name]
+        at = pa.replaced_at[function]
+        assert pb.replaced_at == pa.replaced_at and at * 8 + len(BODY) == len(pa.insns)
+        assert bytes(pa.insns[at * 8:]) == BODY and bytes(pb.insns) == bytes(pa.insns[:at * 8]) + BODY2
+        assert pb.map_relocs == pa.map_relocs and pb.core_relos == pa.core_relos
+        assert pb.func_info == pa.func_info and list(pb.line_info) == list(pa.line_info)
+        assert pa.subprograms[-1] == function
+        # the calls still land on the body: at the start of the last function
+        assert at in _calls(pa).values()

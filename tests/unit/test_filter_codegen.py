@@ -306,10 +306,14 @@ def real_packet(draw):
         ev.update(ip_proto=proto, saddr=s.packed.ljust(16, b"\0"), daddr=d.packed.ljust(16, b"\0"))
         ev["flags"] |= draw(st.sampled_from([abi.F_HAS_L3, abi.F_FROM_SOCK]))
         fields.update(proto=proto, saddr=s, daddr=d)
-        if proto in (6, 17, 132) and draw(st.booleans()):   # a non-first fragment has no ports
+        # a non-first fragment has no ports; a socket always has them (0 when unbound or
+        # unconnected), with or without a transport header read
+        from_sock = bool(ev["flags"] & abi.F_FROM_SOCK)
+        if proto in (6, 17, 132) and (from_sock or draw(st.booleans())):
             sp, dp = draw(small_ports), draw(small_ports)
             ev.update(sport=sp, dport=dp)
-            ev["flags"] |= abi.F_HAS_L4
+            if not from_sock:
+                ev["flags"] |= abi.F_HAS_L4
             fields.update(sport=sp, dport=dp)
     return ev, fields
 

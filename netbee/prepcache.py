@@ -1,0 +1,141 @@
+"""Relocated programs kept on disk, for a first run with a new filter or after a reboot (issue 8).
+
+The program cache (progcache.py) serves the exact command again on the same boot. Most of what a
+fresh load costs in Python does not depend on the command's filter or on the boot, though: reading
+the kernel BTF (~5 MB), planning the hooks, parsing the ELF object and CO-RE. This cache keeps that
+result, a PreparedObject (netbee/loader/prepared.py) with the hook plan, in DIR/<key>.json, keyed
+by what it depends on: netbee's code, the object file, the kernel (its release, build and the
+whole BTF's checksum), the loaded modules, the backend. A run with a new filter reads it, puts the
+filter's code in (with_body) and its config in the globals, and goes straight to the verifier.
+
+Files are written whole under a temporary name and renamed; a file that does not parse, fails its
+checksum or was made for another key is a miss and is removed. At most MAX_ENTRIES files are
+kept, least recently used first out. DIR is root's (0700): what it holds is loaded into the kernel.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from typing import Any, Dict, List, Optional
+
+FORMAT = 1
+MAX_ENTRIES = 4
+DIR = "/var/cache/netbee/prepared"
+KERNEL_BTF = "/sys/kernel/btf/vmlinux"
+
+
+def file_identity(path: str) -> List[Any]:
+    """(size, crc32) of a whole file: the kernel's BTF has no version of its own, and on a
+    rebuilt kernel of the same release only its content tells."""
+    crc, size = 0, 0
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 20)
+            if not chunk:
+                break
+            crc = zlib.crc32(chunk, crc)
+            size += len(chunk)
+    return [size, f"{crc:08x}"]
+
+
+def kernel_identity(btf_path: Optional[str] = None) -> Dict[str, Any]:
+    u = os.uname()
+    return {"release": u.release, "build": u.version, "machine": u.machine,
+            "btf": file_identity(btf_path or KERNEL_BTF), "btf_path": os.path.abspath(btf_path) if btf_path else None}
+
+
+class PreparedCache:
+    def __init__(self, directory: str = DIR, max_entries: int = MAX_ENTRIES) -> None:
+        self.directory = directory
+        self.max_entries = max_entries
+
+    def path(self, key: str) -> str:
+        return os.path.join(self.directory, key + ".json")
+
+    def load(self, key: str, text: str) -> Optional[Dict[str, Any]]:
+        """The document stored for exactly make_key()'s (key, text), or None (a bad file goes)."""
+        path = self.path(key)
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except OSError:
+            return None
+        head, nl, body = raw.partition(b"\n")
+        try:
+            magic, crc, length = head.decode("ascii").split()
+            ok = (magic == f"netbee-prepared-{FORMAT}" and int(length) == len(body)
+                  and int(crc, 16) == zlib.crc32(body))
+            doc = json.loads(body) if ok else None
+        except (ValueError, UnicodeDecodeError):
+            doc = None
+        if not isinstance(doc, dict) or doc.get("parts") != text or not isinstance(doc.get("value"), dict):
+            _remove_quietly(path)
+            return None
+        try:
+            os.utime(path)   # recently used: evicted last
+        except OSError:
+            pass
+        return doc["value"]
+
+    def store(self, key: str, text: str, value: Dict[str, Any]) -> List[str]:
+        """Write value (JSON-able) for (key, text); returns the keys evicted to stay in bounds."""
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        body = json.dumps({"parts": text, "value": value}, separators=(",", ":")).encode()
+        path = self.path(key)
+        tmp = f"{path}.tmp{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(f"netbee-prepared-{FORMAT} {zlib.crc32(body):08x} {len(body)}\n".encode())
+                f.write(body)
+            os.rename(tmp, path)
+        except BaseException:
+            _remove_quietly(tmp)
+            raise
+        return self.evict(keep=key)
+
+    def discard(self, key: str) -> None:
+        _remove_quietly(self.path(key))
+
+    def keys(self) -> List[str]:
+        """Stored keys, least recently used first."""
+        found = {}
+        try:
+            with os.scandir(self.directory) as it:
+                for e in it:
+                    key, _dot, ext = e.name.partition(".")
+                    if ext == "json":
+                        found[key] = e.stat().st_mtime
+        except FileNotFoundError:
+            pass
+        return sorted(found, key=lambda k: (found[k], k))
+
+    def evict(self, keep: str) -> List[str]:
+        """Drop the least recently used beyond max_entries, and temporary files of dead runs."""
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        for name in names:
+            _base, sep, pid = name.rpartition(".tmp")
+            if sep and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                _remove_quietly(os.path.join(self.directory, name))
+        keys = [k for k in self.keys() if k != keep]
+        drop = keys[:max(0, len(keys) + 1 - self.max_entries)]
+        for k in drop:
+            _remove_quietly(self.path(k))
+        return drop
+
+    def clear(self) -> int:
+        keys = self.keys()
+        for k in keys:
+            _remove_quietly(self.path(k))
+        return len(keys)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
