@@ -44,10 +44,12 @@ def child(netns: List[str], cache_name: str = "", host: str = "") -> None:
     t1 = time.perf_counter()
     rep = tracer.start()
     t_start = time.perf_counter() - t1
+    # what the verifier walked through for each program (kernel >= 5.16), printed by main()
+    verified = {name: prog.info().verified_insns for name, prog in tracer._coll.programs.items()}
     t2 = time.perf_counter()
     tracer.close()
     t_close = time.perf_counter() - t2
-    out = {"import": t_import, "start": t_start, "close": t_close}
+    out = {"import": t_import, "start": t_start, "close": t_close, "verified_insns": verified}
     if cache is not None:
         out["cache_status"] = tracer.cache_status
         out["prepared_status"] = tracer.prepared_status
@@ -85,11 +87,15 @@ def main(argv: List[str] | None = None) -> int:
                 got = out.pop(k, "")
                 if not got.startswith(v):
                     raise RuntimeError(f"a start meant to test the caches had {k} {got!r}, not {v!r}")
+            out.pop("verified_insns")
             for k, v in out.items():
                 into.setdefault(k, []).append(v)
 
+        verified: Dict[str, int] = {}
         for _ in range(args.samples):
-            for k, v in sample().items():
+            out = sample()
+            verified = out.pop("verified_insns")
+            for k, v in out.items():
                 cold.setdefault(k, []).append(v)
         try:
             sample(CACHE_NAME, "10.99.0.1")  # fills both caches
@@ -120,6 +126,10 @@ def main(argv: List[str] | None = None) -> int:
         print(f"{title}:\n")
         print(report.table(["phase", "ms (median)", "ms min..max"], rows))
         print()
+    print("Instructions the verifier processed per program (bpf_prog_info.verified_insns, fresh load):\n")
+    print(report.table(["program", "verified insns"], [[n, f"{v:,}"] for n, v in verified.items()]
+                       + [["total", f"{sum(verified.values()):,}"]]))
+    print()
     where = f"pinned to CPU {OTHER_CPU}" if args.pin else f"free to use all {os.cpu_count()} CPUs"
     print(f"\nSamples: {args.samples}, each a fresh process {where}. `import` = importing "
           "netbee.tracer; `start` = Tracer.start() as a whole; `tracer.*` = the phases it records itself "

@@ -150,7 +150,7 @@ class TestRunAttr(ctypes.Structure):
 
 
 class ProgInfo(ctypes.Structure):
-    """struct bpf_prog_info up to recursion_misses (the kernel fills what it has)."""
+    """struct bpf_prog_info up to verified_insns (the kernel fills what it has: 0 before 5.16)."""
     _fields_ = [("type", u32), ("id", u32), ("tag", ctypes.c_uint8 * 8), ("jited_prog_len", u32),
                 ("xlated_prog_len", u32), ("jited_prog_insns", u64), ("xlated_prog_insns", u64),
                 ("load_time", u64), ("created_by_uid", u32), ("nr_map_ids", u32), ("map_ids", u64),
@@ -161,7 +161,7 @@ class ProgInfo(ctypes.Structure):
                 ("nr_func_info", u32), ("nr_line_info", u32), ("line_info", u64),
                 ("jited_line_info", u64), ("nr_jited_line_info", u32), ("line_info_rec_size", u32),
                 ("jited_line_info_rec_size", u32), ("nr_prog_tags", u32), ("prog_tags", u64),
-                ("run_time_ns", u64), ("run_cnt", u64), ("recursion_misses", u64)]
+                ("run_time_ns", u64), ("run_cnt", u64), ("recursion_misses", u64), ("verified_insns", u32)]
 
 
 class MapInfo(ctypes.Structure):

@@ -66,6 +66,7 @@ FIELDS = [
     (sc.ProgInfo, "btf_id", "struct bpf_prog_info", "btf_id"),
     (sc.ProgInfo, "run_cnt", "struct bpf_prog_info", "run_cnt"),
     (sc.ProgInfo, "recursion_misses", "struct bpf_prog_info", "recursion_misses"),
+    (sc.ProgInfo, "verified_insns", "struct bpf_prog_info", "verified_insns"),
     (sc.MapInfo, "name", "struct bpf_map_info", "name"),
     (sc.LinkInfo, "prog_id", "struct bpf_link_info", "prog_id"),
     (sc.PerfEventAttr, "config1", "struct perf_event_attr", "config1"),
