@@ -461,26 +461,38 @@ class Tracer:
         slot = self._prepared_slot(backend)
         lap("prepared_lookup")
         hit = self._read_prepared(slot, body) if slot is not None else None
-        if hit is not None:
-            spec, plan, skipped, drops, direct_reads = hit
-            kbtf = None
-            lap("prepared_read")
-        else:
-            spec, kbtf, plan, skipped = self._plan_and_parse(backend, body, lap)
-            drops = None
-            from netbee.loader import features
-            # (the probe reads the kernel BTF, which is at hand now and not on a prepared load)
-            direct_reads = features.has("direct_packet_reads")[0]
-        spec.set_global("cfg", cfg)
-        spec.set_global("self_pid", struct.pack("<I", os.getpid()))
-        if "filter_fields" in spec.globals:
-            # which fields the filter needs before it can run (ports cost a header read)
-            spec.set_global("filter_fields", struct.pack("<I", fields))
-        if "direct_packet_reads" in spec.globals and direct_reads:
-            # packet headers by plain loads instead of a helper call per header (bpf/src/nb_parse.h)
-            spec.set_global("direct_packet_reads", struct.pack("<I", 1))
-        lap("config")
-        coll, loaded_plan, load_skipped = self._load(spec, kbtf, plan, timings)
+        while True:
+            if hit is not None:
+                spec, plan, skipped, drops, direct_reads = hit
+                kbtf = None
+                lap("prepared_read")
+            else:
+                spec, kbtf, plan, skipped = self._plan_and_parse(backend, body, lap)
+                drops = None
+                from netbee.loader import features
+                # (the probe reads the kernel BTF, which is at hand now and not on a prepared load)
+                direct_reads = features.has("direct_packet_reads")[0]
+            spec.set_global("cfg", cfg)
+            spec.set_global("self_pid", struct.pack("<I", os.getpid()))
+            if "filter_fields" in spec.globals:
+                # which fields the filter needs before it can run (ports cost a header read)
+                spec.set_global("filter_fields", struct.pack("<I", fields))
+            if "direct_packet_reads" in spec.globals and direct_reads:
+                # packet headers by plain loads instead of a helper call per header (bpf/src/nb_parse.h)
+                spec.set_global("direct_packet_reads", struct.pack("<I", 1))
+            lap("config")
+            try:
+                coll, loaded_plan, load_skipped = self._load(spec, kbtf, plan, timings)
+            except NetBeeError as e:
+                if hit is None:
+                    raise
+                # The key covers the kernel, so this should not happen; if it does, the slow
+                # way decides (and reports what is really wrong).
+                slot[0].discard(slot[1])
+                self.prepared_status = f"miss (dropped an entry the kernel refused: {_reason(e)})"
+                hit = None
+                continue
+            break
         self._coll = coll
         lap(None)  # the collection timed its own phases (object_btf_load, maps, core, core_and_load)
         if hit is None:

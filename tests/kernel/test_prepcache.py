@@ -145,3 +145,28 @@ def test_prepared_object_round_trip_loads_the_same_programs():
     with Collection(again, programs=names) as second:
         assert {n: (bytes(p.info().tag), p.info().nr_line_info) for n, p in second.programs.items()} == want
         assert all(n for _t, n in want.values())
+
+
+def test_an_entry_the_kernel_refuses_is_dropped_and_the_slow_way_decides(cache):
+    """Programs the verifier refuses (each starts with `exit`, r0 unset) in a well-formed entry:
+    the run loads afresh, replaces the entry and traces."""
+    import base64
+
+    with Tracer(_opts(cache, PORT_A)) as tr:
+        tr.start()
+    (key,) = cache.keys()
+    text = json.loads(open(cache.path(key), "rb").read().partition(b"\n")[2])["parts"]
+    value = cache.load(key, text)
+    for p in value["object"]["programs"]:
+        code = base64.b64decode(p["insns"])
+        p["insns"] = base64.b64encode(bytes([0x95]) + bytes(7) + code[8:]).decode()
+    cache.store(key, text, value)
+    with Tracer(_opts(cache, PORT_B)) as tr:
+        rep = tr.start()
+        assert tr.prepared_status.startswith("miss (dropped an entry the kernel refused"), tr.prepared_status
+        assert tr.prepared_status.endswith(", stored") and not rep.skipped
+        _send(PORT_B, 1)
+        assert [e.dport for e in _drain(tr) if e.func == "netif_receive_skb"] == [PORT_B]
+    with Tracer(_opts(cache, PORT_A)) as tr:
+        tr.start()
+        assert tr.prepared_status == "hit"
