@@ -556,7 +556,9 @@ class Tracer:
             return None
         try:
             parts = {"netbee": __version__, "code": progcache.code_identity(), "object": self._object_identity(),
-                     "kernel": prepcache.kernel_identity(self.opts.btf_path), "modules": _module_names(),
+                     "kernel": prepcache.kernel_identity(self.opts.btf_path),
+                     # kprobe/fentry targets may live in modules; tracepoints come from vmlinux's BTF
+                     "modules": _module_names() if backend != "tracepoint" else None,
                      "backend": backend, "filter_interpreter": self.opts.filter_interpreter}
         except OSError:
             return None   # no kernel BTF: the slow way says so properly
