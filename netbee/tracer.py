@@ -153,8 +153,6 @@ class TraceOptions:
     verbose: bool = False                    # keep verifier logs
     filter_interpreter: bool = False         # run the object's C filter interpreter instead of
                                              # code generated from the rules (tests, comparisons)
-    filter_inline: bool = True               # the generated filter in place of its call (False:
-                                             # a BPF-to-BPF call, for comparisons)
     # netbee.progcache.ProgramCache: reuse the programs an earlier run of the same command loaded,
     # and keep this run's for the next; None: always load afresh, pin nothing
     cache: object = None
@@ -640,7 +638,7 @@ class Tracer:
         parts = {"netbee": __version__, "code": progcache.code_identity(), "boot": progcache.boot_id(),
                  "modules": _module_names(), "object": self._object_identity(),
                  "backend": self.opts.backend, "config": cfg.hex(), "filter_fields": fields,
-                 "filter_interpreter": self.opts.filter_interpreter, "filter_inline": self.opts.filter_inline,
+                 "filter_interpreter": self.opts.filter_interpreter,
                  "ringbuf": self.opts.ringbuf_bytes}
         if self.opts.btf_path:
             bst = os.stat(self.opts.btf_path)
@@ -730,10 +728,6 @@ class Tracer:
         from netbee.loader.errors import VerifierError
 
         features.ensure_memlock()
-        inline = ()
-        if not self.opts.filter_interpreter and self.opts.filter_inline:
-            from netbee import filter_codegen
-            inline = (filter_codegen.FUNCTION,)
         skipped: list[tuple[str, str]] = []
         log_level = 1 if self.opts.verbose else 0
         for _ in range(len(plan) + 1):
@@ -744,7 +738,7 @@ class Tracer:
             try:
                 coll = _TimedCollection(spec, kernel_btf=kbtf, programs=names, overrides=overrides,
                                         map_sizes={"events": self.opts.ringbuf_bytes}, log_level=log_level,
-                                        timings=timings, inline=inline)
+                                        timings=timings)
                 return coll, plan, skipped
             except VerifierError as e:
                 bad_hooks = {p.hook for p in plan if p.prog == e.program}

@@ -18,7 +18,6 @@ from typing import Any, Dict, Iterable, List, Optional
 from netbee.loader import insn as I
 from netbee.loader import syscall as sc
 from netbee.loader.errors import NetBeeError, ObjectFileError, VerifierError
-from netbee.loader.inline import inline_last_function
 from netbee.loader.maps import Map
 from netbee.loader.prepared import PreparedObject, PreparedProgram, func_info_records
 from netbee.loader.programs import KINDS, LoadedBtf, Program, line_info_records, resolve_attach_btf_id
@@ -42,7 +41,7 @@ class Collection(sc.Closeable):
     def __init__(self, spec: Any, kernel_btf: Any = None, programs: Optional[Iterable[str]] = None,
                  overrides: Optional[Dict[str, Dict[str, Any]]] = None,
                  map_sizes: Optional[Dict[str, int]] = None, *, btf_features: Optional[Iterable[str]] = None,
-                 log_level: int = 0, inline: Iterable[str] = ()) -> None:
+                 log_level: int = 0) -> None:
         self.spec = spec
         self.kernel_btf = kernel_btf
         self.maps: Dict[str, Map] = {}
@@ -51,9 +50,7 @@ class Collection(sc.Closeable):
         self.btf_raw: Optional[bytes] = None   # what self.btf was loaded from
         self.warnings: List[str] = []
         self.poisoned: Dict[str, List[Any]] = {}
-        self.prepared: Dict[str, PreparedProgram] = {}   # of the loaded programs (not inlined)
-        # replaced functions put in place of their calls at load (inline.py); others stay calls
-        self.inline = list(inline)
+        self.prepared: Dict[str, PreparedProgram] = {}   # of the loaded programs
         wanted = list(spec.programs) if programs is None else list(programs)
         unknown = [p for p in wanted if p not in spec.programs]
         if unknown:
@@ -217,14 +214,7 @@ class Collection(sc.Closeable):
         if first is not None:
             raise first
 
-    def _load_prepared(self, prepared: PreparedProgram, log_level: int) -> Program:
-        p = prepared
-        for function in self.inline:
-            if function in p.replaced_at:
-                try:
-                    p = inline_last_function(p, function)
-                except ValueError as e:
-                    self.warnings.append(f"{e}: left a call")
+    def _load_prepared(self, p: PreparedProgram, log_level: int) -> Program:
         if p.poisoned:
             self.poisoned[p.name] = list(p.poisoned)
         insns = bytearray(p.insns)
@@ -247,7 +237,7 @@ class Collection(sc.Closeable):
                 raise VerifierError(p.name, e.log + "\nCO-RE relocations that could not be "
                                     f"satisfied on this kernel:\n{why}", e.errno) from None
             raise
-        self.prepared[p.name] = prepared
+        self.prepared[p.name] = p
         return prog
 
     def prepared_object(self) -> PreparedObject:

@@ -92,16 +92,11 @@ def object_spec(config: str) -> ObjectSpec:
     return spec
 
 
-def inline(config: str) -> tuple:
-    """Generated filters are inlined at their call, as the tracer loads them."""
-    return (filter_codegen.FUNCTION,) if config.endswith("-generated") else ()
-
-
 def load(program: str, config: str, overrides: Optional[Dict[str, Dict[str, str]]] = None) -> int:
     with Collection(object_spec(config), kernel_btf=kernel_btf(), programs=[program],
-                    overrides=overrides or {}, inline=inline(config)) as coll:
+                    overrides=overrides or {}) as coll:
         fd = coll.programs[program].fd
-        assert fd > 0 and not coll.warnings, coll.warnings
+        assert fd > 0
         return fd
 
 
@@ -112,8 +107,8 @@ def load_all(programs: List[str], config: str, overrides: Dict[str, Dict[str, st
     does not load, with its error."""
     try:
         with Collection(object_spec(config), kernel_btf=kernel_btf(), programs=programs,
-                        overrides=overrides, inline=inline(config)) as coll:
-            bad = [p for p in programs if coll.programs[p].fd <= 0] or coll.warnings
+                        overrides=overrides) as coll:
+            bad = [p for p in programs if coll.programs[p].fd <= 0]
             if not bad:
                 return []
     except NetBeeError:
