@@ -23,6 +23,7 @@ FORMAT = 1
 MAX_ENTRIES = 4
 DIR = "/var/cache/netbee/prepared"
 KERNEL_BTF = "/sys/kernel/btf/vmlinux"
+MEMO_DIR = "/run/netbee"   # emptied by a reboot
 
 
 def file_identity(path: str) -> List[Any]:
@@ -39,10 +40,37 @@ def file_identity(path: str) -> List[Any]:
     return [size, f"{crc:08x}"]
 
 
-def kernel_identity(btf_path: Optional[str] = None) -> Dict[str, Any]:
+def kernel_identity(btf_path: Optional[str] = None, memo_dir: str = MEMO_DIR) -> Dict[str, Any]:
     u = os.uname()
+    btf = file_identity(btf_path) if btf_path else _running_kernel_btf_identity(memo_dir)
     return {"release": u.release, "build": u.version, "machine": u.machine,
-            "btf": file_identity(btf_path or KERNEL_BTF), "btf_path": os.path.abspath(btf_path) if btf_path else None}
+            "btf": btf, "btf_path": os.path.abspath(btf_path) if btf_path else None}
+
+
+def _running_kernel_btf_identity(memo_dir: str) -> List[Any]:
+    """file_identity(KERNEL_BTF), computed once per boot: the running kernel's BTF does not
+    change until the next boot, and reading 5 MB costs 5-10 ms on every start."""
+    from netbee.progcache import boot_id
+
+    memo = os.path.join(memo_dir, "kernel-btf-identity.json")
+    boot = boot_id()
+    try:
+        with open(memo) as f:
+            doc = json.load(f)
+        if doc.get("boot_id") == boot and isinstance(doc.get("btf"), list):
+            return doc["btf"]
+    except (OSError, ValueError, AttributeError):
+        pass
+    ident = file_identity(KERNEL_BTF)
+    try:
+        os.makedirs(memo_dir, mode=0o700, exist_ok=True)
+        tmp = f"{memo}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump({"boot_id": boot, "btf": ident}, f)
+        os.rename(tmp, memo)
+    except OSError:
+        pass   # computed again next time
+    return ident
 
 
 class PreparedCache:

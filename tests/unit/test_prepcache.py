@@ -116,3 +116,23 @@ def test_documents_round_trip_and_inconsistent_ones_are_refused():
     for bad in (bad_reloc, bad_map, bad_global, bad_b64):
         with pytest.raises(ValueError):
             PreparedObject.from_doc(bad)
+
+
+def test_the_running_kernels_btf_identity_is_computed_once_per_boot(tmp_path, monkeypatch):
+    calls = []
+    real = prepcache.file_identity
+
+    def counting(path):
+        calls.append(path)
+        return real(path)
+    monkeypatch.setattr(prepcache, "file_identity", counting)
+    if not os.path.exists(prepcache.KERNEL_BTF):
+        pytest.fail(f"{prepcache.KERNEL_BTF} missing: this test needs a kernel with BTF")
+    one = prepcache.kernel_identity(memo_dir=str(tmp_path))
+    two = prepcache.kernel_identity(memo_dir=str(tmp_path))
+    assert one == two and calls == [prepcache.KERNEL_BTF]
+    memo = tmp_path / "kernel-btf-identity.json"
+    memo.write_text('{"boot_id": "another boot", "btf": [1, "x"]}')
+    assert prepcache.kernel_identity(memo_dir=str(tmp_path)) == one and len(calls) == 2
+    memo.write_text("not json")
+    assert prepcache.kernel_identity(memo_dir=str(tmp_path)) == one and len(calls) == 3
