@@ -156,12 +156,15 @@ def test_cli_uses_the_cache_and_clears_it():
         return err
 
     subprocess.run([sys.executable, "-m", "netbee", "--clear-cache"], check=True, capture_output=True)
-    assert "program cache: miss, stored" in run()
-    assert "program cache: hit" in run()
+    assert "program cache: miss, stored; relocated code cache: miss, stored" in run()
+    assert "program cache: hit; relocated code cache: off" in run()
     res = subprocess.run([sys.executable, "-m", "netbee", "--clear-cache"], capture_output=True, text=True)
     # at least ours (another netbee on this machine may have stored entries too)
-    assert res.returncode == 0 and re.search(r"removed [1-9]\d* entries", res.stderr), res.stderr
-    assert "program cache: miss, stored" in run()
+    assert res.returncode == 0 and re.search(r"program cache: removed [1-9]\d* entries", res.stderr), res.stderr
+    assert re.search(r"relocated code cache: removed [1-9]\d* entries", res.stderr), res.stderr
+    assert "program cache: miss, stored; relocated code cache: miss, stored" in run()
+    argv[6:6] = ["ip", "and"]   # another filter (same traffic): the relocated code is reused
+    assert "program cache: miss, stored; relocated code cache: hit" in run()
     argv.insert(3, "--no-cache")
-    assert "program cache: off" in run()
+    assert "program cache: off; relocated code cache: off" in run()
     subprocess.run([sys.executable, "-m", "netbee", "--clear-cache"], check=True, capture_output=True)
