@@ -8,6 +8,11 @@ received, summed over the tracer's programs; packet rates on this machine move t
 separate variants a few percent apart.
 
     python3 -m bench.filter_variants --before DIR [--rounds N] [--seconds S] [--expr EXPR]
+                                     [--rate PPS] [--variants floor,before,generated,interpreter]
+
+--rate paces the sender (packets per second; 0: as fast as it can). With no filter, an unpaced
+sender fills the ring buffer and most events are lost; a rate the reader keeps up with measures
+events that reach userspace.
 """
 from __future__ import annotations
 
@@ -48,6 +53,9 @@ def main(argv: List[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--seconds", type=float, default=2.0, help="UDP trial length")
     ap.add_argument("--expr", default=configs.NOMATCH_EXPR, help="netbee's filter (default: matches nothing)")
+    ap.add_argument("--rate", type=float, default=0, help="UDP packets per second (0: unpaced)")
+    ap.add_argument("--variants", default="floor,before,generated,interpreter",
+                    help="comma-separated subset of floor,before,generated,interpreter (floor always runs)")
     args = ap.parse_args(argv)
     os.sched_setaffinity(0, {OTHER_CPU})
     variants = {
@@ -55,9 +63,15 @@ def main(argv: List[str] | None = None) -> int:
         "generated": (HERE, ["-m", "netbee"]),
         "interpreter": (HERE, ["-c", INTERPRETER_MAIN]),
     }
+    chosen = args.variants.split(",")
+    unknown = set(chosen) - set(variants) - {"floor"}
+    if unknown:
+        ap.error(f"unknown variants {sorted(unknown)}")
+    variants = {k: v for k, v in variants.items() if k in chosen}
     names = ["floor"] + list(variants)
     per_packet: Dict[str, List[float]] = {c: [] for c in names}
     per_run: Dict[str, Dict[str, List[float]]] = {c: {} for c in names}
+    lost_share: Dict[str, List[float]] = {c: [] for c in names}  # of the events the filter kept
     with Pair() as pair, bpfstats.StatsOn():
         traffic.udp_trial(pair, 0.5)  # warm caches, neighbour entries, page pools
         for r in range(args.rounds):
@@ -65,7 +79,7 @@ def main(argv: List[str] | None = None) -> int:
                 if c == "floor":
                     with Floor([pair.tx, pair.rx]):
                         before = bpfstats.snapshot(os.getpid())
-                        res = traffic.udp_trial(pair, args.seconds)
+                        res = traffic.udp_trial(pair, args.seconds, rate=args.rate)
                         after = bpfstats.snapshot(os.getpid())
                 else:
                     tree, py = variants[c]
@@ -74,9 +88,12 @@ def main(argv: List[str] | None = None) -> int:
                     with tracers.Tracer(netbee_in(tree, py, nb_args), stdout_to_null=True) as t:
                         t.wait_ready(need="tracing")
                         before = bpfstats.snapshot(t.pid)
-                        res = traffic.udp_trial(pair, args.seconds)
+                        res = traffic.udp_trial(pair, args.seconds, rate=args.rate)
                         after = bpfstats.snapshot(t.pid)
                         t.interrupt()
+                    got = configs.parse_summary(t.stderr_lines)
+                    if "shown" in got and "lost" in got:
+                        lost_share[c].append(got["lost"] / max(got["shown"] + got["lost"], 1))
                 delta = bpfstats.delta(before, after)
                 per_packet[c].append(sum(s.run_time_ns for s in delta.values()) / max(res["received"], 1))
                 for s in delta.values():
@@ -88,16 +105,18 @@ def main(argv: List[str] | None = None) -> int:
     rows = []
     for c in names:
         ratios = [v / f for v, f in zip(per_packet[c], per_packet["floor"])]
+        lost = f"{100 * statistics.median(lost_share[c]):.1f} %" if lost_share[c] else "-"
         rows.append([c, f"{statistics.median(per_packet[c]):.0f}", report.spread(per_packet[c]),
-                     f"{statistics.median(ratios):.2f}"])
-    print(report.table(["variant", "BPF ns per packet (median)", "min..max", "/ floor (median of rounds)"], rows))
+                     f"{statistics.median(ratios):.2f}", lost])
+    print(report.table(["variant", "BPF ns per packet (median)", "min..max", "/ floor (median of rounds)",
+                        "events lost (median)"], rows))
     progs = sorted({p for c in variants for p, v in per_run[c].items() if len(v) * 2 >= args.rounds})
     print()
     print(report.table(["program"] + list(variants),
                        [[p] + [f"{statistics.median(per_run[c][p]):.0f}" if p in per_run[c] else "-"
                                for c in variants] for p in progs]))
     print(f"\nns per run, medians over {args.rounds} rounds of {args.seconds} s; filter {args.expr!r}; "
-          f"'before' = netbee from {os.path.abspath(args.before)}.")
+          f"sender rate {args.rate or 'unpaced'}; 'before' = netbee from {os.path.abspath(args.before)}.")
     return 0
 
 

@@ -112,6 +112,12 @@ struct sock {
 	__u16 sk_protocol;
 } __attribute__((preserve_access_index));
 
+/* The current task's process id and name: read with plain loads instead of two helper calls. */
+struct task_struct {
+	int tgid;
+	char comm[16];
+} __attribute__((preserve_access_index));
+
 struct sk_buff {
 	struct net_device *dev;
 	struct sock *sk;

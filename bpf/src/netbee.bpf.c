@@ -224,54 +224,71 @@ static __always_inline void nb_owner_of(struct nb_owner *o, struct sk_buff *skb,
 	}
 }
 
-/*
- * Fill ev completely (zeroed first). Returns whether the filter matched.
- * Two stages: first only what the filter looks at (addresses, ports,
- * interface, namespace), so that a packet the filter rejects costs one
- * header read; the rest only for packets it keeps.
- */
-static __always_inline bool nb_build(struct nb_event *ev, struct sk_buff *skb, __u32 hook,
-				     const struct nb_extra *x, __u32 *fst)
-{
+/* What the first stage of nb_build learnt that the second one needs. */
+struct nb_stage {
 	struct nb_owner o;
 	struct nb_pkt pkt;
-	bool ports_first;
-	__u64 id;
+	bool l4_done;           /* the transport header was read before the filter */
+};
+
+/*
+ * First stage: zero ev and fill only what the filter looks at (addresses,
+ * ports, interface, namespace), so that a packet the filter rejects costs
+ * one header read. Returns whether the filter matched.
+ */
+static __always_inline bool nb_build_filtered(struct nb_event *ev, struct nb_stage *st, struct sk_buff *skb,
+					      __u32 hook, const struct nb_extra *x, __u32 *fst)
+{
 	__u8 family = x->family ? x->family : nb_hook_family(hook);
 
-	nb_owner_of(&o, skb, x);
+	nb_owner_of(&st->o, skb, x);
 	__builtin_memset(ev, 0, sizeof(*ev));
-	nb_parse_skb(ev, &pkt, skb, nb_hook_hints(hook), family, x->sk, x->direct);
-	ev->ifindex = x->ifindex ? x->ifindex : o.dev_ifindex;
+	nb_parse_skb(ev, &st->pkt, skb, nb_hook_hints(hook), family, x->sk, x->direct);
+	ev->ifindex = x->ifindex ? x->ifindex : st->o.dev_ifindex;
 	if (!ev->ifindex)
 		ev->ifindex = NB_RD(x->direct, skb->skb_iif, BPF_CORE_READ(skb, skb_iif));
-	ev->netns = x->netns ? x->netns : o.dev_netns;
+	ev->netns = x->netns ? x->netns : st->o.dev_netns;
 	if (!ev->netns)
-		ev->netns = o.sk_netns;
+		ev->netns = st->o.sk_netns;
 	/* the transport header costs a read: before the filter only if it asks for ports */
-	ports_first = nb_filter_uses_ports();
-	if (ports_first && pkt.l4)
-		nb_parse_l4(ev, &pkt.v, pkt.l4, pkt.l4_bytes);
-	if (!nb_filter_run(ev, fst))
-		return false;
-	if (!ports_first && pkt.l4)
-		nb_parse_l4(ev, &pkt.v, pkt.l4, pkt.l4_bytes);
+	st->l4_done = nb_filter_uses_ports();
+	if (st->l4_done && st->pkt.l4)
+		nb_parse_l4(ev, &st->pkt.v, st->pkt.l4, st->pkt.l4_bytes);
+	return nb_filter_run(ev, fst);
+}
 
-	id = bpf_get_current_pid_tgid();
+/* The current task's tgid and name, with plain loads through its BTF pointer (two helper calls less). */
+static __always_inline __u32 nb_task_of(char comm[NB_COMM_LEN])
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+
+	__builtin_memcpy(comm, t->comm, NB_COMM_LEN);
+	return t->tgid;
+}
+
+/*
+ * Second stage, for a packet the filter kept: the rest of the event. ev may
+ * be another buffer than the first stage's (a ring buffer record holding a
+ * copy of it); st is the first stage's.
+ */
+static __always_inline void nb_build_rest(struct nb_event *ev, const struct nb_stage *st, struct sk_buff *skb,
+					  __u32 hook, const struct nb_extra *x)
+{
+	if (!st->l4_done && st->pkt.l4)
+		nb_parse_l4(ev, &st->pkt.v, st->pkt.l4, st->pkt.l4_bytes);
 	ev->ts_ns = bpf_ktime_get_ns();
 	ev->skb = (__u64)skb;
 	ev->hook = hook;
 	ev->cpu = bpf_get_smp_processor_id();
-	ev->pid = id >> 32;
-	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
-	nb_parse_l2(ev, &pkt);
+	ev->pid = nb_task_of(ev->comm);
+	nb_parse_l2(ev, &st->pkt);
 	/*
 	 * A veth hands the sender's socket to the peer namespace until demux:
 	 * a state from another namespace is not this packet's connection as
 	 * seen here.
 	 */
-	if (ev->ip_proto == IPPROTO_TCP && o.has_sk && o.sk_netns == ev->netns) {
-		ev->tcp_state = o.sk_state;
+	if (ev->ip_proto == IPPROTO_TCP && st->o.has_sk && st->o.sk_netns == ev->netns) {
+		ev->tcp_state = st->o.sk_state;
 		ev->flags |= NB_F_TCP_STATE;
 	}
 	ev->flags |= x->flags;
@@ -279,24 +296,48 @@ static __always_inline bool nb_build(struct nb_event *ev, struct sk_buff *skb, _
 	ev->verdict = x->verdict;
 	ev->drop_reason = x->drop_reason;
 	ev->location = x->location;
+}
+
+/* Both stages into one buffer. Returns whether the filter matched (ev is complete only then). */
+static __always_inline bool nb_build(struct nb_event *ev, struct sk_buff *skb, __u32 hook,
+				     const struct nb_extra *x, __u32 *fst)
+{
+	struct nb_stage st;
+
+	if (!nb_build_filtered(ev, &st, skb, hook, x, fst))
+		return false;
+	nb_build_rest(ev, &st, skb, hook, x);
 	return true;
 }
 
 /*
- * Wake the reader once per batch: when this record makes the backlog cross
+ * Wake the reader once per batch: when the record that brought the backlog
+ * to avail bytes (its own size + 8 header bytes included) crossed
  * cfg.wakeup_bytes. Waking on every record above the threshold cost a wakeup
- * interrupt per event while the reader was busy; the reader also polls with a
- * short timeout, so a backlog below the threshold is never stranded.
+ * interrupt per event while the reader was busy; the reader also polls with
+ * a short timeout, so a backlog below the threshold is never stranded.
  */
-static __always_inline __u64 nb_wakeup_flags(__u64 size)
+static __always_inline __u64 nb_wakeup_crossed(__u64 avail, __u64 size)
 {
 	__u32 want = cfg.wakeup_bytes;
-	__u64 avail;
 
-	if (!want)
+	return (avail >= want && avail < want + size + 8) ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+}
+
+/* For bpf_ringbuf_output: the backlog before the record goes in. */
+static __always_inline __u64 nb_wakeup_flags(__u64 size)
+{
+	if (!cfg.wakeup_bytes)
 		return 0;       /* the kernel's own policy: wake when the reader caught up */
-	avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	return (avail < want && avail + size + 8 >= want) ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	return nb_wakeup_crossed(bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + size + 8, size);
+}
+
+/* For bpf_ringbuf_submit of a reserved record: the backlog already counts it. */
+static __always_inline __u64 nb_wakeup_flags_reserved(__u64 size)
+{
+	if (!cfg.wakeup_bytes)
+		return 0;
+	return nb_wakeup_crossed(bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA), size);
 }
 
 static __always_inline void nb_output(void *data, __u64 size)
@@ -306,6 +347,18 @@ static __always_inline void nb_output(void *data, __u64 size)
 	else
 		nb_count(NB_CNT_SUBMITTED);
 }
+
+/* Struct assignment would become a memmove call, which BPF lacks. */
+#define NB_COPY_WORDS(dst, src)                                                  \
+	do {                                                                     \
+		__u64 *d_ = (__u64 *)(dst);                                      \
+		const __u64 *s_ = (const __u64 *)(src);                          \
+		int k_;                                                          \
+		_Static_assert(sizeof(*(dst)) % 8 == 0, "whole words");          \
+		_Pragma("clang loop unroll(full)")                               \
+		for (k_ = 0; k_ < sizeof(*(dst)) / 8; k_++)                      \
+			d_[k_] = s_[k_];                                         \
+	} while (0)
 
 /* A per-CPU scratch record for this nesting level, held until nb_slot_release. */
 struct nb_slot {
@@ -338,11 +391,22 @@ static __always_inline void nb_slot_release(const struct nb_slot *slot)
 	slot->s->depth = slot->d;
 }
 
-/* The common path of every hook: count, build, filter, emit. */
+/*
+ * The common path of every hook: count, build, filter, emit. The first
+ * stage and the filter work in a scratch slot; a kept event then reserves
+ * its ring buffer record, which receives a copy of the first stage, and the
+ * second stage fills it in place. A full ring buffer therefore costs no
+ * second stage (under a flood most events are lost: they cost the least).
+ * Drop events with a call stack have a variable size, which
+ * bpf_ringbuf_reserve cannot take: they are built whole in the slot and
+ * copied by bpf_ringbuf_output.
+ */
 static __always_inline int nb_handle(void *ctx, struct sk_buff *skb, __u32 hook, const struct nb_extra *x)
 {
+	struct nb_stage st;
 	struct nb_slot slot;
 	struct nb_record *r;
+	struct nb_event *ev;
 	__u64 size = sizeof(struct nb_event);
 
 	if (!skb)
@@ -351,15 +415,17 @@ static __always_inline int nb_handle(void *ctx, struct sk_buff *skb, __u32 hook,
 	r = nb_slot_take(&slot);
 	if (!r)
 		return 0;
-	/* netbee's own transmissions count as filtered (checked after the filter: it needs the pid) */
-	if (!nb_build(&r->ev, skb, hook, x, &r->fst) ||
-	    ((nb_hook_hints(hook) & HK_TX) && self_pid && r->ev.pid == self_pid)) {
+	/* netbee's own transmissions count as filtered (after the filter, like any rejected packet) */
+	if (!nb_build_filtered(&r->ev, &st, skb, hook, x, &r->fst) ||
+	    ((nb_hook_hints(hook) & HK_TX) && self_pid && bpf_get_current_task_btf()->tgid == self_pid)) {
 		nb_count(NB_CNT_FILTERED);
 		goto out;
 	}
 	if (x->stack && cfg.want_stack) {
-		long n = bpf_get_stack(ctx, r->stack, sizeof(r->stack), 0);
+		long n;
 
+		nb_build_rest(&r->ev, &st, skb, hook, x);
+		n = bpf_get_stack(ctx, r->stack, sizeof(r->stack), 0);
 		if (n > 0) {
 			r->ev.stack_depth = n / sizeof(__u64);
 			r->ev.flags |= NB_F_STACK;
@@ -367,8 +433,18 @@ static __always_inline int nb_handle(void *ctx, struct sk_buff *skb, __u32 hook,
 			if (n >= sizeof(r->stack))
 				size = sizeof(r->ev) + sizeof(r->stack);
 		}
+		nb_output(r, size);
+		goto out;
 	}
-	nb_output(r, size);
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		nb_count(NB_CNT_LOST);
+		goto out;
+	}
+	NB_COPY_WORDS(ev, &r->ev);
+	nb_build_rest(ev, &st, skb, hook, x);
+	bpf_ringbuf_submit(ev, nb_wakeup_flags_reserved(sizeof(*ev)));
+	nb_count(NB_CNT_SUBMITTED);
 out:
 	nb_slot_release(&slot);
 	return 0;
@@ -430,18 +506,6 @@ static __always_inline void nb_flight_emit(struct nb_flight_stack *st, __u32 i, 
 	}
 	nb_output(&f->ev, sizeof(f->ev));
 }
-
-/* Struct assignment would become a memmove call, which BPF lacks. */
-#define NB_COPY_WORDS(dst, src)                                                  \
-	do {                                                                     \
-		__u64 *d_ = (__u64 *)(dst);                                      \
-		const __u64 *s_ = (const __u64 *)(src);                          \
-		int k_;                                                          \
-		_Static_assert(sizeof(*(dst)) % 8 == 0, "whole words");          \
-		_Pragma("clang loop unroll(full)")                               \
-		for (k_ = 0; k_ < sizeof(*(dst)) / 8; k_++)                      \
-			d_[k_] = s_[k_];                                         \
-	} while (0)
 
 static __always_inline void nb_flight_copy(struct nb_flight *dst, const struct nb_flight *src)
 {
