@@ -194,6 +194,17 @@ def _plan(key: int) -> "itemgetter":
     return getter
 
 
+_HOOK_AT = abi.event_offsets()["hook"]
+# A raw record's hook field as bytes (int.from_bytes(..., sys.byteorder)): a C itemgetter, so the
+# tracer counts events per hook without decoding them.
+HOOK_BYTES = itemgetter(slice(_HOOK_AT[0], _HOOK_AT[0] + _HOOK_AT[1]))
+
+
+def func_name(hook: int) -> str:
+    """Event.func of a hook id."""
+    return FUNC_NAMES.get(hook) or f"hook#{hook}"
+
+
 _I_HOOK, _I_FLAGS, _I_FAMILY, _I_PROTO, _I_ICMP_TYPE = (_RAW["hook"], _RAW["flags"], _RAW["family"],
                                                         _RAW["ip_proto"], _RAW["icmp_type"])
 _I_SADDR, _I_DADDR, _I_COMM = _RAW["saddr"], _RAW["daddr"], _RAW["comm"]

@@ -15,7 +15,6 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from operator import attrgetter
 from typing import Callable, Iterable, Iterator
 
 from netbee import netns as _netns
@@ -34,7 +33,6 @@ BRACKET_ENTRY_PRIO = INT_MIN + 1
 BRACKET_EXIT_PRIO = INT_MAX - 1
 BRACKET_MAX_STEPS = 64
 DEFAULT_RINGBUF_BYTES = 1 << 22
-_FUNC = attrgetter("func")
 READ_BATCH = 1024
 
 
@@ -744,23 +742,31 @@ class Tracer:
 
     def read_events(self, timeout: float | None = 0.1, limit: int | None = None) -> list:
         """One batch: the decoded events queued now (at most limit; the rest stay in the ring
-        buffer), waiting up to timeout seconds for the first one; [] when none came.
+        buffer), waiting up to timeout seconds for the first one; [] when none came."""
+        from netbee.decode import decode_event
+
+        return list(map(decode_event, self.read_records(timeout, limit)))
+
+    def read_records(self, timeout: float | None = 0.1, limit: int | None = None) -> list[bytes]:
+        """read_events() without decoding: the raw records (struct nb_event, then any stack), for
+        renderers that work from the bytes (netbee/render_records.py).
 
         Per batch, not per event, because this is the hot path: the counters are updated once and
         the caller can render and write the whole batch at once.
         """
-        from netbee.decode import decode_event
+        from netbee.decode import HOOK_BYTES, func_name
 
         if self._reader is None:
             raise NetBeeError("tracer is not started")
         self.poll_netns()
-        events = list(map(decode_event, self._reader.read(timeout=timeout, limit=limit)))
-        if events:
-            self._received += len(events)
+        records = self._reader.read(timeout=timeout, limit=limit)
+        if records:
+            self._received += len(records)
             per_hook = self._per_hook
-            for name, n in Counter(map(_FUNC, events)).items():
+            for raw, n in Counter(map(HOOK_BYTES, records)).items():
+                name = func_name(int.from_bytes(raw, sys.byteorder))
                 per_hook[name] = per_hook.get(name, 0) + n
-        return events
+        return records
 
     def pending(self) -> bool:
         """Records are queued in the ring buffer: a read now would not wait."""

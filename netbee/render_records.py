@@ -1,0 +1,93 @@
+"""Raw ring buffer records -> output lines, without an Event per record: the hot path of `netbee`.
+
+Each record is unpacked in one C call by a split derived from abi.EVENT (netbee/record_split.py):
+the per-packet numbers come out as values, the fields that repeat in a trace as a few byte runs
+whose tuple keys a cache of line templates. A template is made once per key by the renderer's own
+code from the decoded record (decode_event -> Event), so a raw line is by construction what the
+Event path prints; tests/unit/test_render_records.py checks that on random and real records.
+Records the templates cannot serve (a kernel stack follows the record) go through the Event path.
+"""
+from __future__ import annotations
+
+import struct
+from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
+
+from netbee import abi
+from netbee.decode import decode_event
+from netbee.output import CACHE_MAX, JSON_ARGS, JsonRenderer, _NumericIfaces
+from netbee.record_split import KEY, split_record
+from netbee.template_fn import compile_template
+
+# What a JSON line shows of each record, by field (see JsonRenderer.template): the per-packet
+# slots, and the fields its template depends on. The rest (location, ethertype, window,
+# payload_len, udp_len, ICMP id/seq, inner flow, stack_depth) is not in a JSON line.
+JSON_SLOTS = ("ts_ns", "skb", "seq", "ack", "ip_len", "skb_len", "sport", "dport")
+JSON_KEYS = ("netns", "ifindex", "pid", "drop_reason", "hook", "cpu", "flags", "family", "ip_proto",
+             "ttl", "tcp_flags", "tcp_state", "icmp_type", "icmp_code", "nf_hook", "verdict", "smac",
+             "dmac", "saddr", "daddr", "comm")
+JSON_SPLIT = split_record(abi.EVENT, JSON_SLOTS, JSON_KEYS)
+# render_json unpacks by position: the derived order must be this one.
+assert JSON_SPLIT.items == ("ts_ns", "skb", KEY, "seq", "ack", KEY, "ip_len", "skb_len", "sport", "dport",
+                            KEY), JSON_SPLIT.items
+
+LineFn = Callable[..., str]
+_EVENT_PATH = False  # cached in place of a line function: render this kind of record through an Event
+
+
+class JsonRecords:
+    """JSON lines of raw records, from the line templates of a JsonRenderer."""
+
+    def __init__(self, renderer: JsonRenderer) -> None:
+        self.renderer = renderer
+        self._lines: Dict[Tuple[bytes, ...], Union[LineFn, bool]] = {}
+        self._numeric = _NumericIfaces()
+
+    def _line_fn(self, buf: bytes, key: Tuple[bytes, ...], ts_ns: int) -> Union[LineFn, bool]:
+        ev = decode_event(buf)
+        line: Union[LineFn, bool] = _EVENT_PATH
+        if ev.stack is None:
+            template, stable = self.renderer.template(ev)
+            line = compile_template(template, len(JSON_ARGS) - 1)  # every argument but the stack
+            if not stable:
+                self._numeric.add(key, ts_ns)
+        if len(self._lines) >= CACHE_MAX:
+            self._lines.clear()
+        self._lines[key] = line
+        return line
+
+    def render(self, records: Sequence[bytes]) -> List[str]:
+        """One line per record, in order; ValueError for a record shorter than struct nb_event."""
+        out: List[str] = []
+        if not records:
+            return out
+        append = out.append
+        unpack = JSON_SPLIT.struct.unpack_from
+        lines = self._lines
+        get = lines.get
+        offset = self.renderer.clock.offset
+        try:
+            if self._numeric.keys:  # once per batch: an interface number is retried within ~1 s
+                self._numeric.expire(lines, unpack(records[0])[0])
+            for buf in records:
+                ts_ns, skb, k1, seq, ack, k2, ip_len, skb_len, sport, dport, k3 = unpack(buf)
+                key = (k1, k2, k3)
+                line = get(key)
+                if line is None:
+                    line = self._line_fn(buf, key, ts_ns)
+                if line:
+                    append(line(ts_ns / 1e9 + offset, skb, sport, dport, ip_len or skb_len, skb_len,
+                                       seq, ack))
+                else:
+                    append(self.renderer.render(decode_event(buf)))
+        except struct.error:
+            raise ValueError(f"event record shorter than {abi.EVENT_SIZE} bytes") from None
+        return out
+
+
+def records_renderer(renderer: Any) -> Callable[[Sequence[bytes]], List[str]]:
+    """The function that turns a batch of raw records into lines for this renderer: from the
+    JSON templates for a JsonRenderer, through decoded Events for any other."""
+    if isinstance(renderer, JsonRenderer):
+        return JsonRecords(renderer).render
+    render = renderer.render
+    return lambda records: list(map(render, map(decode_event, records)))
