@@ -194,10 +194,11 @@ def _plan(key: int) -> "itemgetter":
     return getter
 
 
-_HOOK_AT = abi.event_offsets()["hook"]
+HOOK_OFFSET, _HOOK_SIZE = abi.event_offsets()["hook"]
+assert _HOOK_SIZE == 2
 # A raw record's hook field as bytes (int.from_bytes(..., sys.byteorder)): a C itemgetter, so the
 # tracer counts events per hook without decoding them.
-HOOK_BYTES = itemgetter(slice(_HOOK_AT[0], _HOOK_AT[0] + _HOOK_AT[1]))
+HOOK_BYTES = itemgetter(slice(HOOK_OFFSET, HOOK_OFFSET + _HOOK_SIZE))
 
 
 def func_name(hook: int) -> str:

@@ -10,10 +10,11 @@ Records the templates cannot serve (a kernel stack follows the record) go throug
 from __future__ import annotations
 
 import struct
-from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple, Union
 
 from netbee import abi
 from netbee.decode import decode_event
+from netbee.loader.ringbuf import HDR_SIZE
 from netbee.output import CACHE_MAX, JSON_ARGS, JsonRenderer, _NumericIfaces
 from netbee.record_split import KEY, split_record
 from netbee.template_fn import compile_template
@@ -41,6 +42,7 @@ class JsonRecords:
         self.renderer = renderer
         self._lines: Dict[Tuple[bytes, ...], Union[LineFn, bool]] = {}
         self._numeric = _NumericIfaces()
+        self._walks: Dict[int, struct.Struct] = {}
 
     def _line_fn(self, buf: bytes, key: Tuple[bytes, ...], ts_ns: int) -> Union[LineFn, bool]:
         ev = decode_event(buf)
@@ -55,30 +57,41 @@ class JsonRecords:
         self._lines[key] = line
         return line
 
+    def _rows(self, records: Sequence[bytes]) -> Iterator[tuple]:
+        """JSON_SPLIT's unpacking of every record, in C: struct.iter_unpack over a RecordBlock."""
+        stride = getattr(records, "stride", None)
+        if stride is None or records.length < abi.EVENT_SIZE:   # type: ignore[attr-defined]
+            return map(JSON_SPLIT.struct.unpack_from, records)
+        walk = self._walks.get(stride)
+        if walk is None:    # header, the record's fields, then what follows it (a stack) and padding
+            fmt = JSON_SPLIT.struct.format
+            walk = self._walks[stride] = struct.Struct(
+                f"={HDR_SIZE}x{fmt[1:]}{stride - HDR_SIZE - abi.EVENT_SIZE}x")
+        return walk.iter_unpack(records.data)    # type: ignore[attr-defined]
+
     def render(self, records: Sequence[bytes]) -> List[str]:
-        """One line per record, in order; ValueError for a record shorter than struct nb_event."""
+        """One line per record, in order (a list of bytes, or a RecordBlock); ValueError for a
+        record shorter than struct nb_event."""
         out: List[str] = []
         if not records:
             return out
         append = out.append
-        unpack = JSON_SPLIT.struct.unpack_from
         lines = self._lines
         get = lines.get
         offset = self.renderer.clock.offset
         try:
+            rows = self._rows(records)
             if self._numeric.keys:  # once per batch: an interface number is retried within ~1 s
-                self._numeric.expire(lines, unpack(records[0])[0])
-            for buf in records:
-                ts_ns, skb, k1, seq, ack, k2, ip_len, skb_len, sport, dport, k3 = unpack(buf)
+                self._numeric.expire(lines, JSON_SPLIT.struct.unpack_from(records[0])[0])
+            for i, (ts_ns, skb, k1, seq, ack, k2, ip_len, skb_len, sport, dport, k3) in enumerate(rows):
                 key = (k1, k2, k3)
                 line = get(key)
                 if line is None:
-                    line = self._line_fn(buf, key, ts_ns)
+                    line = self._line_fn(records[i], key, ts_ns)
                 if line:
-                    append(line(ts_ns / 1e9 + offset, skb, sport, dport, ip_len or skb_len, skb_len,
-                                       seq, ack))
+                    append(line(ts_ns / 1e9 + offset, skb, sport, dport, ip_len or skb_len, skb_len, seq, ack))
                 else:
-                    append(self.renderer.render(decode_event(buf)))
+                    append(self.renderer.render(decode_event(records[i])))
         except struct.error:
             raise ValueError(f"event record shorter than {abi.EVENT_SIZE} bytes") from None
         return out
