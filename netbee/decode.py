@@ -226,8 +226,9 @@ def decode_event(buf: Union[bytes, bytearray, memoryview]) -> Event:
     ev.func = FUNC_NAMES.get(hook) or f"hook#{hook}"
     c = raw[_I_COMM]
     ev.comm = _comms.get(c) or _comm(c)
-    if flags & _ADDRS:
-        family = raw[_I_FAMILY]
+    family = raw[_I_FAMILY]
+    if flags & _ADDRS and (family == 4 or family == 6):
+        # (another family has no addresses: the v6 cache must not lend it one decoded earlier)
         cache = _v4 if family == 4 else _v6
         a = raw[_I_SADDR]
         ev.saddr = cache.get(a) or _addr(family, a)

@@ -20,12 +20,14 @@ from netbee.record_split import KEY, split_record
 from netbee.template_fn import compile_template
 
 # What a JSON line shows of each record, by field (see JsonRenderer.template): the per-packet
-# slots, and the fields its template depends on. The rest (location, ethertype, window,
-# payload_len, udp_len, ICMP id/seq, inner flow, stack_depth) is not in a JSON line.
+# slots, the fields its template depends on, and the rest, which no JSON line shows (a stack is
+# rendered through the Event path, see JsonRecords._line_fn).
 JSON_SLOTS = ("ts_ns", "skb", "seq", "ack", "ip_len", "skb_len", "sport", "dport")
 JSON_KEYS = ("netns", "ifindex", "pid", "drop_reason", "hook", "cpu", "flags", "family", "ip_proto",
              "ttl", "tcp_flags", "tcp_state", "icmp_type", "icmp_code", "nf_hook", "verdict", "smac",
              "dmac", "saddr", "daddr", "comm")
+JSON_UNUSED = ("location", "ethertype", "window", "payload_len", "udp_len", "icmp_id", "icmp_seq",
+               "inner_sport", "inner_dport", "stack_depth", "inner_proto", "inner_saddr", "inner_daddr")
 JSON_SPLIT = split_record(abi.EVENT, JSON_SLOTS, JSON_KEYS)
 # render_json unpacks by position: the derived order must be this one.
 assert JSON_SPLIT.items == ("ts_ns", "skb", KEY, "seq", "ack", KEY, "ip_len", "skb_len", "sport", "dport",
