@@ -269,6 +269,17 @@ class JsonRenderer:
 
 # ----------------------------------------------------------------------------- table
 
+# The positional arguments of a table line template (str.format), the values that change with
+# every packet: the time stamp, TCP seq, ack, window and payload length, the UDP payload length
+# (udp_len - 8, at least 0), the ICMP echo id and sequence.
+TABLE_ARGS = ("stamp", "seq", "ack", "window", "payload_len", "udp_payload", "icmp_id", "icmp_seq")
+
+
+def _slot(value: Optional[int], index: int) -> str:
+    """A template slot for a per-packet number, or the text the line shows when it is absent."""
+    return "None" if value is None else "{%d}" % index
+
+
 RED, GREEN, YELLOW, CYAN, DIM, RESET = ("\x1b[31m", "\x1b[32m", "\x1b[33m", "\x1b[36m",
                                         "\x1b[2m", "\x1b[0m")
 HEADER = ("TIME", "IFACE", "HOOK", "PROTO", "FLOW")
@@ -384,6 +395,26 @@ class TableRenderer:
             line += "\n" + "\n".join(self._paint(DIM, f) for f in frames)
         return line
 
+    def template(self, ev: Any) -> Tuple[str, bool]:
+        """The line of every event like ev (one without a stack) as a str.format template of
+        TABLE_ARGS, and whether it is final (False: it shows an interface number whose name may
+        still appear). netbee/render_records.py fills it from raw records."""
+        prefix, stable = self._prefix(ev.netns, ev.ifindex, ev.func, ev.proto)
+        proto = ev.proto
+        parts = []
+        if proto == 6 and ev.tcp_flags is not None:
+            parts.append(_lit(f"[{names.tcp_flags(ev.tcp_flags)}]") + " seq %s ack %s win %s len %s" % (
+                _slot(ev.seq, 1), _slot(ev.ack, 2), _slot(ev.window, 3), _slot(ev.payload_len, 4)))
+        elif proto == 17 and ev.udp_len is not None:
+            parts.append("length {5}")
+        elif proto in (1, 58) and ev.icmp_type is not None:
+            parts.append(self._icmp(ev, template=True))
+        if ev.ttl is not None and ev.family in (4, 6):
+            parts.append("ttl %d" % ev.ttl)
+        parts.append(_lit("  ".join(self._tail_parts(ev))))
+        # "%H:%M:%S.%06d" is always 15 characters: the time column needs no padding
+        return ("{0}" + _lit(prefix + self.flow(ev).ljust(self.widths[4])) + " " + "  ".join(parts)).rstrip(), stable
+
     def _prefix(self, netns: int, ifindex: int, func: str, proto: Optional[int]) -> Tuple[str, bool]:
         """' IFACE HOOK PROTO ' padded, and whether the interface name is final (a number is retried)."""
         iface = self.res.iface(netns, ifindex) if ifindex else "-"
@@ -393,18 +424,22 @@ class TableRenderer:
             hook = self._paint(CYAN, hook)
         return f" {iface.ljust(w[1])} {hook} {(names.proto_name(proto) or '-').ljust(w[3])} ", not iface.isdigit()
 
-    def _icmp(self, ev: Any) -> str:
-        """The ICMP part of details(); the one of the first branch that varies the most."""
+    def _icmp(self, ev: Any, template: bool = False) -> str:
+        """The ICMP part of details(); the one of the first branch that varies the most. As a
+        template (see template()), the echo id and sequence are slots."""
         tname, cname = names.icmp(ev.family, ev.icmp_type, ev.icmp_code or 0)
         text = tname + (f" ({cname})" if cname else "")
+        echo = ""
         if ev.icmp_type in ((8, 0) if ev.family == 4 else (128, 129)) and ev.icmp_id is not None:
-            text += f" id {ev.icmp_id} seq {ev.icmp_seq}"
+            echo = f" id {_slot(ev.icmp_id, 6)} seq {_slot(ev.icmp_seq, 7)}" if template else \
+                f" id {ev.icmp_id} seq {ev.icmp_seq}"
         inner = getattr(ev, "inner", None)
+        flow = ""
         if inner is not None and inner.saddr is not None:
-            text += (f" for {names.proto_name(inner.proto)} "
-                     f"{self._endpoint(inner.saddr, inner.sport)} > "
-                     f"{self._endpoint(inner.daddr, inner.dport)}")
-        return text
+            flow = (f" for {names.proto_name(inner.proto)} "
+                    f"{self._endpoint(inner.saddr, inner.sport)} > "
+                    f"{self._endpoint(inner.daddr, inner.dport)}")
+        return _lit(text) + echo + _lit(flow) if template else text + echo + flow
 
     def _tail_parts(self, ev: Any) -> List[str]:
         """details() after the protocol and ttl parts: state, nf verdict, drop, MACs, process."""

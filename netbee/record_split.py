@@ -40,10 +40,10 @@ def _fields(layout: Struct) -> List[Tuple[str, int, int, str]]:
     return out
 
 
-def split_record(layout: Struct, slots: Sequence[str], keys: Collection[str]) -> RecordSplit:
+def split_record(layout: Struct, slots: Sequence[str], keys: Collection[str], bridge: bool = True) -> RecordSplit:
     """The split of a fixed-size construct Struct: `slots` (fixed-size numbers) unpacked as values,
-    `keys` as byte runs, everything else skipped. Raises ValueError for an unknown name or a slot
-    that is not a number."""
+    `keys` as byte runs, everything else skipped (or, with bridge, part of the run when it lies
+    between two key fields). Raises ValueError for an unknown name or a slot that is not a number."""
     fields = _fields(layout)
     names = {f[0] for f in fields if f[0]}
     unknown = (set(slots) | set(keys)) - names
@@ -55,7 +55,7 @@ def split_record(layout: Struct, slots: Sequence[str], keys: Collection[str]) ->
         if k == "skip" and fields[i][0]:
             before = next((first[j] for j in range(i - 1, -1, -1) if first[j] != "skip"), None)
             after = next((first[j] for j in range(i + 1, len(first)) if first[j] != "skip"), None)
-            if before == after == "key":
+            if bridge and before == after == "key":
                 kind[i] = "bridge"
     parts, items, runs = ["="], [], []
     run_start = None

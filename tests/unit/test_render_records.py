@@ -100,14 +100,39 @@ def test_short_record_is_a_value_error(res):  # noqa: F811
 
 
 def test_renderer_choice(res):  # noqa: F811
-    """JSON from templates; the table (and anything else) through decoded events."""
+    """Templates for netbee's two renderers; anything else renders decoded events."""
+    from netbee.render_records import TableRecords
+
+    class Plain:
+        def render(self, ev):
+            return ev.func
+
     clock = FixedClock()
     recs = [abi.EVENT.build(dict({n: 0 for n, _, _ in abi.field_layout(abi.EVENT)}, hook=3, smac=bytes(6),
                                  dmac=bytes(6), saddr=bytes(16), daddr=bytes(16), inner_saddr=bytes(16),
                                  inner_daddr=bytes(16), comm=b"x".ljust(16, b"\0")))]
-    table = output.TableRenderer(res, clock=clock)
-    assert records_renderer(table)(recs) == [output.TableRenderer(res, clock=clock).render(decode_event(recs[0]))]
     assert isinstance(records_renderer(output.JsonRenderer(res, clock)).__self__, JsonRecords)
+    assert isinstance(records_renderer(output.TableRenderer(res, clock=clock)).__self__, TableRecords)
+    assert records_renderer(Plain())(recs) == ["ip_rcv"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(record, min_size=1, max_size=30), st.randoms(use_true_random=False), st.booleans())
+def test_table_lines_from_records_equal_the_event_path_and_the_reference(recs, rnd, color):
+    """As for JSON: the table line from a raw record equals TableRenderer.render of its Event and
+    the field-by-field reference construction, times crossing seconds included."""
+    from netbee.render_records import TableRecords
+    from tests.unit.test_output import _reference_table
+    res = resolvers()
+    recs = recs + [rnd.choice(recs) for _ in range(len(recs))]
+    clock = FixedClock()
+    plain = output.TableRenderer(res, color=color, clock=clock)
+    want = [plain.render(decode_event(r)) for r in recs]
+    assert want == [_reference_table(decode_event(r), res, color, clock) for r in recs]
+    assert TableRecords(output.TableRenderer(res, color=color, clock=clock)).render(recs) == want
+    raw = TableRecords(output.TableRenderer(res, color=color, clock=clock))
+    assert raw.render(_block(recs)) == want
+    assert raw.render(_block(recs[::-1])) == want[::-1]
 
 
 @settings(max_examples=200, deadline=None)
