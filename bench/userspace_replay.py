@@ -32,8 +32,8 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
 
-HDR = struct.Struct("=I4x")
-FIXED_CLOCK_OFFSET = 1_764_000_000.123457   # monotonic -> wall clock, when outputs are compared    # a ring buffer record header: length, then the page offset (unused)
+HDR = struct.Struct("=I4x")    # a ring buffer record header: length, then the page offset (unused)
+FIXED_CLOCK_OFFSET = 1_764_000_000.123457   # monotonic -> wall clock, when outputs are compared
 
 
 def ring_image(records: Sequence[bytes]) -> bytes:
@@ -209,7 +209,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     rows = []
     for fmt in fmts:
         b, t = report.median(us[(fmt, "before")]), report.median(us[(fmt, "this")])
-        row = [fmt, same[fmt], f"{b:.2f} ({report.spread(us[(fmt, 'before')])})", f"{t:.2f} ({report.spread(us[(fmt, 'this')])})",
+        row = [fmt, same[fmt], f"{b:.2f} ({report.spread(us[(fmt, 'before')])})",
+               f"{t:.2f} ({report.spread(us[(fmt, 'this')])})",
                f"{b / t:.2f}x", f"{1e6 / t:,.0f}"]
         if args.callgrind:
             ib, it = instr[(fmt, "before")], instr[(fmt, "this")]

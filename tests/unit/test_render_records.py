@@ -164,7 +164,8 @@ def test_interface_number_is_named_once_it_appears():
     now = [0.0]
     known = {5: "veth-a"}
     res = output.Resolvers(ifnames=IfNames(lister=lambda ns: dict(known), clock=lambda: now[0]),
-                           oui=OuiResolver(), drops=DropReasons(loader=lambda: {}), kallsyms=Kallsyms(f=io.StringIO("")))
+                           oui=OuiResolver(), drops=DropReasons(loader=lambda: {}),
+                           kallsyms=Kallsyms(f=io.StringIO("")))
     r = JsonRecords(output.JsonRenderer(res, FixedClock()))
     zero = {n: 0 for n, _, _ in abi.field_layout(abi.EVENT)}
     rec = lambda ts: abi.EVENT.build(dict(zero, ifindex=7, ts_ns=ts, smac=bytes(6), dmac=bytes(6),  # noqa: E731
