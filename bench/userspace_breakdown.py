@@ -84,6 +84,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         ("JsonRenderer.render", _per_event_us(json_r.render, events)),
         ("TableRenderer.render", _per_event_us(table_r.render, events)),
     ]
+    try:    # the command's path since 2026-12-03: lines straight from raw records, in batches
+        from netbee.render_records import JsonRecords, TableRecords
+    except ImportError:
+        pass
+    else:
+        batches = [raws[i:i + 1024] for i in range(0, len(raws), 1024)]
+        for name, lines in (("JsonRecords.render (raw records)", JsonRecords(json_r)),
+                            ("TableRecords.render (raw records)", TableRecords(table_r))):
+            lines.render(raws[:200])
+            stages.append((name, _per_event_us(lines.render, batches) * len(batches) / len(raws)))
     report.header("Diagnostic: userspace time per event by stage", ["python3", "-m", "bench.userspace_breakdown"]
                   + (argv if argv is not None else sys.argv[1:]))
     print(report.table(["stage", "CPU us per event", "events/s on one core"],

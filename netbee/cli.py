@@ -229,17 +229,18 @@ def _show(tracer: Any, renderer: Any, out: TextIO, flag: "_StopFlag", count: Opt
     already queued are shown too: the kernel counted them as submitted, the summary must agree."""
     from netbee.abi import EVENT_SIZE
     from netbee.loader.ringbuf import HDR_SIZE
+    from netbee.render_records import records_renderer
 
     write = out.write
-    render = renderer.render
+    render = records_renderer(renderer)
     shown = 0
     while not flag.stop and (count is None or shown < count):
         limit = BATCH if count is None else min(BATCH, count - shown)
-        events = tracer.read_events(timeout=POLL_TIMEOUT, limit=limit)
-        if events:
-            write("\n".join(map(render, events)) + "\n")
-            shown += len(events)
-        if not events or not tracer.pending():
+        records = tracer.read_records(timeout=POLL_TIMEOUT, limit=limit)
+        if records:
+            write("\n".join(render(records)) + "\n")
+            shown += len(records)
+        if not records or not tracer.pending():
             out.flush()
     if flag.stop:
         # What the kernel has queued by now, at most one ring buffer's worth (and the count).
@@ -247,12 +248,12 @@ def _show(tracer: Any, renderer: Any, out: TextIO, flag: "_StopFlag", count: Opt
         if count is not None:
             left = min(left, count - shown)
         while left > 0:
-            events = tracer.read_events(timeout=0, limit=min(BATCH, left))
-            if not events:
+            records = tracer.read_records(timeout=0, limit=min(BATCH, left))
+            if not records:
                 break
-            write("\n".join(map(render, events)) + "\n")
-            shown += len(events)
-            left -= len(events)
+            write("\n".join(render(records)) + "\n")
+            shown += len(records)
+            left -= len(records)
         out.flush()
     return shown
 

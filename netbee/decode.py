@@ -194,6 +194,18 @@ def _plan(key: int) -> "itemgetter":
     return getter
 
 
+HOOK_OFFSET, _HOOK_SIZE = abi.event_offsets()["hook"]
+assert _HOOK_SIZE == 2
+# A raw record's hook field as bytes (int.from_bytes(..., sys.byteorder)): a C itemgetter, so the
+# tracer counts events per hook without decoding them.
+HOOK_BYTES = itemgetter(slice(HOOK_OFFSET, HOOK_OFFSET + _HOOK_SIZE))
+
+
+def func_name(hook: int) -> str:
+    """Event.func of a hook id."""
+    return FUNC_NAMES.get(hook) or f"hook#{hook}"
+
+
 _I_HOOK, _I_FLAGS, _I_FAMILY, _I_PROTO, _I_ICMP_TYPE = (_RAW["hook"], _RAW["flags"], _RAW["family"],
                                                         _RAW["ip_proto"], _RAW["icmp_type"])
 _I_SADDR, _I_DADDR, _I_COMM = _RAW["saddr"], _RAW["daddr"], _RAW["comm"]
@@ -214,8 +226,9 @@ def decode_event(buf: Union[bytes, bytearray, memoryview]) -> Event:
     ev.func = FUNC_NAMES.get(hook) or f"hook#{hook}"
     c = raw[_I_COMM]
     ev.comm = _comms.get(c) or _comm(c)
-    if flags & _ADDRS:
-        family = raw[_I_FAMILY]
+    family = raw[_I_FAMILY]
+    if flags & _ADDRS and (family == 4 or family == 6):
+        # (another family has no addresses: the v6 cache must not lend it one decoded earlier)
         cache = _v4 if family == 4 else _v6
         a = raw[_I_SADDR]
         ev.saddr = cache.get(a) or _addr(family, a)

@@ -10,7 +10,8 @@ stack = list of "sym+0xoff [module]" strings (drop events with --stack), len = I
 (IPv4 total length; IPv6 payload + 40), or the skb length when the packet is not IP.
 
 The JSON path is hand-assembled (no dict, no json.dumps per event) because it sits in the hot
-loop: scripts/bench_output.py measures decode+render.
+loop: cached line templates filled with the per-packet values (netbee/render_records.py uses the
+same templates straight from raw records); bench.userspace_breakdown measures it.
 """
 from __future__ import annotations
 
@@ -152,21 +153,27 @@ def _s(v: Optional[str]) -> str:
 
 
 def _lit(text: str) -> str:
-    """text as a literal part of a %-format template."""
-    return text.replace("%", "%%")
+    """text as a literal part of a str.format template."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+# The positional arguments of a JSON line template (str.format), the values that change with every
+# packet: time, skb, sport, dport, len (IP length or, when 0, the skb's), skb length, seq, ack, stack.
+# A template names only those its kind of event has; the others are "null" in its text.
+JSON_ARGS = ("time", "skb", "sport", "dport", "len", "skb_len", "seq", "ack", "stack")
 
 
 class JsonRenderer:
-    """Each line is '{"time":...,' + a head (func .. daddr) + a tail template (sport .. comm) with
-    %-slots for the values that change with every packet (ports, ttl, len, seq, ack, stack, skb).
-    Heads and tails depend only on fields that repeat endlessly in a trace (hook, interface,
-    addresses, MACs, flags, names, cpu, pid, comm), so both come from bounded caches."""
+    """Each line is a cached str.format template filled with the per-packet values (JSON_ARGS).
+    A template depends only on fields that repeat endlessly in a trace (hook, interface,
+    addresses, MACs, flags, ttl, names, cpu, pid, comm) and on which fields the event has, so
+    templates come from a bounded cache; netbee/render_records.py keys the same templates by the
+    raw record's bytes instead of an Event."""
 
     def __init__(self, res: Resolvers, clock: Optional[Clock] = None) -> None:
         self.res = res
         self.clock = clock or Clock()
-        self._heads: Dict[tuple, str] = {}
-        self._tails: Dict[tuple, str] = {}
+        self._lines: Dict[tuple, str] = {}
         self._numeric = _NumericIfaces()
 
     def _head(self, ev: Any) -> Tuple[str, bool]:
@@ -190,7 +197,7 @@ class JsonRenderer:
                 f'"proto":{pname},{addrs}'), stable
 
     def _tail(self, ev: Any) -> str:
-        """sport .. comm with %s slots for sport, dport, ttl, len, seq, ack, stack and %x for skb."""
+        """sport .. comm (a template: slots {2}.. of JSON_ARGS for the per-packet values)."""
         res = self.res
         proto = ev.proto
         if ev.smac is not None:
@@ -208,54 +215,52 @@ class JsonRenderer:
         else:
             icmp = '"icmp_type":null,"icmp_code":null'
         drop = ev.drop_reason
-        # Traced text (comm, names, vendors) becomes part of a %-template: its % signs are doubled.
         state = _s(names.tcp_state(ev.tcp_state))
         nf = f'"nf_hook":{_s(names.nf_hook(ev.nf_hook))},"verdict":{_s(names.verdict(ev.verdict))},' \
              f'"drop_reason":{_s(res.drops.name(drop)) if drop is not None else "null"}'
         comm = _jstr(escape(ev.comm))
-        return (',"sport":%s,"dport":%s,"ttl":%s,"len":%s,' + _lit(f'{macs},"tcp_flags":{tflags},"tcp_state":{state}')
-                + ',"seq":%s,"ack":%s,' + _lit(f'{icmp},{nf}') + ',"stack":%s,"skb":"0x%x",'
+        ttl = "null" if ev.ttl is None else str(ev.ttl)
+        # len is the IP length unless it is 0 or the event has none: slot 4 is `ip_len or skb_len`
+        ip_len = ev.family in (4, 6) and ev.ip_len is not None
+        seq = "{6}" if proto == 6 and ev.seq is not None else "null"
+        ack = "{7}" if proto == 6 and ev.ack is not None else "null"
+        # Traced text (comm, names, vendors) becomes part of a template: its braces are doubled.
+        return (',"sport":' + ("null" if ev.sport is None else "{2}")
+                + ',"dport":' + ("null" if ev.dport is None else "{3}")
+                + f',"ttl":{ttl},"len":' + ("{4}" if ip_len else "{5}") + ","
+                + _lit(f'{macs},"tcp_flags":{tflags},"tcp_state":{state}')
+                + f',"seq":{seq},"ack":{ack},' + _lit(f'{icmp},{nf}')
+                + ',"stack":' + ("{8}" if ev.stack else "null") + ',"skb":"0x{1:x}",'
                 + _lit(f'"cpu":{ev.cpu},"pid":{ev.pid},"comm":{comm}}}'))
+
+    def template(self, ev: Any) -> Tuple[str, bool]:
+        """The line template of every event like ev (see JSON_ARGS), and whether it is final
+        (False: it shows an interface number whose name may still appear)."""
+        head, stable = self._head(ev)
+        return '{{"time":{0:.6f},' + _lit(head) + self._tail(ev), stable
 
     def render(self, ev: Any) -> str:
         proto = ev.proto
-        family = ev.family
         saddr = ev.saddr
-        # ipaddress objects hash in Python code; their integer value hashes in C.
-        hkey = (ev.func, ev.ifindex, ev.netns, proto, family,
-                saddr._ip if saddr is not None else None, ev.daddr._ip if saddr is not None else None)
-        if self._numeric.keys:
-            self._numeric.expire(self._heads, ev.ts_ns)
-        head = self._heads.get(hkey)
-        if head is None:
-            head, stable = self._head(ev)
-            _put(self._heads, hkey, head)
-            if not stable:
-                self._numeric.add(hkey, ev.ts_ns)
-        tkey = (proto, family, ev.smac, ev.dmac, ev.tcp_flags, ev.tcp_state, ev.icmp_type, ev.icmp_code,
-                ev.nf_hook, ev.verdict, ev.drop_reason, ev.cpu, ev.pid, ev.comm)
-        tail = self._tails.get(tkey)
-        if tail is None:
-            tail = self._tail(ev)
-            if len(self._tails) >= CACHE_MAX:
-                self._tails.clear()
-            self._tails[tkey] = tail
-        sport, dport, ttl = ev.sport, ev.dport, ev.ttl
         ip_len = ev.ip_len
-        if proto == 6:
-            seq, ack = ev.seq, ev.ack
-            if seq is None:
-                seq = "null"
-            if ack is None:
-                ack = "null"
-        else:
-            seq = ack = "null"
         stack = ev.stack
-        return ('{"time":%.6f,' % (ev.ts_ns / 1e9 + self.clock.offset) + head + tail % (
-            "null" if sport is None else sport, "null" if dport is None else dport,
-            "null" if ttl is None else ttl,
-            ip_len if (family == 4 or family == 6) and ip_len else ev.skb_len,
-            seq, ack, self._stack(stack) if stack else "null", ev.skb))
+        # ipaddress objects hash in Python code; their integer value hashes in C.
+        key = (ev.func, ev.ifindex, ev.netns, proto, ev.family,
+               saddr._ip if saddr is not None else None, ev.daddr._ip if saddr is not None else None,
+               ev.smac, ev.dmac, ev.tcp_flags, ev.tcp_state, ev.icmp_type, ev.icmp_code, ev.nf_hook,
+               ev.verdict, ev.drop_reason, ev.cpu, ev.pid, ev.comm, ev.ttl, ev.sport is None,
+               ev.dport is None, ip_len is None, ev.seq is None, ev.ack is None, not stack)
+        if self._numeric.keys:
+            self._numeric.expire(self._lines, ev.ts_ns)
+        line = self._lines.get(key)
+        if line is None:
+            line, stable = self.template(ev)
+            _put(self._lines, key, line)
+            if not stable:
+                self._numeric.add(key, ev.ts_ns)
+        skb_len = ev.skb_len
+        return line.format(ev.ts_ns / 1e9 + self.clock.offset, ev.skb, ev.sport, ev.dport, ip_len or skb_len,
+                           skb_len, ev.seq, ev.ack, self._stack(stack) if stack else None)
 
     def _stack(self, stack: List[int]) -> str:
         resolve = self.res.kallsyms.resolve
@@ -263,6 +268,17 @@ class JsonRenderer:
 
 
 # ----------------------------------------------------------------------------- table
+
+# The positional arguments of a table line template (str.format), the values that change with
+# every packet: the time stamp, TCP seq, ack, window and payload length, the UDP payload length
+# (udp_len - 8, at least 0), the ICMP echo id and sequence.
+TABLE_ARGS = ("stamp", "seq", "ack", "window", "payload_len", "udp_payload", "icmp_id", "icmp_seq")
+
+
+def _slot(value: Optional[int], index: int) -> str:
+    """A template slot for a per-packet number, or the text the line shows when it is absent."""
+    return "None" if value is None else "{%d}" % index
+
 
 RED, GREEN, YELLOW, CYAN, DIM, RESET = ("\x1b[31m", "\x1b[32m", "\x1b[33m", "\x1b[36m",
                                         "\x1b[2m", "\x1b[0m")
@@ -379,6 +395,26 @@ class TableRenderer:
             line += "\n" + "\n".join(self._paint(DIM, f) for f in frames)
         return line
 
+    def template(self, ev: Any) -> Tuple[str, bool]:
+        """The line of every event like ev (one without a stack) as a str.format template of
+        TABLE_ARGS, and whether it is final (False: it shows an interface number whose name may
+        still appear). netbee/render_records.py fills it from raw records."""
+        prefix, stable = self._prefix(ev.netns, ev.ifindex, ev.func, ev.proto)
+        proto = ev.proto
+        parts = []
+        if proto == 6 and ev.tcp_flags is not None:
+            parts.append(_lit(f"[{names.tcp_flags(ev.tcp_flags)}]") + " seq %s ack %s win %s len %s" % (
+                _slot(ev.seq, 1), _slot(ev.ack, 2), _slot(ev.window, 3), _slot(ev.payload_len, 4)))
+        elif proto == 17 and ev.udp_len is not None:
+            parts.append("length {5}")
+        elif proto in (1, 58) and ev.icmp_type is not None:
+            parts.append(self._icmp(ev, template=True))
+        if ev.ttl is not None and ev.family in (4, 6):
+            parts.append("ttl %d" % ev.ttl)
+        parts.append(_lit("  ".join(self._tail_parts(ev))))
+        # "%H:%M:%S.%06d" is always 15 characters: the time column needs no padding
+        return ("{0}" + _lit(prefix + self.flow(ev).ljust(self.widths[4])) + " " + "  ".join(parts)).rstrip(), stable
+
     def _prefix(self, netns: int, ifindex: int, func: str, proto: Optional[int]) -> Tuple[str, bool]:
         """' IFACE HOOK PROTO ' padded, and whether the interface name is final (a number is retried)."""
         iface = self.res.iface(netns, ifindex) if ifindex else "-"
@@ -388,18 +424,22 @@ class TableRenderer:
             hook = self._paint(CYAN, hook)
         return f" {iface.ljust(w[1])} {hook} {(names.proto_name(proto) or '-').ljust(w[3])} ", not iface.isdigit()
 
-    def _icmp(self, ev: Any) -> str:
-        """The ICMP part of details(); the one of the first branch that varies the most."""
+    def _icmp(self, ev: Any, template: bool = False) -> str:
+        """The ICMP part of details(); the one of the first branch that varies the most. As a
+        template (see template()), the echo id and sequence are slots."""
         tname, cname = names.icmp(ev.family, ev.icmp_type, ev.icmp_code or 0)
         text = tname + (f" ({cname})" if cname else "")
+        echo = ""
         if ev.icmp_type in ((8, 0) if ev.family == 4 else (128, 129)) and ev.icmp_id is not None:
-            text += f" id {ev.icmp_id} seq {ev.icmp_seq}"
+            echo = f" id {_slot(ev.icmp_id, 6)} seq {_slot(ev.icmp_seq, 7)}" if template else \
+                f" id {ev.icmp_id} seq {ev.icmp_seq}"
         inner = getattr(ev, "inner", None)
+        flow = ""
         if inner is not None and inner.saddr is not None:
-            text += (f" for {names.proto_name(inner.proto)} "
-                     f"{self._endpoint(inner.saddr, inner.sport)} > "
-                     f"{self._endpoint(inner.daddr, inner.dport)}")
-        return text
+            flow = (f" for {names.proto_name(inner.proto)} "
+                    f"{self._endpoint(inner.saddr, inner.sport)} > "
+                    f"{self._endpoint(inner.daddr, inner.dport)}")
+        return _lit(text) + echo + _lit(flow) if template else text + echo + flow
 
     def _tail_parts(self, ev: Any) -> List[str]:
         """details() after the protocol and ttl parts: state, nf verdict, drop, MACs, process."""

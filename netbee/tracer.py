@@ -15,8 +15,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from operator import attrgetter
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Dict, Iterable, Iterator, Sequence
 
 from netbee import netns as _netns
 from netbee.loader.errors import AttachError, NetBeeError, NotSupportedError, SyscallError
@@ -34,7 +33,6 @@ BRACKET_ENTRY_PRIO = INT_MIN + 1
 BRACKET_EXIT_PRIO = INT_MAX - 1
 BRACKET_MAX_STEPS = 64
 DEFAULT_RINGBUF_BYTES = 1 << 22
-_FUNC = attrgetter("func")
 READ_BATCH = 1024
 
 
@@ -170,6 +168,25 @@ class StartReport:
     netns: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)   # phase -> seconds
     brackets: dict[str, dict[tuple[int, int], tuple[int, int]]] = field(default_factory=dict)
+
+
+def hook_counts(records: Sequence[bytes]) -> Dict[str, int]:
+    """Events per hook (by Event.func) in a batch of raw records, without decoding them: a
+    RecordBlock's hook bytes are counted in C."""
+    from netbee.decode import HOOK_BYTES, HOOK_OFFSET, func_name
+
+    counts: Counter = Counter()
+    low, high = (HOOK_OFFSET, HOOK_OFFSET + 1) if sys.byteorder == "little" else (HOOK_OFFSET + 1, HOOK_OFFSET)
+    column = getattr(records, "column", None)
+    if column is not None and not column(high).strip(b"\0"):
+        counts.update(column(low))      # every hook id below 256: one byte of each record says it
+    else:
+        counts.update(int.from_bytes(raw, sys.byteorder) for raw in map(HOOK_BYTES, records))
+    named: Dict[str, int] = {}
+    for hook, n in counts.items():
+        name = func_name(hook)
+        named[name] = named.get(name, 0) + n
+    return named
 
 
 @dataclass
@@ -852,23 +869,29 @@ class Tracer:
 
     def read_events(self, timeout: float | None = 0.1, limit: int | None = None) -> list:
         """One batch: the decoded events queued now (at most limit; the rest stay in the ring
-        buffer), waiting up to timeout seconds for the first one; [] when none came.
+        buffer), waiting up to timeout seconds for the first one; [] when none came."""
+        from netbee.decode import decode_event
+
+        return list(map(decode_event, self.read_records(timeout, limit)))
+
+    def read_records(self, timeout: float | None = 0.1, limit: int | None = None) -> Sequence[bytes]:
+        """read_events() without decoding: the raw records (struct nb_event, then any stack), for
+        renderers that work from the bytes (netbee/render_records.py): a list, or a RecordBlock
+        (loader/ringbuf.py) when they all have one length, as they do unless stacks follow.
 
         Per batch, not per event, because this is the hot path: the counters are updated once and
         the caller can render and write the whole batch at once.
         """
-        from netbee.decode import decode_event
-
         if self._reader is None:
             raise NetBeeError("tracer is not started")
         self.poll_netns()
-        events = list(map(decode_event, self._reader.read(timeout=timeout, limit=limit)))
-        if events:
-            self._received += len(events)
+        records = self._reader.read_block(timeout=timeout, limit=limit)
+        if records:
+            self._received += len(records)
             per_hook = self._per_hook
-            for name, n in Counter(map(_FUNC, events)).items():
+            for name, n in hook_counts(records).items():
                 per_hook[name] = per_hook.get(name, 0) + n
-        return events
+        return records
 
     def pending(self) -> bool:
         """Records are queued in the ring buffer: a read now would not wait."""

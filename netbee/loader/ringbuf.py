@@ -13,7 +13,7 @@ from __future__ import annotations
 import mmap
 import select
 import sys
-from typing import Any, Iterator, List, Optional, Union
+from typing import Any, Iterator, List, Optional, Sequence, Union, overload
 
 from netbee.loader import syscall as sc
 
@@ -23,6 +23,47 @@ HDR_SIZE = 8
 PAGE = mmap.PAGESIZE
 
 Record = Union[memoryview, bytes]
+
+
+class RecordBlock(Sequence[bytes]):
+    """Records of one length as the ring buffer holds them: one bytes object, a header of HDR_SIZE
+    bytes before each record, records `stride` bytes apart. A consumer can walk it in C
+    (struct.iter_unpack over `data`, or data[HDR_SIZE + offset::stride] for one byte of every
+    record); indexing and iteration give each record as bytes."""
+
+    __slots__ = ("data", "length", "stride", "count")
+
+    def __init__(self, data: bytes, length: int, stride: int, count: int) -> None:
+        if count * stride != len(data) or length + HDR_SIZE > stride:
+            raise ValueError(f"{len(data)} bytes do not hold {count} records of {length} every {stride}")
+        self.data, self.length, self.stride, self.count = data, length, stride, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    @overload
+    def __getitem__(self, i: int) -> bytes: ...
+    @overload
+    def __getitem__(self, i: slice) -> List[bytes]: ...
+
+    def __getitem__(self, i: Union[int, slice]) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.count))]
+        if i < 0:
+            i += self.count
+        if not 0 <= i < self.count:
+            raise IndexError("record index out of range")
+        start = i * self.stride + HDR_SIZE
+        return self.data[start:start + self.length]
+
+    def __iter__(self) -> Iterator[bytes]:
+        starts = range(HDR_SIZE, len(self.data), self.stride)
+        return map(self.data.__getitem__, map(slice, starts, range(HDR_SIZE + self.length, len(self.data) + 1,
+                                                                   self.stride)))
+
+    def column(self, offset: int) -> bytes:
+        """The byte at `offset` of every record."""
+        return self.data[HDR_SIZE + offset::self.stride]
 
 
 class RingCursor:
@@ -88,6 +129,30 @@ class RingCursor:
         self._pending = pos
         return out
 
+    def read_block(self, limit: Optional[int] = None) -> Union[RecordBlock, List[Record]]:
+        """read_batch(limit, copy=True), but the committed records from here on that all have the
+        length of the first (the kernel writes nothing else unless stacks follow events) come as
+        one RecordBlock: one copy, no Python work per record. Anything else (a record still busy,
+        a discarded one, another length) ends the block; when the first record is such a one,
+        this is read_batch's list."""
+        pos = self._pending if self._pending is not None else self._cons[0]
+        prod = self._prod[0]
+        if pos >= prod:
+            return []
+        off = pos & self._mask
+        length = self._hdr[off >> 2]     # BUSY or DISCARD set: not a length any record has
+        stride = (length + HDR_SIZE + 7) & ~7
+        n = min((prod - pos) // stride, sys.maxsize if limit is None else limit)
+        if length & (BUSY_BIT | DISCARD_BIT) or n < 2:
+            return self.read_batch(limit, copy=True)
+        # every header at this stride; up to the first that differs they are all real headers
+        heads = self._hdr[off >> 2:(off + n * stride) >> 2:stride >> 2].tolist()
+        if heads.count(length) != n:
+            n = next(i for i, h in enumerate(heads) if h != length)
+        block = self._data[off:off + n * stride].tobytes()
+        self._pending = pos + n * stride
+        return RecordBlock(block, length, stride, n)
+
     def skip_all(self) -> int:
         """Drop everything queued (a reused ring buffer's records of an earlier run, read before
         anything is attached); returns the bytes skipped."""
@@ -145,6 +210,16 @@ class RingBufReader(sc.Closeable):
         batch = self.cursor.read_batch(limit, copy=copy)
         if copy:
             self.cursor.commit()
+        return batch
+
+    def read_block(self, timeout: Optional[float] = 0.0,
+                   limit: Optional[int] = None) -> Union[RecordBlock, List[Record]]:
+        """read(timeout, copy=True, limit), records of one length as a RecordBlock (RingCursor.read_block)."""
+        self.cursor.commit()
+        if not self.wait(timeout):
+            return []
+        batch = self.cursor.read_block(limit)
+        self.cursor.commit()
         return batch
 
     def __iter__(self) -> Iterator[bytes]:

@@ -13,7 +13,15 @@ import pytest
 
 from netbee import cli
 from netbee.loader.errors import AttachError, UsageError
-from tests.unit.test_output import event
+from netbee.hooks import FUNC_NAMES
+from tests.unit.test_decode import raw_event
+
+HOOK_IDS = {name: hook for hook, name in FUNC_NAMES.items()}
+
+
+def record(func: str = "ip_rcv", **fields) -> bytes:
+    """A raw ring buffer record of an event at this hook: what Tracer.read_records returns."""
+    return raw_event(hook=HOOK_IDS[func], **fields)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -112,7 +120,7 @@ class FakeTracer:
                                      skipped=[("ip_forward", "no tracepoint")], blind_spots=[],
                                      netns=["current (net:[1])"])
 
-    def read_events(self, timeout=0.1, limit=None):
+    def read_records(self, timeout=0.1, limit=None):
         """The next batch (its first `limit` events; the rest stay queued); SIGTERM once drained."""
         if not self.batches:
             signal.raise_signal(self.stop_signal)
@@ -141,8 +149,7 @@ def fake(monkeypatch):
     monkeypatch.setattr(netbee.tracer, "Tracer", FakeTracer)
     monkeypatch.setattr(cli, "check_privileges", lambda: None)
     FakeTracer.instances = []
-    FakeTracer.batches = [[event(), event(func="icmp_rcv")], [event(func="kfree_skb", hook=15,
-                                                                    drop_reason=None)]]
+    FakeTracer.batches = [[record(), record("icmp_rcv")], [record("kfree_skb")]]
     return FakeTracer
 
 
@@ -220,33 +227,33 @@ def test_ctrl_c_prints_the_summary(fake, capsys, monkeypatch):
 def test_events_queued_at_stop_are_shown_and_count_is_exact(fake, capsys, monkeypatch):
     """A stop request shows what the kernel already queued (it counted those as submitted); -c N
     takes exactly N records from the ring buffer, however large its batches."""
-    orig = FakeTracer.read_events
+    orig = FakeTracer.read_records
 
-    def read_events(self, timeout=0.1, limit=None):
+    def read_records(self, timeout=0.1, limit=None):
         if len(self.reads) == 1:
             signal.raise_signal(signal.SIGINT)  # arrives while the second batch is queued
         return orig(self, timeout, limit)
-    monkeypatch.setattr(FakeTracer, "read_events", read_events)
-    FakeTracer.batches = [[event()], [event(func="icmp_rcv")] * 3, [event(func="udp_rcv")] * 2]
+    monkeypatch.setattr(FakeTracer, "read_records", read_records)
+    FakeTracer.batches = [[record()], [record("icmp_rcv")] * 3, [record("udp_rcv")] * 2]
     rc, out, err = run_main(["--json"], capsys)
     assert rc == 0 and len(out.splitlines()) == 6
     assert fake.instances[0].reads[-1][0] == 0  # the drain does not wait for more
-    monkeypatch.setattr(FakeTracer, "read_events", orig)
-    FakeTracer.batches = [[event()] * 5, [event()] * 5]
+    monkeypatch.setattr(FakeTracer, "read_records", orig)
+    FakeTracer.batches = [[record()] * 5, [record()] * 5]
     rc, out, err = run_main(["--json", "-c", "7"], capsys)
     assert rc == 0 and len(out.splitlines()) == 7
     assert [limit for _, limit in fake.instances[-1].reads] == [7, 2]
 
 
 def test_stop_with_a_count_drains_no_more_than_the_count(fake, capsys, monkeypatch):
-    orig = FakeTracer.read_events
+    orig = FakeTracer.read_records
 
-    def read_events(self, timeout=0.1, limit=None):
+    def read_records(self, timeout=0.1, limit=None):
         if len(self.reads) == 1:
             signal.raise_signal(signal.SIGINT)
         return orig(self, timeout, limit)
-    monkeypatch.setattr(FakeTracer, "read_events", read_events)
-    FakeTracer.batches = [[event()] * 2, [event()] * 3, [event()] * 4]
+    monkeypatch.setattr(FakeTracer, "read_records", read_records)
+    FakeTracer.batches = [[record()] * 2, [record()] * 3, [record()] * 4]
     rc, out, err = run_main(["--json", "-c", "7"], capsys)
     assert rc == 0 and len(out.splitlines()) == 7
     assert fake.instances[0].reads[-1] == (0, 2)

@@ -138,3 +138,65 @@ def test_copy_mode_returns_bytes_that_survive_reuse() -> None:
     r.cursor.commit()
     r.output(b"two" * 10)  # overwrites the area "one" lived in
     assert rec == b"one"
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([b"x" * 12, b"y" * 12, b"z" * 5, b"w" * 20]),
+                          st.sampled_from(["commit", "commit", "commit", "discard", "busy"])),
+                min_size=1, max_size=40),
+       st.integers(min_value=1, max_value=9), st.one_of(st.none(), st.integers(min_value=1, max_value=5)))
+def test_read_block_gives_what_read_batch_gives(items, every, limit) -> None:
+    """read_block: the same records in the same order as read_batch(copy=True), a run of one
+    length as a RecordBlock; a busy record holds back everything after it, across wrap-arounds."""
+    from netbee.loader.ringbuf import RecordBlock
+    r = FakeRing(256)
+    expect, got, busy = [], [], []
+
+    def drain(final: bool = False) -> None:
+        while True:
+            batch = r.cursor.read_block(limit)
+            if limit is not None:
+                assert len(batch) <= limit
+            if isinstance(batch, RecordBlock):
+                assert len({len(x) for x in batch}) == 1
+                assert batch.data[8:8 + batch.length] == batch[0] and batch[-1] == list(batch)[-1]
+            got.extend(bytes(x) for x in batch)
+            r.cursor.commit()
+            if not batch or not final:
+                return
+
+    for n, (payload, what) in enumerate(items):
+        if r.head + ((len(payload) + 15) & ~7) - r.cursor.consumer_pos > r.size:
+            for p, pay in busy:      # the producer finishes what it reserved before wrapping on
+                r.commit(p)
+                expect.append(pay)
+            busy = []
+            drain(final=True)
+        p = r.reserve(payload)
+        if what == "busy" or busy:
+            busy.append((p, payload))
+        else:
+            r.commit(p, what == "discard")
+            if what != "discard":
+                expect.append(payload)
+        if n % every == 0:
+            drain()
+    for p, pay in busy:
+        r.commit(p)
+        expect.append(pay)
+    drain(final=True)
+    assert got == expect
+    assert r.cursor.consumer_pos == r.head
+
+
+def test_record_block_indexing_and_columns() -> None:
+    from netbee.loader.ringbuf import RecordBlock
+    data = b"".join(struct.pack("=II", 3, 0) + bytes([i, 10 + i, 20 + i]) + bytes(5) for i in range(4))
+    b = RecordBlock(data, 3, 16, 4)
+    assert list(b) == [bytes([i, 10 + i, 20 + i]) for i in range(4)]
+    assert b[-1] == b[3] == bytes([3, 13, 23]) and b[1:3] == [b[1], b[2]] and len(b) == 4
+    assert b.column(1) == bytes([10, 11, 12, 13])
+    with pytest.raises(IndexError):
+        b[4]
+    with pytest.raises(ValueError):
+        RecordBlock(data, 9, 16, 4)
