@@ -2,13 +2,13 @@
 
 The floor, netbee from another checkout ("before", e.g. an export of the base commit), and this
 tree's netbee with the generated filter and with the C interpreter (TraceOptions.
-filter_interpreter), alternating within every round (the starting one rotates), all with the
+filter_interpreter) or the dynamic filter (filter_dynamic), alternating within every round (the starting one rotates), all with the
 kernel's BPF run-time statistics on. The figure is the kernel's own: BPF run time per UDP packet
 received, summed over the tracer's programs; packet rates on this machine move too much to
 separate variants a few percent apart.
 
     python3 -m bench.filter_variants --before DIR [--rounds N] [--seconds S] [--expr EXPR]
-                                     [--rate PPS] [--variants floor,before,generated,interpreter]
+                                     [--rate PPS] [--variants floor,before,generated,interpreter,dynamic]
 
 --rate paces the sender (packets per second; 0: as fast as it can). With no filter, an unpaced
 sender fills the ring buffer and most events are lost; a rate the reader keeps up with measures
@@ -28,14 +28,15 @@ from bench.lab import Pair
 from bench.traffic import OTHER_CPU
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# `python -c` program: the netbee command with the C interpreter instead of generated code
-INTERPRETER_MAIN = """
+# `python -c` program: the netbee command with TraceOptions.OPTION=True (the C interpreter
+# instead of generated code, or the dynamic filter)
+VARIANT_MAIN = """
 import dataclasses, sys
 import netbee.tracer as tracer
 init = tracer.Tracer.__init__
-def with_interpreter(self, opts=None):
-    init(self, dataclasses.replace(opts or tracer.TraceOptions(), filter_interpreter=True))
-tracer.Tracer.__init__ = with_interpreter
+def with_option(self, opts=None):
+    init(self, dataclasses.replace(opts or tracer.TraceOptions(), OPTION=True))
+tracer.Tracer.__init__ = with_option
 from netbee.cli import main
 sys.exit(main())
 """
@@ -55,13 +56,15 @@ def main(argv: List[str] | None = None) -> int:
     ap.add_argument("--expr", default=configs.NOMATCH_EXPR, help="netbee's filter (default: matches nothing)")
     ap.add_argument("--rate", type=float, default=0, help="UDP packets per second (0: unpaced)")
     ap.add_argument("--variants", default="floor,before,generated,interpreter",
-                    help="comma-separated subset of floor,before,generated,interpreter (floor always runs)")
+                    help="comma-separated subset of floor,before,generated,interpreter,dynamic "
+                         "(floor always runs)")
     args = ap.parse_args(argv)
     os.sched_setaffinity(0, {OTHER_CPU})
     variants = {
         "before": (os.path.abspath(args.before), ["-m", "netbee"]),
         "generated": (HERE, ["-m", "netbee"]),
-        "interpreter": (HERE, ["-c", INTERPRETER_MAIN]),
+        "interpreter": (HERE, ["-c", VARIANT_MAIN.replace("OPTION", "filter_interpreter")]),
+        "dynamic": (HERE, ["-c", VARIANT_MAIN.replace("OPTION", "filter_dynamic")]),
     }
     chosen = args.variants.split(",")
     unknown = set(chosen) - set(variants) - {"floor"}

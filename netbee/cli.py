@@ -337,7 +337,8 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         cache, prepared = ProgramCache(), PreparedCache()
     opts = TraceOptions(backend=args.backend, netns=ns_specs or None, rules=rules,
                         want_stack=args.stack, btf_path=args.btf, ringbuf_bytes=ringbuf,
-                        verbose=args.verbose, cache=cache, prepared_cache=prepared)
+                        verbose=args.verbose, cache=cache, prepared_cache=prepared,
+                        any_filter_programs=cache is not None)
     shown = 0
     flag = _StopFlag()
     old_handlers = {sig: signal.signal(sig, flag) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -350,7 +351,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             len(res.kallsyms)  # load /proc/kallsyms now, not while the first drop is waiting
         if args.verbose:
             print(f"netbee: program cache: {tracer.cache_status}; relocated code cache: "
-                  f"{tracer.prepared_status}", file=err)
+                  f"{tracer.prepared_status}; background: {tracer.background_status}", file=err)
         print(start_line(report), file=err, flush=True)
         if not args.json:
             print(renderer.header(), file=out, flush=True)
@@ -358,6 +359,8 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if res.drops.error:
             print(f"netbee: drop reasons shown as numbers: {res.drops.error}", file=err)
         print(summary_line(shown, tracer.counters()), file=err, flush=True)
+        if args.verbose and tracer.background_status != "none":
+            print(f"netbee: background load: {tracer.background_status}", file=err)
     except BrokenPipeError:
         # The reader went away (| head): stop quietly, keep Python from complaining at exit.
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, Iterable, Iterator, Sequence
 
 from netbee import netns as _netns
@@ -151,6 +151,14 @@ class TraceOptions:
     verbose: bool = False                    # keep verifier logs
     filter_interpreter: bool = False         # run the object's C filter interpreter instead of
                                              # code generated from the rules (tests, comparisons)
+    # the rules in a writable global the programs read at run time (bpf/src/nb_filter.h): the
+    # loaded programs do not depend on the filter, so the program cache reuses one set for every
+    # filter and a new filter starts without the verifier; runs the interpreter, never codegen
+    filter_dynamic: bool = False
+    # with a cache: a filter whose own programs are not cached starts on the cached programs for
+    # any filter (filter_dynamic) while its own load in the background for the next run; a fresh
+    # load also prepares the programs for any filter in the background
+    any_filter_programs: bool = False
     # netbee.progcache.ProgramCache: reuse the programs an earlier run of the same command loaded,
     # and keep this run's for the next; None: always load afresh, pin nothing
     cache: object = None
@@ -337,6 +345,8 @@ class Tracer:
         self._fresh_facts: dict = {}
         self.cache_status = "off"              # what the program cache did (shown by -v)
         self.prepared_status = "off"           # what the prepared cache did, on a fresh load
+        self.background_status = "none"        # what the background load did (_load_for_later)
+        self._background = None
         # enum skb_drop_reason of the BTF the programs were loaded against, once started (None:
         # unknown); a run with cached programs has them without reading the kernel BTF
         self.drop_reason_values: dict[str, int] | None = None
@@ -407,9 +417,12 @@ class Tracer:
         cfg = self._config_bytes()
         fields = field_mask(self.opts.rules or [])
         lap("config_bytes")  # mostly the first import of netbee.abi (construct)
-        entry = self._cache_entry(cfg, fields)
+        # (a dynamic set's programs do not depend on the rules: they are written at each start)
+        entry = self._cache_entry(cfg, 0 if self.opts.filter_dynamic else fields)
         lap("cache_lookup")
         loaded = self._open_cached(entry) if entry is not None and entry.meta is not None else None
+        if loaded is None and entry is not None and self._any_filter_wanted():
+            loaded = self._open_any_filter(entry)
         if loaded is not None:
             lap("cache_open")
         else:
@@ -417,6 +430,8 @@ class Tracer:
             if entry is not None:
                 self._cache_store(entry, *loaded)
                 lap("cache_store")
+                if self._any_filter_wanted():
+                    self._load_for_later(replace(self.opts, filter_dynamic=True))
         coll, backend, plan, skipped = loaded
         attached: list[str] = []
         failed_hooks: set[str] = set()
@@ -468,7 +483,7 @@ class Tracer:
         """Plan the hooks, relocate and load the programs: (collection, backend, plan, skipped).
         Planning and relocation come from the prepared cache when it has them."""
         body = None
-        if not self.opts.filter_interpreter:
+        if not self.opts.filter_interpreter and not self.opts.filter_dynamic:
             # the rules as straight-line BPF in place of the interpreter (an object without
             # the function keeps its own filter)
             from netbee import filter_codegen
@@ -491,6 +506,11 @@ class Tracer:
                 direct_reads = features.has("direct_packet_reads")[0]
             spec.set_global("cfg", cfg)
             spec.set_global("self_pid", struct.pack("<I", os.getpid()))
+            if self.opts.filter_dynamic:
+                if "dyn_filter" not in spec.globals:
+                    raise NetBeeError("the BPF object has no dyn_filter: it cannot run a dynamic filter")
+                spec.set_global("filter_dynamic", struct.pack("<I", 1))
+                spec.set_global("dyn_filter", self._dyn_filter_bytes(fields))
             if "filter_fields" in spec.globals:
                 # which fields the filter needs before it can run (ports cost a header read)
                 spec.set_global("filter_fields", struct.pack("<I", fields))
@@ -527,6 +547,7 @@ class Tracer:
         self.drop_reason_values = drops
         # what a later run needs to reuse these programs (_cache_store)
         self._fresh_facts = {"self_pid": list(spec.globals["self_pid"]), "drop_reasons": drops,
+                             "dyn_filter": list(spec.globals["dyn_filter"]) if self.opts.filter_dynamic else None,
                              "maps": {name: _reset_rule(mspec, name) for name, mspec in spec.maps.items()
                                       if name in coll.maps}}
         coll.release_sources()
@@ -576,7 +597,8 @@ class Tracer:
                      "kernel": prepcache.kernel_identity(self.opts.btf_path),
                      # kprobe/fentry targets may live in modules; tracepoints come from vmlinux's BTF
                      "modules": _module_names() if backend != "tracepoint" else None,
-                     "backend": backend, "filter_interpreter": self.opts.filter_interpreter}
+                     "backend": backend, "filter_interpreter": self.opts.filter_interpreter,
+                     "filter_dynamic": self.opts.filter_dynamic}
         except OSError:
             return None   # no kernel BTF: the slow way says so properly
         return (cache, *progcache.make_key(parts))
@@ -623,6 +645,74 @@ class Tracer:
             self.prepared_status += f", not stored ({_reason(e)})"
             return
         self.prepared_status += ", stored"
+
+    # -- programs for any filter (filter_dynamic) ---------------------------------------------------
+    def _any_filter_wanted(self) -> bool:
+        o = self.opts
+        return o.any_filter_programs and o.cache is not None and not (o.filter_dynamic or o.filter_interpreter)
+
+    def _open_any_filter(self, entry):
+        """Start on the cached programs for any filter with this run's rules written into them,
+        and load this filter's own programs in the background for the next run (they run faster:
+        compiled rules). None, with entry still this run's, when there are none to reuse."""
+        own = self.opts
+        self.opts = replace(own, filter_dynamic=True)   # what runs, as the rest of the run sees it
+        self._cache = None
+        any_entry = self._cache_entry(self._config_bytes(), 0)
+        loaded = None
+        if any_entry is not None and any_entry.meta is not None:
+            loaded = self._open_cached(any_entry)
+        if loaded is None:
+            if any_entry is not None:
+                any_entry.release()
+            self.opts, self._cache, self.cache_status = own, entry, "miss"
+            return None
+        entry.release()
+        self.cache_status = "miss; started on the programs for any filter (hit)"
+        self._load_for_later(own)
+        return loaded
+
+    def _load_for_later(self, opts: TraceOptions) -> None:
+        """Load and cache, unattached, the programs of opts in a background thread at low
+        priority; the process may exit before it ends (the cache then has no entry: nothing lost)."""
+        import threading
+
+        def job() -> None:
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+            except OSError:
+                pass
+            try:
+                with Tracer(replace(opts, any_filter_programs=False)) as t:
+                    self.background_status = t.load_into_cache()
+            except Exception as e:   # a thread has nobody to raise to: reported by -v
+                self.background_status = f"failed ({_reason(e) if isinstance(e, NetBeeError) else repr(e)})"
+
+        what = "the programs for any filter" if opts.filter_dynamic else "this filter's own programs"
+        self.background_status = f"loading {what} for the next run"
+        self._background = threading.Thread(target=job, name="netbee-load-for-later", daemon=True)
+        self._background.start()
+
+    def wait_background(self, timeout: float | None = None) -> bool:
+        """Wait for the background load (_load_for_later); whether none is running any more."""
+        if self._background is not None:
+            self._background.join(timeout)
+            return not self._background.is_alive()
+        return True
+
+    def load_into_cache(self) -> str:
+        """Load this command's programs into the program cache without attaching them, so that
+        a later run starts from the cache. Returns what the cache did."""
+        from netbee.filter import field_mask
+
+        cfg = self._config_bytes()
+        fields = field_mask(self.opts.rules or [])
+        entry = self._cache_entry(cfg, 0 if self.opts.filter_dynamic else fields)
+        if entry is None or entry.meta is not None:
+            return self.cache_status if entry is None else "already cached"
+        loaded = self._load_fresh(cfg, fields, {}, lambda name: None)
+        self._cache_store(entry, *loaded)
+        return self.cache_status
 
     # -- program cache (netbee/progcache.py) -------------------------------------------------------
     def _cache_entry(self, cfg: bytes, fields: int):
@@ -678,7 +768,11 @@ class Tracer:
         try:
             self._coll = entry.open([(p["name"], p["kind"], p["target"], p["btf_id"])
                                      for p in meta["programs"]], list(meta["maps"]))
-            self._reset_maps(self._coll, meta["maps"], meta["self_pid"])
+            writes = [(meta["self_pid"], os.getpid().to_bytes(meta["self_pid"][2], sys.byteorder))]
+            if self.opts.filter_dynamic:
+                from netbee.filter import field_mask
+                writes.append((meta["dyn_filter"], self._dyn_filter_bytes(field_mask(self.opts.rules or []))))
+            self._reset_maps(self._coll, meta["maps"], writes)
             plan = [_Planned(**p) for p in meta["plan"]]
             skipped = [(h, why) for h, why in meta["skipped"]]
             backend = meta["backend"]
@@ -694,12 +788,12 @@ class Tracer:
         self.cache_status = "hit"
         return self._coll, backend, plan, skipped
 
-    def _reset_maps(self, objs, rules: dict, self_pid: list) -> None:
+    def _reset_maps(self, objs, rules: dict, writes: list) -> None:
         """Per-run state back to a fresh load's, before anything is attached: counters and scratch
-        zeroed, global data rewritten with this pid, the ring buffer's old records skipped."""
+        zeroed, global data rewritten with this run's values (writes: ([map, offset, size], bytes):
+        its pid, a dynamic filter's rules), the ring buffer's old records skipped."""
         from netbee.loader.maps import MapType, possible_cpus
 
-        pid_map, pid_off, pid_size = self_pid
         for name, rule in rules.items():
             m = objs.maps[name]
             if rule == "ring":
@@ -709,8 +803,9 @@ class Tracer:
             if rule == "keep":
                 continue
             value = bytearray(bytes.fromhex(rule).ljust(m.value_size, b"\0"))
-            if name == pid_map:
-                value[pid_off:pid_off + pid_size] = os.getpid().to_bytes(pid_size, sys.byteorder)
+            for (map_name, off, size), data in writes:
+                if map_name == name:
+                    value[off:off + size] = data
             for key in range(m.max_entries):
                 if m.type == MapType.PERCPU_ARRAY:
                     m.update_percpu(key, [bytes(value)] * possible_cpus())
@@ -727,7 +822,8 @@ class Tracer:
         meta = {"backend": backend, "plan": [asdict(p) for p in plan], "skipped": [list(s) for s in skipped],
                 "programs": [{"name": n, "kind": p.kind, "target": p.attach_target, "btf_id": p.attach_btf_id}
                              for n, p in coll.programs.items()],
-                "maps": facts["maps"], "self_pid": facts["self_pid"], "drop_reasons": facts["drop_reasons"]}
+                "maps": facts["maps"], "self_pid": facts["self_pid"], "dyn_filter": facts["dyn_filter"],
+                "drop_reasons": facts["drop_reasons"]}
         try:
             evicted = entry.store(coll.programs, coll.maps, meta)
         except (NetBeeError, OSError) as e:
@@ -919,8 +1015,18 @@ class Tracer:
         if len(rules) > abi.NB_MAX_RULES:
             raise NetBeeError(f"filter has {len(rules)} operations, at most {abi.NB_MAX_RULES}")
         wakeup = self.opts.wakeup_bytes or min(64 << 10, self.opts.ringbuf_bytes // 8)
+        if self.opts.filter_dynamic:
+            rules = []   # in dyn_filter instead (_dyn_filter_bytes)
         return abi.build_config(encode_rules(rules), len(rules), want_stack=self.opts.want_stack,
                                 wakeup_bytes=wakeup)
+
+    def _dyn_filter_bytes(self, fields: int) -> bytes:
+        """struct nb_dyn_filter of this run's rules (_config_bytes has checked their number)."""
+        from netbee import abi
+        from netbee.filter import encode_rules
+
+        rules = list(self.opts.rules or [])
+        return abi.build_dyn_filter(encode_rules(rules), len(rules), fields)
 
     def _choose_backend(self) -> str:
         if self.opts.backend not in ("auto",) + BACKENDS:

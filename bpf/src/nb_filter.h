@@ -15,7 +15,8 @@
 
 #include "nb_parse.h"
 
-/* cfg and filter_fields are defined in netbee.bpf.c before this header is included. */
+/* cfg, filter_fields, filter_dynamic and dyn_filter are defined in netbee.bpf.c before this
+ * header is included. */
 
 struct nb_addrs {
 	__u32 s[4];
@@ -27,9 +28,8 @@ static __always_inline bool nb_word_match(const volatile struct nb_rule *r, cons
 	return !((a[j] ^ *(const volatile __u32 *)&r->addr[4 * j]) & *(const volatile __u32 *)&r->mask[4 * j]);
 }
 
-static __always_inline bool nb_net_match(__u32 i, const __u32 *a, __u8 family)
+static __always_inline bool nb_net_match(const volatile struct nb_rule *r, const __u32 *a, __u8 family)
 {
-	const volatile struct nb_rule *r = &cfg.rules[i];
 
 	if (r->family != family)
 		return false;
@@ -40,64 +40,136 @@ static __always_inline bool nb_net_match(__u32 i, const __u32 *a, __u8 family)
 	return nb_word_match(r, a, 1) && nb_word_match(r, a, 2) && nb_word_match(r, a, 3);
 }
 
-static __always_inline bool nb_port_match(__u32 i, __u16 port)
+static __always_inline bool nb_port_match(const volatile struct nb_rule *r, __u16 port)
 {
-	return port >= cfg.rules[i].lo && port <= cfg.rules[i].hi;
+	return port >= r->lo && port <= r->hi;
 }
 
-static __always_inline bool nb_term(__u32 i, const struct nb_event *ev, const struct nb_addrs *ad,
-				    bool has_addr, bool has_ports)
+static __always_inline bool nb_term(const volatile struct nb_rule *r, const struct nb_event *ev,
+				    const struct nb_addrs *ad, bool has_addr, bool has_ports)
 {
-	__u8 field = cfg.rules[i].field;
+	__u8 field = r->field;
 
 	switch (field) {
 	case NB_FIELD_TRUE:
 		return true;
 	case NB_FIELD_FAMILY:
-		return has_addr && ev->family == cfg.rules[i].lo;
+		return has_addr && ev->family == r->lo;
 	case NB_FIELD_PROTO:
-		return has_addr && ev->ip_proto == cfg.rules[i].lo;
+		return has_addr && ev->ip_proto == r->lo;
 	case NB_FIELD_SRC_NET:
-		return has_addr && nb_net_match(i, ad->s, ev->family);
+		return has_addr && nb_net_match(r, ad->s, ev->family);
 	case NB_FIELD_DST_NET:
-		return has_addr && nb_net_match(i, ad->d, ev->family);
+		return has_addr && nb_net_match(r, ad->d, ev->family);
 	case NB_FIELD_ANY_NET:
-		return has_addr && (nb_net_match(i, ad->s, ev->family) || nb_net_match(i, ad->d, ev->family));
+		return has_addr && (nb_net_match(r, ad->s, ev->family) || nb_net_match(r, ad->d, ev->family));
 	case NB_FIELD_SRC_PORT:
-		return has_ports && nb_port_match(i, ev->sport);
+		return has_ports && nb_port_match(r, ev->sport);
 	case NB_FIELD_DST_PORT:
-		return has_ports && nb_port_match(i, ev->dport);
+		return has_ports && nb_port_match(r, ev->dport);
 	case NB_FIELD_ANY_PORT:
-		return has_ports && (nb_port_match(i, ev->sport) || nb_port_match(i, ev->dport));
+		return has_ports && (nb_port_match(r, ev->sport) || nb_port_match(r, ev->dport));
 	case NB_FIELD_IFINDEX:
-		return ev->ifindex == cfg.rules[i].value;
+		return ev->ifindex == r->value;
 	case NB_FIELD_NETNS:
-		return ev->netns == cfg.rules[i].value;
+		return ev->netns == r->value;
 	}
 	return false;
 }
 
-/* Whether a term of the filter looks at ports (filter_fields: set by the loader, constant). */
+#define NB_PORT_FIELDS ((1u << NB_FIELD_SRC_PORT) | (1u << NB_FIELD_DST_PORT) | (1u << NB_FIELD_ANY_PORT))
+
+/* Whether a term of the filter looks at ports (filter_fields: set by the loader, constant).
+ * A dynamic filter reads them always: decided at run time, the choice would make the verifier
+ * walk the rest of the program twice. */
 static __always_inline bool nb_filter_uses_ports(void)
 {
-	return cfg.filter_len &&
-	       (filter_fields & ((1u << NB_FIELD_SRC_PORT) | (1u << NB_FIELD_DST_PORT) | (1u << NB_FIELD_ANY_PORT)));
+	if (filter_dynamic)
+		return true;
+	return cfg.filter_len && (filter_fields & NB_PORT_FIELDS);
+}
+
+/* One rule applied to the stack st: the new stack, or -1 when a REQUIRE found the whole filter
+ * false (nothing after it can change that). */
+static __always_inline __s64 nb_rule_apply(const volatile struct nb_rule *r, __u32 st, const struct nb_event *ev,
+					   const struct nb_addrs *ad, bool has_addr, bool has_ports)
+{
+	__u8 op = r->op;
+	__u32 a, b;
+
+	if (op == NB_OP_TERM)
+		return (st << 1) | nb_term(r, ev, ad, has_addr, has_ports);
+	if (op == NB_OP_NOT)
+		return st ^ 1;
+	if (op == NB_OP_REQUIRE) {
+		if (!(st & 1))
+			return -1;
+		return st >> 1;
+	}
+	b = st & 1;
+	a = (st >> 1) & 1;
+	return ((st >> 1) & ~1u) | (op == NB_OP_AND ? (a & b) : (a | b));
+}
+
+static __always_inline bool nb_has_addr(const struct nb_event *ev)
+{
+	return ev->flags & (NB_F_HAS_L3 | NB_F_FROM_SOCK);
+}
+
+static __always_inline bool nb_has_ports(const struct nb_event *ev)
+{
+	return nb_has_addr(ev) && (ev->flags & (NB_F_HAS_L4 | NB_F_FROM_SOCK)) && nb_is_l4_ports(ev->ip_proto);
 }
 
 /*
- * st points into map memory on purpose: the verifier does not track values
- * stored there, so the paths through each term merge again at the loop
- * head (volatile keeps clang from caching it in a register). Kept in a
- * register, every combination of term outcomes would be a
- * distinct state and 32 rules would exceed the verifier's budget.
+ * Rule i of the dynamic filter (dyn_filter) applied to st. A global function: the verifier checks
+ * it once, on its own, with the rule unknown; inlined into the loop, every path through every
+ * unknown rule would be a state of its own and 32 rules exceed the verifier's budget.
+ */
+__noinline __s64 nb_dyn_step(const struct nb_event *ev, __u32 i, __u32 st)
+{
+	struct nb_addrs ad;
+
+	if (!ev || i >= NB_MAX_RULES)
+		return -1;
+	__builtin_memcpy(ad.s, ev->saddr, 16);
+	__builtin_memcpy(ad.d, ev->daddr, 16);
+	return nb_rule_apply(&dyn_filter.rules[i], st, ev, &ad, nb_has_addr(ev), nb_has_ports(ev));
+}
+
+static __always_inline bool nb_dyn_filter_match(const struct nb_event *ev)
+{
+	__u32 i, n = dyn_filter.filter_len;
+	__s64 st = 0;
+
+#pragma clang loop unroll(disable)
+	for (i = 0; i < NB_MAX_RULES; i++) {
+		if (i >= n)
+			break;
+		st = nb_dyn_step(ev, i, st);
+		if (st < 0)
+			return false;
+	}
+	return st & 1;
+}
+
+/*
+ * The rules of cfg (constants to the verifier). st points into map memory on
+ * purpose: the verifier does not track values stored there, so the paths
+ * through each term merge again at the loop head (volatile keeps clang from
+ * caching it in a register). Kept in a register, every combination of term
+ * outcomes would be a distinct state and 32 rules would exceed the
+ * verifier's budget.
  */
 static __always_inline bool nb_filter_match(const struct nb_event *ev, volatile __u32 *st)
 {
 	struct nb_addrs ad;
-	bool has_addr = ev->flags & (NB_F_HAS_L3 | NB_F_FROM_SOCK);
-	bool has_ports = has_addr && (ev->flags & (NB_F_HAS_L4 | NB_F_FROM_SOCK)) && nb_is_l4_ports(ev->ip_proto);
+	bool has_addr = nb_has_addr(ev);
+	bool has_ports = nb_has_ports(ev);
 	__u32 i, n = cfg.filter_len;
 
+	if (filter_dynamic)
+		return nb_dyn_filter_match(ev);
 	if (n == 0)
 		return true;
 	*st = 0;
@@ -105,25 +177,14 @@ static __always_inline bool nb_filter_match(const struct nb_event *ev, volatile 
 	__builtin_memcpy(ad.d, ev->daddr, 16);
 #pragma clang loop unroll(disable)
 	for (i = 0; i < NB_MAX_RULES; i++) {
-		__u8 op;
+		__s64 next;
 
 		if (i >= n)
 			break;
-		op = cfg.rules[i].op;
-		if (op == NB_OP_TERM) {
-			*st = (*st << 1) | nb_term(i, ev, &ad, has_addr, has_ports);
-		} else if (op == NB_OP_NOT) {
-			*st ^= 1;
-		} else if (op == NB_OP_REQUIRE) {
-			/* a conjunct of the whole filter is false: nothing after it can change that */
-			if (!(*st & 1))
-				return false;
-			*st >>= 1;
-		} else {
-			__u32 v = *st, b = v & 1, a = (v >> 1) & 1;
-
-			*st = ((v >> 1) & ~1u) | (op == NB_OP_AND ? (a & b) : (a | b));
-		}
+		next = nb_rule_apply(&cfg.rules[i], *st, ev, &ad, has_addr, has_ports);
+		if (next < 0)
+			return false;
+		*st = next;
 	}
 	return *st & 1;
 }

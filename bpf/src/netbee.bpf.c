@@ -31,6 +31,11 @@ const volatile __u32 direct_packet_reads = 0;
 /* bit 1 << NB_FIELD_x for every field the filter's terms look at; the loader computes it from the
  * rules. The default (all) is always correct, only slower: ports are then read before the filter. */
 const volatile __u32 filter_fields = 0xffffffff;
+/* 1: the filter's rules are read at run time from dyn_filter (.bss) instead of cfg. One loaded
+ * program set then serves every filter: a run with a new filter writes its rules there and reuses
+ * the set an earlier run pinned (netbee/progcache.py), skipping the verifier. */
+const volatile __u32 filter_dynamic = 0;
+struct nb_dyn_filter dyn_filter = {};
 /* netbee's own tgid, never traced. Not in cfg: a run that reuses pinned programs (netbee/progcache.py)
  * has another pid, so it is written at each start into this writable global (.bss). */
 __u32 self_pid = 0;

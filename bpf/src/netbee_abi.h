@@ -158,6 +158,13 @@ struct nb_config {
 	struct nb_rule rules[NB_MAX_RULES];
 };
 
+/* The filter of a dynamic program set (filter_dynamic): written by userspace after load. */
+struct nb_dyn_filter {
+	__u32 filter_len;        /* 0: everything matches */
+	__u32 fields;            /* as filter_fields */
+	struct nb_rule rules[NB_MAX_RULES];
+};
+
 /* Per-CPU counters, index into the `counters` percpu array map. */
 enum nb_counter {
 	NB_CNT_SEEN = 0,        /* hook invocations with an skb */

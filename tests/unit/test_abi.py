@@ -33,7 +33,7 @@ def _btf_fields(btf: Btf, name: str):
 
 
 @pytest.mark.parametrize("cname,layout", [("nb_event", abi.EVENT), ("nb_rule", abi.RULE),
-                                          ("nb_config", abi.CONFIG)])
+                                          ("nb_config", abi.CONFIG), ("nb_dyn_filter", abi.DYN_FILTER)])
 def test_struct_layout_matches_btf(btf: Btf, cname: str, layout) -> None:
     size, fields = _btf_fields(btf, cname)
     assert layout.sizeof() == size
