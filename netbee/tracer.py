@@ -745,7 +745,7 @@ class Tracer:
         parts = {"netbee": __version__, "code": progcache.code_identity(), "boot": progcache.boot_id(),
                  "modules": _module_names(), "object": self._object_identity(),
                  "backend": self.opts.backend, "config": cfg.hex(), "filter_fields": fields,
-                 "filter_interpreter": self.opts.filter_interpreter,
+                 "filter_interpreter": self.opts.filter_interpreter, "filter_dynamic": self.opts.filter_dynamic,
                  "ringbuf": self.opts.ringbuf_bytes}
         if self.opts.btf_path:
             bst = os.stat(self.opts.btf_path)

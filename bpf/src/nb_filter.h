@@ -142,6 +142,8 @@ static __always_inline bool nb_dyn_filter_match(const struct nb_event *ev)
 	__u32 i, n = dyn_filter.filter_len;
 	__s64 st = 0;
 
+	if (n == 0)
+		return true;
 #pragma clang loop unroll(disable)
 	for (i = 0; i < NB_MAX_RULES; i++) {
 		if (i >= n)

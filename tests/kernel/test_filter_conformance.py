@@ -2,8 +2,9 @@
 on the same interface with the same expression (mixed ICMP/TCP/UDP, IPv4 and IPv6 traffic).
 
 Both run at once on the server's veth; netbee confined with --netns/-i. netbee's filter runs as
-the code generated from the rules (the default); one expression also runs with the object's C
-interpreter (TraceOptions.filter_interpreter). Packets are compared as
+the code generated from the rules (the default); some expressions also run with the object's C
+interpreter (TraceOptions.filter_interpreter) and with rules written at run time
+(TraceOptions.filter_dynamic). Packets are compared as
 multisets of (saddr, daddr, proto, sport, dport, icmp type) restricted to our own test prefixes,
 so IPv6 link-local/multicast housekeeping that may fall outside one tool's window cannot decide
 the outcome; the selection among our own mixed packets does.
@@ -37,20 +38,25 @@ EXPRESSIONS = [
     "tcp or udp and not port 5353", "icmp or icmp6 and host fd00:201::2",
     "portrange 5000-5300", "ip proto 6 or ip6 proto 17",
 ]
-# `python -c` program: the netbee command with the filter interpreter instead of generated code
-INTERPRETER_MAIN = """
+# `python -c` program: the netbee command with TraceOptions.OPTION on (the filter interpreter
+# instead of generated code, or the interpreter of rules written at run time)
+VARIANT_MAIN = """
 import dataclasses, sys
 import netbee.tracer as tracer
 init = tracer.Tracer.__init__
-def with_interpreter(self, opts=None):
-    init(self, dataclasses.replace(opts or tracer.TraceOptions(), filter_interpreter=True))
-    print("filter: interpreter", file=sys.stderr, flush=True)
-tracer.Tracer.__init__ = with_interpreter
+def with_option(self, opts=None):
+    init(self, dataclasses.replace(opts or tracer.TraceOptions(), OPTION=True))
+    print("filter: OPTION", file=sys.stderr, flush=True)
+tracer.Tracer.__init__ = with_option
 from netbee.cli import main
 sys.exit(main())
 """
+VARIANT_OPTION = {"interpreter": "filter_interpreter", "dynamic": "filter_dynamic"}
 VARIANTS = [pytest.param(e, "generated", id=e) for e in EXPRESSIONS] + [
-    pytest.param("tcp or udp and not port 5353", "interpreter", id="interpreter-tcp or udp and not port 5353")]
+    pytest.param("tcp or udp and not port 5353", "interpreter", id="interpreter-tcp or udp and not port 5353"),
+    pytest.param("tcp or udp and not port 5353", "dynamic", id="dynamic-tcp or udp and not port 5353"),
+    pytest.param("icmp or icmp6 and host fd00:201::2", "dynamic", id="dynamic-icmp or icmp6 and host fd00:201::2"),
+    pytest.param("portrange 5000-5300", "dynamic", id="dynamic-portrange 5000-5300")]
 OURS = [ipaddress.ip_network("10.201.1.0/24"), ipaddress.ip_network("fd00:201::/64")]
 ICMP_TYPES = {"echo request": (8, 128), "echo reply": (0, 129)}
 TCPDUMP_LINE = re.compile(
@@ -163,7 +169,8 @@ def test_netbee_selects_what_tcpdump_captures(two_hosts, expr, variant):
     dump = start_tcpdump(t.server, t.server_if, expr)
     run = None
     try:
-        python_args = ("-c", INTERPRETER_MAIN) if variant == "interpreter" else ("-m", "netbee")
+        option = VARIANT_OPTION.get(variant)
+        python_args = ("-c", VARIANT_MAIN.replace("OPTION", option)) if option else ("-m", "netbee")
         run = NetbeeRun("--netns", t.server.name, "-i", t.server_if, expr, python_args=python_args)
         mixed_traffic(t)
         run.stop(settle=1.0)
@@ -176,7 +183,8 @@ def test_netbee_selects_what_tcpdump_captures(two_hosts, expr, variant):
         if dump.poll() is None:
             dump.kill()
             dump.communicate()
-    assert ("filter: interpreter" in run.pre_lines) == (variant == "interpreter"), run.pre_lines
+    option = VARIANT_OPTION.get(variant)
+    assert all(("filter: " + o in run.pre_lines) == (o == option) for o in VARIANT_OPTION.values()), run.pre_lines
     theirs = parse_tcpdump(out)
     mine, funcs = netbee_keys(run.events())
     assert theirs, f"tcpdump saw none of our packets for {expr!r}:\n{out}"

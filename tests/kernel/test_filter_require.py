@@ -1,8 +1,9 @@
 """REQUIRE in the kernel: a filter whose top-level "and"s compile to REQUIRE (the early exit)
 keeps exactly the events of the same program written with plain ANDs, with the filter run as
-generated code (netbee/filter_codegen.py) and as the object's C interpreter.
+generated code (netbee/filter_codegen.py), as the object's C interpreter, and as the C
+interpreter of rules written at run time (TraceOptions.filter_dynamic).
 
-The four tracers run at once over the same traffic, so each packet passes all of them: events
+The six tracers run at once over the same traffic, so each packet passes all of them: events
 are compared by skb address, hook and flow, not by time.
 """
 from __future__ import annotations
@@ -53,9 +54,11 @@ def test_require_and_plain_and_keep_the_same_events(two_hosts, expr):
     rules = compile_filter(expr.format(server=t.server_ip), netns_inodes=inodes)
     plain = plain_and(rules)
     assert sum(r.op == OP_REQUIRE for r in rules) >= 2 and not any(r.op == OP_REQUIRE for r in plain)
-    variants = {(name, interp): TraceOptions(backend="tracepoint", netns=[str(ns.path) for ns in t.namespaces()],
-                                             rules=rs, filter_interpreter=interp)
-                for name, rs in (("require", rules), ("and", plain)) for interp in (False, True)}
+    variants = {(name, mode): TraceOptions(backend="tracepoint", netns=[str(ns.path) for ns in t.namespaces()],
+                                           rules=rs, filter_interpreter=mode == "interpreter",
+                                           filter_dynamic=mode == "dynamic")
+                for name, rs in (("require", rules), ("and", plain))
+                for mode in ("generated", "interpreter", "dynamic")}
     events = {v: [] for v in variants}
     counters = {}
     with contextlib.ExitStack() as stack:
@@ -70,7 +73,7 @@ def test_require_and_plain_and_keep_the_same_events(two_hosts, expr):
         counters = {v: tr.counters() for v, tr in tracers.items()}
     ours = {ns.inode() for ns in t.namespaces()}
     got = {v: collections.Counter(key(e) for e in evs if e.netns in ours) for v, evs in events.items()}
-    reference = got[("require", True)]   # the C interpreter: the reference implementation
+    reference = got[("require", "interpreter")]   # the C interpreter: the reference implementation
     assert reference, "no event kept: the expression should select some of the traffic"
     for v, c in counters.items():
         assert c.lost == 0, (v, c)

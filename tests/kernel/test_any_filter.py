@@ -1,0 +1,115 @@
+"""Programs for any filter (TraceOptions.any_filter_programs, bpf/src/nb_filter.h's dyn_filter):
+a first run loads its own programs and, in the background, the set that reads its rules at run
+time; a run with a new filter starts on that set with its own rules written in, keeps exactly
+the packets its filter selects, and loads its own compiled programs in the background, which
+the next run of that command then reuses.
+
+Traffic: UDP datagrams on the loopback device of the initial namespace, to ports of the test's
+own, so only the test's packets can match.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import pytest
+
+from netbee import progcache
+from netbee.filter import compile_filter
+from netbee.loader import pinning
+from netbee.tracer import TraceOptions, Tracer
+
+pytestmark = [pytest.mark.kernel, pytest.mark.backend("tracepoint")]
+
+BASE = 43000 + os.getpid() % 1000 * 4
+PORT_A, PORT_B, PORT_C = BASE, BASE + 1, BASE + 2
+ANY_HIT = "miss; started on the programs for any filter (hit)"
+
+
+@pytest.fixture
+def cache(tmp_path):
+    c = progcache.ProgramCache(bpf_dir=os.path.join(pinning.BPFFS_ROOT, f"nbany{os.getpid()}"),
+                               meta_dir=str(tmp_path / "meta"), max_entries=4)
+    try:
+        yield c
+    finally:
+        c.clear()
+        pinning.remove_set(c.bpf_dir)
+
+
+def _send(port: int, n: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for i in range(n):
+            s.sendto(b"netbee-any-%d" % i, ("127.0.0.1", port))
+
+
+def _run(cache, expr: str, sends: dict[int, int]):
+    """One run of `expr`: (cache status, background status at the end, {dport: events}, counters)."""
+    with Tracer(TraceOptions(backend="tracepoint", rules=compile_filter(expr), cache=cache,
+                             any_filter_programs=True)) as tr:
+        tr.start()
+        status = tr.cache_status
+        for port, n in sends.items():
+            _send(port, n)
+        events, deadline = [], time.monotonic() + 0.4
+        while time.monotonic() < deadline:
+            events += tr.read_events(0.05)
+        counters = tr.counters()
+        assert tr.wait_background(120), "the background load did not end"
+        by_port: dict[int, int] = {}
+        for e in events:
+            if e.func == "netif_receive_skb":     # one event per datagram
+                by_port[e.dport] = by_port.get(e.dport, 0) + 1
+        return status, tr.background_status, by_port, counters
+
+
+def test_a_new_filter_starts_on_the_programs_for_any_filter(cache):
+    # 1: nothing cached: its own programs, loaded afresh; the any-filter set in the background
+    status, background, got, counters = _run(cache, f"udp and dst port {PORT_A}", {PORT_A: 3, PORT_B: 2})
+    assert status.startswith("miss, stored"), status
+    assert background.startswith("miss, stored"), background
+    assert got == {PORT_A: 3} and counters.lost == 0
+    assert len(cache.keys()) == 2
+
+    # 2: a new filter: started at once on the any-filter set with its rules written in
+    status, background, got, counters = _run(cache, f"udp and dst port {PORT_B}", {PORT_A: 2, PORT_B: 4})
+    assert status == ANY_HIT, status
+    assert got == {PORT_B: 4}, got        # B's rules, not A's and not "everything"
+    assert counters.filtered > 0 and counters.lost == 0
+    assert background.startswith("miss, stored"), background   # B's own programs, for next time
+    assert len(cache.keys()) == 3
+
+    # 3: B again: its own compiled programs
+    status, background, got, _ = _run(cache, f"udp and dst port {PORT_B}", {PORT_B: 2})
+    assert status == "hit" and background == "none", (status, background)
+    assert got == {PORT_B: 2}
+
+    # 4: yet another filter on the same any-filter set: the rules of run 2 are gone
+    status, _, got, _ = _run(cache, f"udp and (dst port {PORT_C} or dst port {PORT_A})",
+                             {PORT_A: 1, PORT_B: 3, PORT_C: 2})
+    assert status == ANY_HIT, status
+    assert got == {PORT_A: 1, PORT_C: 2}, got
+
+
+def test_no_filter_and_a_filter_share_the_any_filter_set(cache):
+    _run(cache, f"udp and dst port {PORT_A}", {})
+    # no filter at all: the set keeps everything (filter_len 0)
+    status, _, got, _ = _run(cache, "", {PORT_A: 1, PORT_C: 2})
+    assert status == ANY_HIT, status
+    assert got.get(PORT_A) == 1 and got.get(PORT_C) == 2
+    # REQUIRE, NOT and port ranges through the run-time rules
+    status, _, got, _ = _run(cache, f"udp and not dst port {PORT_C} and portrange {PORT_A}-{PORT_B}",
+                             {PORT_A: 2, PORT_B: 1, PORT_C: 3})
+    assert status == ANY_HIT, status
+    assert got == {PORT_A: 2, PORT_B: 1}, got
+
+
+def test_without_the_option_a_new_filter_loads_afresh(cache):
+    for port in (PORT_A, PORT_B):
+        with Tracer(TraceOptions(backend="tracepoint", rules=compile_filter(f"udp and dst port {port}"),
+                                 cache=cache)) as tr:
+            tr.start()
+            assert tr.cache_status.startswith("miss, stored"), tr.cache_status
+            assert tr.background_status == "none"
+    assert len(cache.keys()) == 2
