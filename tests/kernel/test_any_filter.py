@@ -44,19 +44,19 @@ def _send(port: int, n: int) -> None:
             s.sendto(b"netbee-any-%d" % i, ("127.0.0.1", port))
 
 
-def _run(cache, expr: str, sends: dict[int, int]):
+def _run(cache, expr: str, sends: dict[int, int], backend: str = "tracepoint", settle: float = 0.4):
     """One run of `expr`: (cache status, background status at the end, {dport: events}, counters)."""
-    with Tracer(TraceOptions(backend="tracepoint", rules=compile_filter(expr), cache=cache,
+    with Tracer(TraceOptions(backend=backend, rules=compile_filter(expr), cache=cache,
                              any_filter_programs=True)) as tr:
-        tr.start()
+        assert tr.start().backend == backend
         status = tr.cache_status
         for port, n in sends.items():
             _send(port, n)
-        events, deadline = [], time.monotonic() + 0.4
+        events, deadline = [], time.monotonic() + settle
         while time.monotonic() < deadline:
             events += tr.read_events(0.05)
         counters = tr.counters()
-        assert tr.wait_background(120), "the background load did not end"
+        assert tr.wait_background(600), "the background load did not end"
         by_port: dict[int, int] = {}
         for e in events:
             if e.func == "netif_receive_skb":     # one event per datagram
@@ -113,3 +113,17 @@ def test_without_the_option_a_new_filter_loads_afresh(cache):
             assert tr.cache_status.startswith("miss, stored"), tr.cache_status
             assert tr.background_status == "none"
     assert len(cache.keys()) == 2
+
+
+@pytest.mark.parametrize("backend", [
+    pytest.param("kprobe", marks=pytest.mark.requires_kernel("kprobe")),
+    pytest.param("fentry", marks=pytest.mark.requires_kernel("fentry")),
+])
+def test_the_any_filter_set_with_other_backends(cache, backend):
+    status, background, _, _ = _run(cache, f"udp and dst port {PORT_A}", {}, backend)
+    assert status.startswith("miss, stored") and background.startswith("miss, stored"), (status, background)
+    status, background, got, _ = _run(cache, f"udp and dst port {PORT_B}", {PORT_A: 2, PORT_B: 1}, backend,
+                                      settle=2.0)
+    assert status == ANY_HIT, status
+    assert got == {PORT_B: 1}, got
+    assert background.startswith("miss, stored"), background
