@@ -19,6 +19,8 @@ import os
 import zlib
 from typing import Any, Dict, List, Optional
 
+from netbee.cachefiles import dead_temporaries, remove_quietly
+
 FORMAT = 1
 MAX_ENTRIES = 4
 DIR = "/var/cache/netbee/prepared"
@@ -98,7 +100,7 @@ class PreparedCache:
         except (ValueError, UnicodeDecodeError):
             doc = None
         if not isinstance(doc, dict) or doc.get("parts") != text or not isinstance(doc.get("value"), dict):
-            _remove_quietly(path)
+            remove_quietly(path)
             return None
         try:
             os.utime(path)   # recently used: evicted last
@@ -119,12 +121,12 @@ class PreparedCache:
                 f.write(body)
             os.rename(tmp, path)
         except BaseException:
-            _remove_quietly(tmp)
+            remove_quietly(tmp)
             raise
         return self.evict(keep=key)
 
     def discard(self, key: str) -> None:
-        _remove_quietly(self.path(key))
+        remove_quietly(self.path(key))
 
     def keys(self) -> List[str]:
         """Stored keys, least recently used first."""
@@ -141,29 +143,16 @@ class PreparedCache:
 
     def evict(self, keep: str) -> List[str]:
         """Drop the least recently used beyond max_entries, and temporary files of dead runs."""
-        try:
-            names = os.listdir(self.directory)
-        except FileNotFoundError:
-            return []
-        for name in names:
-            _base, sep, pid = name.rpartition(".tmp")
-            if sep and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
-                _remove_quietly(os.path.join(self.directory, name))
+        for path in dead_temporaries(self.directory, ".tmp"):
+            remove_quietly(path)
         keys = [k for k in self.keys() if k != keep]
         drop = keys[:max(0, len(keys) + 1 - self.max_entries)]
         for k in drop:
-            _remove_quietly(self.path(k))
+            remove_quietly(self.path(k))
         return drop
 
     def clear(self) -> int:
         keys = self.keys()
         for k in keys:
-            _remove_quietly(self.path(k))
+            remove_quietly(self.path(k))
         return len(keys)
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

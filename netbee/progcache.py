@@ -26,6 +26,7 @@ import time
 import zlib
 from typing import Any, Dict, List, Optional, Tuple
 
+from netbee.cachefiles import dead_temporaries, remove_quietly
 from netbee.loader import pinning
 
 FORMAT = 1
@@ -118,7 +119,7 @@ class Entry:
 
     def discard(self) -> None:
         """Forget this entry (it failed to open): remove its meta and pins, keep the lock."""
-        _remove_quietly(self.cache.meta_path(self.key))
+        remove_quietly(self.cache.meta_path(self.key))
         pinning.remove_set(self.pinned_dir)
         self.meta = None
 
@@ -212,23 +213,17 @@ class ProgramCache:
         if fd is None:
             return False
         try:
-            _remove_quietly(self.meta_path(key))
+            remove_quietly(self.meta_path(key))
             pinning.remove_set(os.path.join(self.bpf_dir, key))
-            _remove_quietly(self._lock_path(key))
+            remove_quietly(self._lock_path(key))
         finally:
             os.close(fd)
         return True
 
     def _sweep_partial_pins(self) -> None:
         """Directories pinning.pin_set() left behind when its process died mid-way."""
-        try:
-            names = os.listdir(self.bpf_dir)
-        except FileNotFoundError:
-            return
-        for name in names:
-            _key, sep, pid = name.rpartition("_tmp")
-            if sep and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
-                pinning.remove_set(os.path.join(self.bpf_dir, name))
+        for path in dead_temporaries(self.bpf_dir, "_tmp"):
+            pinning.remove_set(path)
 
     def evict(self, keep: str) -> List[str]:
         """Drop entries of another boot, then the least recently used beyond max_entries."""
@@ -259,10 +254,3 @@ class ProgramCache:
             else:
                 busy += 1
         return removed, busy
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
