@@ -34,8 +34,10 @@ def pin(argv: List[str]) -> List[str]:
 
 
 def netbee_argv(pair: Pair, expr: Optional[str]) -> List[str]:
-    """netbee watching both benchmark namespaces, JSON lines on stdout."""
-    args = ["--backend", "tracepoint", "--netns", pair.tx, "--netns", pair.rx, "--json"]
+    """netbee watching both benchmark namespaces, JSON lines on stdout. --no-cache: every run loads
+    the command's own programs (the filter compiled in); with the cache, the first run of a
+    filter would run the slower programs for any filter (README, "Start-up and the program cache")."""
+    args = ["--backend", "tracepoint", "--netns", pair.tx, "--netns", pair.rx, "--json", "--no-cache"]
     if expr:
         args.append(expr)
     return pin(tracers.netbee_argv(args))
