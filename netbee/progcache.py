@@ -226,16 +226,19 @@ class ProgramCache:
             pinning.remove_set(path)
 
     def evict(self, keep: str) -> List[str]:
-        """Drop entries of another boot, then the least recently used beyond max_entries."""
+        """Drop entries of another boot, then the least recently used beyond max_entries. Returns
+        the entries dropped; leftovers without meta (a run that never stored) go silently."""
         self._sweep_partial_pins()
         keys = [k for k in self.keys() if k != keep]
         this_boot = boot_id()
-        removed = []
+        removed, gone = [], set()
         for k in keys:
             meta = self._read_meta(k)
             if (meta is None or meta.get("boot_id") != this_boot) and self._remove(k):
-                removed.append(k)
-        keys = [k for k in keys if k not in removed]
+                gone.add(k)
+                if meta is not None:
+                    removed.append(k)
+        keys = [k for k in keys if k not in gone]
         count = len(keys) + 1
         for k in keys:  # oldest first; one in use stays and still counts
             if count <= self.max_entries:

@@ -655,10 +655,17 @@ class Tracer:
         """Start on the cached programs for any filter with this run's rules written into them,
         and load this filter's own programs in the background for the next run (they run faster:
         compiled rules). None, with entry still this run's, when there are none to reuse."""
+        from netbee import progcache
+
         own = self.opts
         self.opts = replace(own, filter_dynamic=True)   # what runs, as the rest of the run sees it
+        cfg = self._config_bytes()
+        key, _text = progcache.make_key(self._cache_key_parts(cfg, 0))
+        if not os.path.exists(own.cache.meta_path(key)):   # (not even a lock file left behind)
+            self.opts = own
+            return None
         self._cache = None
-        any_entry = self._cache_entry(self._config_bytes(), 0)
+        any_entry = self._cache_entry(cfg, 0)
         loaded = None
         if any_entry is not None and any_entry.meta is not None:
             loaded = self._open_cached(any_entry)
