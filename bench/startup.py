@@ -1,10 +1,12 @@
 """Benchmark 1: launch to ready, and Ctrl-C to exit, netbee against bpftrace.
 
 netbee is ready at its `netbee: tracing` line (every hook of the backend
-attached). It is measured three ways: "netbee" as a user meets it running a command again (the
+attached). It is measured four ways: "netbee" as a user meets it running a command again (the
 programs an earlier run of the same command pinned are reused, netbee/progcache.py), "netbee-new"
 with a filter not used before in each round (it starts on the cached programs for any filter,
-TraceOptions.any_filter_programs, while its own load in the background), and "netbee-cold" with
+TraceOptions.any_filter_programs, while its own load in the background), "netbee-reboot" with the
+program cache emptied before each round as a reboot empties it (a fresh load, but the relocated
+code comes from /var/cache/netbee, kept across boots), and "netbee-cold" with
 --no-cache (everything afresh: the first run on a new kernel). One unmeasured run of
 WARMUP_S seconds fills the caches first: the programs of its command, and those for any filter
 that it loads in the background (a user's first trace after boot). bpftrace prints nothing once attached, so it is ready at its first
@@ -54,8 +56,8 @@ def cpu_s(pid: int) -> float:
 def main(argv: List[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--tools", default="netbee,netbee-new,netbee-cold,bt1,bt5",
-                    help="comma list of: netbee, netbee-new, netbee-cold, bt1, bt5")
+    ap.add_argument("--tools", default="netbee,netbee-new,netbee-reboot,netbee-cold,bt1,bt5",
+                    help="comma list of: netbee, netbee-new, netbee-reboot, netbee-cold, bt1, bt5")
     ap.add_argument("--pin", action="store_true",
                     help=f"pin the tools (and this script) to CPU {OTHER_CPU}; default: all CPUs, as a user runs them")
     args = ap.parse_args(argv)
@@ -77,6 +79,9 @@ def main(argv: List[str] | None = None) -> int:
                 "netbee-new": ("netbee -H <new address each round> (tracepoint backend, all hooks; "
                                "started on the cached programs for any filter)",
                     pin(tracers.installed_netbee_argv(["--netns", pair.tx, "--json"])), "tracing"),
+                "netbee-reboot": ("netbee after a reboot (tracepoint backend, all hooks; program cache "
+                                  "emptied, relocated code cached)",
+                    pin(tracers.installed_netbee_argv(["--netns", pair.tx, "--json"])), "tracing"),
                 "netbee-cold": ("netbee --no-cache (tracepoint backend, all hooks; fresh load)",
                     pin(tracers.installed_netbee_argv(["--netns", pair.tx, "--json", "--no-cache"])), "tracing"),
                 "bt1": ("bpftrace, 1 tracepoint",
@@ -88,18 +93,25 @@ def main(argv: List[str] | None = None) -> int:
             unknown = set(wanted) - set(tools)
             if unknown:
                 ap.error(f"unknown tools: {sorted(unknown)}")
-            if "netbee" in wanted or "netbee-new" in wanted:
-                # an empty cache, then one run that fills it (not measured)
-                subprocess.run(tracers.installed_netbee_argv(["--clear-cache"]), check=True, stderr=subprocess.DEVNULL)
+            def warm_up() -> None:
+                """One run of WARMUP_S that fills the caches (not measured)."""
                 with tracers.Tracer(tools["netbee"][1]) as t:
                     t.wait_ready(need="tracing")
                     time.sleep(WARMUP_S)   # its background load of the programs for any filter
                     t.interrupt()
+
+            if {"netbee", "netbee-new", "netbee-reboot"} & set(wanted):
+                subprocess.run(tracers.installed_netbee_argv(["--clear-cache"]), check=True, stderr=subprocess.DEVNULL)
+                warm_up()
             for rnd in range(args.rounds):
                 for key in wanted:
                     name, cmd, need = tools[key]
                     if key == "netbee-new":
                         cmd = cmd + ["-H", f"10.99.{rnd}.1"]   # matches nothing; new each round
+                    if key == "netbee-reboot":
+                        # what a reboot leaves: no loaded programs, the files in /var/cache/netbee
+                        subprocess.run(tracers.installed_python_argv(
+                            ["-c", "from netbee.progcache import ProgramCache; ProgramCache().clear()"]), check=True)
                     with tracers.Tracer(cmd) as t:
                         ready = t.wait_ready(need=need)
                         cpu_ready = cpu_s(t.pid)   # read right after the line: a few ms late at most
@@ -114,6 +126,8 @@ def main(argv: List[str] | None = None) -> int:
                     summ = t.stderr_after_sigint("events shown")
                     if summ is not None:
                         s.setdefault("summary", []).append(summ)
+                    if key == "netbee-reboot":
+                        warm_up()   # the programs for any filter again, for the other rows
             py = report.median(_python_floor() for _ in range(5))
         finally:
             trickle.kill()
@@ -145,6 +159,11 @@ def main(argv: List[str] | None = None) -> int:
         print(f"netbee with a new filter (first run of a command after the first trace of the boot) ready {new:.3f} s = "
               f"{new / one:.2f}x bpftrace 1 tracepoint (target <= {TARGET_RATIO}x): "
               f"{report.verdict(new / one <= TARGET_RATIO)}; <= {TARGET_READY_S} s: {report.verdict(new <= TARGET_READY_S)}")
+    if "netbee-reboot" in names:
+        rb = report.median(samples[names["netbee-reboot"]]["ready"])
+        print(f"netbee after a reboot (first run of the boot on a kernel netbee has run on) ready {rb:.3f} s = "
+              f"{rb / one:.2f}x bpftrace 1 tracepoint (target <= {TARGET_RATIO}x): "
+              f"{report.verdict(rb / one <= TARGET_RATIO)}; <= {TARGET_READY_S} s: {report.verdict(rb <= TARGET_READY_S)}")
     if "netbee-cold" in names:
         cold = report.median(samples[names["netbee-cold"]]["ready"])
         print(f"netbee --no-cache (first run on a new kernel) ready {cold:.3f} s = {cold / one:.2f}x bpftrace "

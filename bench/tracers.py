@@ -58,6 +58,13 @@ def installed_netbee_argv(args: Sequence[str]) -> List[str]:
     return [str(INSTALL_DIR / "netbee-console")] + list(args)
 
 
+def installed_python_argv(args: Sequence[str]) -> List[str]:
+    """The interpreter of installed_netbee_argv() with that installation's netbee importable."""
+    installed_netbee_argv([])
+    python = SYSTEM_PYTHON if os.path.exists(SYSTEM_PYTHON) else sys.executable
+    return ["env", f"PYTHONPATH={INSTALL_DIR}", python] + list(args)
+
+
 def bpftrace_argv(script: str) -> List[str]:
     # -B none: unbuffered output, so a pipe sees each event when it happens.
     return ["bpftrace", "-B", "none", str(BT_DIR / script)]
