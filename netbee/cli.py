@@ -358,9 +358,9 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         shown = _show(tracer, renderer, out, flag, args.count, ringbuf)
         if res.drops.error:
             print(f"netbee: drop reasons shown as numbers: {res.drops.error}", file=err)
-        print(summary_line(shown, tracer.counters()), file=err, flush=True)
         if args.verbose and tracer.background_status != "none":
             print(f"netbee: background load: {tracer.background_status}", file=err)
+        print(summary_line(shown, tracer.counters()), file=err, flush=True)   # the last line, always
     except BrokenPipeError:
         # The reader went away (| head): stop quietly, keep Python from complaining at exit.
         devnull = os.open(os.devnull, os.O_WRONLY)
