@@ -353,6 +353,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             print(f"netbee: program cache: {tracer.cache_status}; relocated code cache: "
                   f"{tracer.prepared_status}; background: {tracer.background_status}", file=err)
         print(start_line(report), file=err, flush=True)
+        tracer.start_background()
         if not args.json:
             print(renderer.header(), file=out, flush=True)
         shown = _show(tracer, renderer, out, flag, args.count, ringbuf)

@@ -347,6 +347,7 @@ class Tracer:
         self.prepared_status = "off"           # what the prepared cache did, on a fresh load
         self.background_status = "none"        # what the background load did (_load_for_later)
         self._background = None
+        self._pending_background: TraceOptions | None = None
         # enum skb_drop_reason of the BTF the programs were loaded against, once started (None:
         # unknown); a run with cached programs has them without reading the kernel BTF
         self.drop_reason_values: dict[str, int] | None = None
@@ -681,8 +682,20 @@ class Tracer:
 
     def _load_for_later(self, opts: TraceOptions) -> None:
         """Load and cache, unattached, the programs of opts in a background thread at low
-        priority; the process may exit before it ends (the cache then has no entry: nothing lost)."""
+        priority, once start_background() is called (after the start, so that it takes no CPU
+        from it); the process may exit before it ends (the cache then has no entry: nothing lost)."""
+        what = "the programs for any filter" if opts.filter_dynamic else "this filter's own programs"
+        self.background_status = f"loading {what} for the next run"
+        self._pending_background = opts
+
+    def start_background(self) -> None:
+        """Start the background load that start() decided on, if any (the CLI calls this once its
+        `tracing` line is out)."""
         import threading
+
+        opts, self._pending_background = self._pending_background, None
+        if opts is None or self._closed:
+            return
 
         def job() -> None:
             try:
@@ -695,13 +708,13 @@ class Tracer:
             except Exception as e:   # a thread has nobody to raise to: reported by -v
                 self.background_status = f"failed ({_reason(e) if isinstance(e, NetBeeError) else repr(e)})"
 
-        what = "the programs for any filter" if opts.filter_dynamic else "this filter's own programs"
-        self.background_status = f"loading {what} for the next run"
         self._background = threading.Thread(target=job, name="netbee-load-for-later", daemon=True)
         self._background.start()
 
     def wait_background(self, timeout: float | None = None) -> bool:
-        """Wait for the background load (_load_for_later); whether none is running any more."""
+        """Wait for the background load (_load_for_later), starting it if start_background() was
+        not called; whether none is running any more."""
+        self.start_background()
         if self._background is not None:
             self._background.join(timeout)
             return not self._background.is_alive()
