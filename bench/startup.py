@@ -94,14 +94,16 @@ def main(argv: List[str] | None = None) -> int:
             if unknown:
                 ap.error(f"unknown tools: {sorted(unknown)}")
             def warm_up() -> None:
-                """One run of WARMUP_S that fills the caches (not measured)."""
+                """Empty caches, then one run of WARMUP_S that fills them (not measured): the
+                command's own programs and, loaded in the background, those for any filter."""
+                subprocess.run(tracers.installed_netbee_argv(["--clear-cache"]), check=True,
+                               stderr=subprocess.DEVNULL)
                 with tracers.Tracer(tools["netbee"][1]) as t:
                     t.wait_ready(need="tracing")
                     time.sleep(WARMUP_S)   # its background load of the programs for any filter
                     t.interrupt()
 
             if {"netbee", "netbee-new", "netbee-reboot"} & set(wanted):
-                subprocess.run(tracers.installed_netbee_argv(["--clear-cache"]), check=True, stderr=subprocess.DEVNULL)
                 warm_up()
             for rnd in range(args.rounds):
                 for key in wanted:
@@ -127,7 +129,7 @@ def main(argv: List[str] | None = None) -> int:
                     if summ is not None:
                         s.setdefault("summary", []).append(summ)
                     if key == "netbee-reboot":
-                        warm_up()   # the programs for any filter again, for the other rows
+                        warm_up()   # the caches as the other rows expect them
             py = report.median(_python_floor() for _ in range(5))
         finally:
             trickle.kill()
