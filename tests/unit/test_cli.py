@@ -107,6 +107,12 @@ class FakeTracer:
 
     drop_reason_values = None   # as a Tracer that could not read the drop reason enum
     cache_status = "off"
+    background_status = "none"
+    background_started = False
+
+    def start_background(self):
+        """The CLI starts the background load once its `tracing` line is out."""
+        self.background_started = True
 
     def __init__(self, opts):
         self.opts = opts
@@ -173,6 +179,7 @@ def test_json_run_with_count_and_lifecycle_lines(fake, capsys):
     t = fake.instances[0]
     assert t.closed and t.opts.backend == "tracepoint" and t.opts.want_stack
     assert t.opts.ringbuf_bytes == 1 << 20 and [(r.op, r.field) for r in t.opts.rules] == [(0, 1), (4, 0), (0, 2)]
+    assert t.background_started and t.opts.any_filter_programs == (t.opts.cache is not None)
 
 
 def test_table_run_until_sigterm(fake, capsys):
