@@ -728,8 +728,11 @@ class Tracer:
         cfg = self._config_bytes()
         fields = field_mask(self.opts.rules or [])
         entry = self._cache_entry(cfg, 0 if self.opts.filter_dynamic else fields)
-        if entry is None or entry.meta is not None:
-            return self.cache_status if entry is None else "already cached"
+        if entry is None:   # another netbee holds that entry, or the cache is unusable
+            why = "in use by another netbee" if self.cache_status.startswith("in use") else self.cache_status
+            return f"skipped ({why})"
+        if entry.meta is not None:
+            return "already cached"
         loaded = self._load_fresh(cfg, fields, {}, lambda name: None)
         self._cache_store(entry, *loaded)
         return self.cache_status

@@ -127,3 +127,18 @@ def test_the_any_filter_set_with_other_backends(cache, backend):
     assert status == ANY_HIT, status
     assert got == {PORT_B: 1}, got
     assert background.startswith("miss, stored"), background
+
+
+def test_a_second_netbee_with_a_new_filter_while_the_set_is_in_use(cache):
+    _run(cache, f"udp and dst port {PORT_A}", {})       # own programs + the any-filter set
+    first = Tracer(TraceOptions(backend="tracepoint", rules=compile_filter(f"udp and dst port {PORT_B}"),
+                                cache=cache, any_filter_programs=True))
+    with first:
+        first.start()
+        assert first.cache_status == ANY_HIT, first.cache_status
+        # the set is this run's until it ends: another new filter loads its own programs
+        status, background, got, _ = _run(cache, f"udp and dst port {PORT_C}", {PORT_B: 1, PORT_C: 2})
+        assert status.startswith("miss, stored"), status
+        assert background == "skipped (in use by another netbee)", background
+        assert got == {PORT_C: 2}, got
+        assert first.wait_background(600)
