@@ -15,10 +15,9 @@ import time
 
 import pytest
 
-from netbee import progcache
 from netbee.filter import compile_filter
-from netbee.loader import pinning
 from netbee.tracer import TraceOptions, Tracer
+from tests.kernel.test_progcache import scratch_cache
 
 pytestmark = [pytest.mark.kernel, pytest.mark.backend("tracepoint")]
 
@@ -29,13 +28,8 @@ ANY_HIT = "miss; started on the programs for any filter (hit)"
 
 @pytest.fixture
 def cache(tmp_path):
-    c = progcache.ProgramCache(bpf_dir=os.path.join(pinning.BPFFS_ROOT, f"nbany{os.getpid()}"),
-                               meta_dir=str(tmp_path / "meta"), max_entries=4)
-    try:
+    with scratch_cache(tmp_path, "nbany", 4) as c:
         yield c
-    finally:
-        c.clear()
-        pinning.remove_set(c.bpf_dir)
 
 
 def _send(port: int, n: int) -> None:

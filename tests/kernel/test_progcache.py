@@ -6,12 +6,14 @@ selects, so only the test's own packets count.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
 import subprocess
 import sys
 import time
+from typing import Iterator
 
 import pytest
 
@@ -26,15 +28,22 @@ PORT = int(os.environ.get("NB_CACHE_TEST_PORT", 47000 + os.getpid() % 1000))  # 
 TX_HOOKS = {"dev_queue_xmit", "net_dev_start_xmit"}
 
 
-@pytest.fixture
-def cache(tmp_path):
-    c = progcache.ProgramCache(bpf_dir=os.path.join(pinning.BPFFS_ROOT, f"nbtest{os.getpid()}"),
-                               meta_dir=str(tmp_path / "meta"), max_entries=2)
+@contextlib.contextmanager
+def scratch_cache(tmp_path, name: str, max_entries: int) -> Iterator[progcache.ProgramCache]:
+    """A program cache of the test's own (pins under the bpffs root, meta in tmp_path), removed after."""
+    c = progcache.ProgramCache(bpf_dir=os.path.join(pinning.BPFFS_ROOT, f"{name}{os.getpid()}"),
+                               meta_dir=str(tmp_path / "meta"), max_entries=max_entries)
     try:
         yield c
     finally:
         c.clear()
         pinning.remove_set(c.bpf_dir)
+
+
+@pytest.fixture
+def cache(tmp_path):
+    with scratch_cache(tmp_path, "nbtest", 2) as c:
+        yield c
 
 
 def _opts(cache, expr: str = f"udp and port {PORT}") -> TraceOptions:
