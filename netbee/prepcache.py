@@ -11,6 +11,10 @@ filter's code in (with_body) and its config in the globals, and goes straight to
 Files are written whole under a temporary name and renamed; a file that does not parse, fails its
 checksum or was made for another key is a miss and is removed. At most MAX_ENTRIES files are
 kept, least recently used first out. DIR is root's (0700): what it holds is loaded into the kernel.
+
+Beside them, DIR/<key>.facts keeps small facts about one kernel (keyed by kernel_identity alone)
+that cost a parse of its whole BTF to learn, such as the BTF id of the function the fentry probe
+tries (netbee.loader.features): a first run after a reboot then needs no kernel BTF at all.
 """
 from __future__ import annotations
 
@@ -23,6 +27,8 @@ from netbee.cachefiles import dead_temporaries, remove_quietly
 
 FORMAT = 1
 MAX_ENTRIES = 4
+MAX_FACTS = 8          # kernels whose facts are kept (a few hundred bytes each)
+ENTRY, FACTS = "json", "facts"   # file name extensions
 DIR = "/var/cache/netbee/prepared"
 KERNEL_BTF = "/sys/kernel/btf/vmlinux"
 MEMO_DIR = "/run/netbee"   # emptied by a reboot
@@ -80,12 +86,24 @@ class PreparedCache:
         self.directory = directory
         self.max_entries = max_entries
 
-    def path(self, key: str) -> str:
-        return os.path.join(self.directory, key + ".json")
+    def path(self, key: str, ext: str = ENTRY) -> str:
+        return os.path.join(self.directory, f"{key}.{ext}")
 
     def load(self, key: str, text: str) -> Optional[Dict[str, Any]]:
         """The document stored for exactly make_key()'s (key, text), or None (a bad file goes)."""
-        path = self.path(key)
+        return self._load(self.path(key), text)
+
+    def load_facts(self, key: str, text: str) -> Dict[str, Any]:
+        """The kernel facts stored for make_key({"kernel": kernel_identity()}), or {}."""
+        return self._load(self.path(key, FACTS), text) or {}
+
+    def store_facts(self, key: str, text: str, facts: Dict[str, Any]) -> None:
+        self._store(self.path(key, FACTS), text, facts)
+        facts_files = [k for k in self.keys(FACTS) if k != key]
+        for k in facts_files[:max(0, len(facts_files) + 1 - MAX_FACTS)]:
+            remove_quietly(self.path(k, FACTS))
+
+    def _load(self, path: str, text: str) -> Optional[Dict[str, Any]]:
         try:
             with open(path, "rb") as f:
                 raw = f.read()
@@ -110,9 +128,12 @@ class PreparedCache:
 
     def store(self, key: str, text: str, value: Dict[str, Any]) -> List[str]:
         """Write value (JSON-able) for (key, text); returns the keys evicted to stay in bounds."""
+        self._store(self.path(key), text, value)
+        return self.evict(keep=key)
+
+    def _store(self, path: str, text: str, value: Dict[str, Any]) -> None:
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         body = json.dumps({"parts": text, "value": value}, separators=(",", ":")).encode()
-        path = self.path(key)
         tmp = f"{path}.tmp{os.getpid()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
@@ -123,19 +144,18 @@ class PreparedCache:
         except BaseException:
             remove_quietly(tmp)
             raise
-        return self.evict(keep=key)
 
     def discard(self, key: str) -> None:
         remove_quietly(self.path(key))
 
-    def keys(self) -> List[str]:
-        """Stored keys, least recently used first."""
+    def keys(self, ext: str = ENTRY) -> List[str]:
+        """Stored keys (of entries, or of kernel facts), least recently used first."""
         found = {}
         try:
             with os.scandir(self.directory) as it:
                 for e in it:
-                    key, _dot, ext = e.name.partition(".")
-                    if ext == "json":
+                    key, dot, name_ext = e.name.partition(".")
+                    if dot and name_ext == ext:
                         found[key] = e.stat().st_mtime
         except FileNotFoundError:
             pass
@@ -152,6 +172,9 @@ class PreparedCache:
         return drop
 
     def clear(self) -> int:
+        """Remove every entry and kernel facts file; returns how many entries there were."""
+        for k in self.keys(FACTS):
+            remove_quietly(self.path(k, FACTS))
         keys = self.keys()
         for k in keys:
             remove_quietly(self.path(k))

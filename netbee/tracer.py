@@ -1058,9 +1058,33 @@ class Tracer:
             return "tracepoint"
         from netbee.loader import features
 
+        facts = self._kernel_facts()
+        if facts is not None:
+            features.remember_btf_func_ids(facts[2].get("btf_func_ids") or {})
         fentry_ok = self.opts.backend in ("auto", "fentry") and features.has("fentry")[0]
         kprobe_ok = self.opts.backend in ("auto", "kprobe") and not fentry_ok and features.has("kprobe")[0]
+        if facts is not None:
+            learned = features.known_btf_func_ids()
+            if learned != facts[2].get("btf_func_ids"):
+                try:
+                    self.opts.prepared_cache.store_facts(facts[0], facts[1], {"btf_func_ids": learned})
+                except OSError:
+                    pass   # learned again next time
         return choose_backend(self.opts.backend, fentry_ok, kprobe_ok)
+
+    def _kernel_facts(self):
+        """(key, key text, facts) of the prepared cache's facts about the running kernel, or None
+        without a prepared cache (or for a BTF file that is not the running kernel's)."""
+        from netbee import prepcache, progcache
+
+        cache = self.opts.prepared_cache
+        if cache is None or self.opts.btf_path is not None:
+            return None
+        try:
+            key, text = progcache.make_key({"kernel facts": prepcache.kernel_identity()})
+            return key, text, cache.load_facts(key, text)
+        except OSError:
+            return None   # no kernel BTF: the probes say why
 
 
 def _reset_rule(mspec, name: str) -> str:

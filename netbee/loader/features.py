@@ -61,13 +61,37 @@ def _kernel_btf() -> "object":
     return Btf.load_kernel()
 
 
+# FUNC ids of the running kernel's BTF by name (None: not there), as _first_func found them or as
+# a caller remembered them for this kernel: finding one costs a parse of the whole kernel BTF
+# (~100 ms), which a start that has the prepared code at hand otherwise never needs.
+_btf_func_ids: Dict[str, Optional[int]] = {}
+
+
+def known_btf_func_ids() -> Dict[str, Optional[int]]:
+    """What _first_func has learned (or was told) about the kernel BTF's FUNC ids."""
+    return dict(_btf_func_ids)
+
+
+def remember_btf_func_ids(ids: Dict[str, Optional[int]]) -> None:
+    """Take FUNC ids of THIS kernel's BTF (from a cache keyed by its content); malformed entries
+    are ignored, so a bad cache costs a parse, never a wrong answer."""
+    for name, tid in ids.items():
+        if isinstance(name, str) and (tid is None or (type(tid) is int and tid > 0)):
+            _btf_func_ids.setdefault(name, tid)
+
+
 def _first_func(candidates: Tuple[str, ...]) -> Optional[Tuple[str, int]]:
-    from netbee.loader.btf import BtfKind
-    kbtf = _kernel_btf()
+    kbtf = None
     for name in candidates:
-        ids = kbtf.find(name, BtfKind.FUNC)
-        if ids:
-            return name, ids[0]
+        if name not in _btf_func_ids:
+            if kbtf is None:
+                kbtf = _kernel_btf()
+            from netbee.loader.btf import BtfKind
+            ids = kbtf.find(name, BtfKind.FUNC)
+            _btf_func_ids[name] = ids[0] if ids else None
+        tid = _btf_func_ids[name]
+        if tid is not None:
+            return name, tid
     return None
 
 

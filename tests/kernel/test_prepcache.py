@@ -170,3 +170,46 @@ def test_an_entry_the_kernel_refuses_is_dropped_and_the_slow_way_decides(cache):
     with Tracer(_opts(cache, PORT_A)) as tr:
         tr.start()
         assert tr.prepared_status == "hit"
+
+
+def test_the_backend_probe_needs_no_kernel_btf_once_the_cache_knows_the_kernel(cache):
+    """backend auto tries fentry on a function of the kernel BTF, whose id costs a parse of the
+    whole BTF: the first start keeps the ids beside the entries; a later process (a reboot's first
+    run) probes with them and, the relocated code being cached too, never reads the kernel BTF."""
+    import subprocess
+    import sys
+
+    from netbee import progcache
+    from netbee.loader import features
+    from netbee.loader.btf import Btf, BtfKind
+
+    opts = dict(_opts(cache, PORT_A).__dict__, backend="auto")
+    with Tracer(TraceOptions(**opts)) as tr:
+        backend = tr.start().backend
+    key, text = progcache.make_key({"kernel facts": prepcache.kernel_identity()})
+    ids = cache.load_facts(key, text)["btf_func_ids"]
+    kbtf = Btf.load_kernel()
+    assert ids and all(tid == (kbtf.find(name, BtfKind.FUNC) or [None])[0] for name, tid in ids.items())
+    assert next(n for n in features.ATTACH_CANDIDATES if ids.get(n)) in ids
+    del kbtf
+    script = f"""
+import sys
+from netbee.loader import features
+from netbee.loader.btf import Btf
+def refuse(*a, **k):
+    raise SystemExit("parsed the kernel BTF")
+Btf.load_kernel = classmethod(refuse)
+features._kernel_btf = refuse
+from netbee import prepcache
+from netbee.filter import compile_filter
+from netbee.tracer import TraceOptions, Tracer
+tr = Tracer(TraceOptions(backend="auto", rules=compile_filter("udp and dst port {PORT_B}"),
+                         prepared_cache=prepcache.PreparedCache({cache.directory!r}, max_entries=2)))
+rep = tr.start()
+print(rep.backend, tr.prepared_status, features.has("fentry")[1])
+tr.close()
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr + out.stdout
+    got_backend, status, _why = out.stdout.split(" ", 2)
+    assert (got_backend, status) == (backend, "hit"), out.stdout

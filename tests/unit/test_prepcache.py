@@ -136,3 +136,21 @@ def test_the_running_kernels_btf_identity_is_computed_once_per_boot(tmp_path, mo
     assert prepcache.kernel_identity(memo_dir=str(tmp_path)) == one and len(calls) == 2
     memo.write_text("not json")
     assert prepcache.kernel_identity(memo_dir=str(tmp_path)) == one and len(calls) == 3
+
+
+def test_kernel_facts_live_beside_the_entries_and_go_with_clear(cache, monkeypatch):
+    monkeypatch.setattr(prepcache, "MAX_FACTS", 2)
+    assert cache.load_facts("kA", "kernel-A") == {}
+    cache.store_facts("kA", "kernel-A", {"btf_func_ids": {"f": 7}})
+    assert cache.load_facts("kA", "kernel-A") == {"btf_func_ids": {"f": 7}}
+    assert cache.load_facts("kA", "kernel-B") == {}          # another kernel's text: a miss, removed
+    assert cache.keys("facts") == []
+    for n, k in enumerate(["kA", "kB", "kC"]):
+        cache.store_facts(k, k, {"n": n})
+        os.utime(cache.path(k, "facts"), (1000 + n, 1000 + n))
+    assert sorted(cache.keys("facts")) == ["kB", "kC"]       # bounded by MAX_FACTS, oldest out
+    # entries and facts do not count against each other
+    for k in ["a", "b", "c"]:
+        cache.store(k, k, {})
+    assert sorted(cache.keys()) == ["a", "b", "c"] and sorted(cache.keys("facts")) == ["kB", "kC"]
+    assert cache.clear() == 3 and cache.keys() == [] and cache.keys("facts") == []
