@@ -489,6 +489,14 @@ class Tracer:
             # the function keeps its own filter)
             from netbee import filter_codegen
             body = filter_codegen.compile_rules(self.opts.rules or [])
+        held = None
+        if self.opts.prepared_cache is None and self.opts.btf_path is None and self.opts.backend != "tracepoint":
+            # No cached ids for the backend probe: it and the plan share one parse (~80 ms each).
+            from netbee.loader.btf import Btf
+            try:
+                held = Btf.load_kernel()
+            except NetBeeError:
+                pass   # the plan reports it
         backend = self._choose_backend()
         lap("features")
         slot = self._prepared_slot(backend)
@@ -501,6 +509,7 @@ class Tracer:
                 lap("prepared_read")
             else:
                 spec, kbtf, plan, skipped = self._plan_and_parse(backend, body, lap)
+                held = None
                 drops = None
                 from netbee.loader import features
                 # (the probe reads the kernel BTF, which is at hand now and not on a prepared load)
