@@ -5,8 +5,9 @@ attached). It is measured four ways: "netbee" as a user meets it running a comma
 programs an earlier run of the same command pinned are reused, netbee/progcache.py), "netbee-new"
 with a filter not used before in each round (it starts on the cached programs for any filter,
 TraceOptions.any_filter_programs, while its own load in the background), "netbee-reboot" with the
-program cache emptied before each round as a reboot empties it (a fresh load, but the relocated
-code comes from /var/cache/netbee, kept across boots), and "netbee-cold" with
+program cache and /run/netbee emptied before each round as a reboot empties them (a fresh load,
+but the relocated code and the kernel facts come from /var/cache/netbee, kept across boots), and
+"netbee-cold" with
 --no-cache (everything afresh: the first run on a new kernel). One unmeasured run of
 WARMUP_S seconds fills the caches first: the programs of its command, and those for any filter
 that it loads in the background (a user's first trace after boot). bpftrace prints nothing once attached, so it is ready at its first
@@ -111,9 +112,13 @@ def main(argv: List[str] | None = None) -> int:
                     if key == "netbee-new":
                         cmd = cmd + ["-H", f"10.99.{rnd}.1"]   # matches nothing; new each round
                     if key == "netbee-reboot":
-                        # what a reboot leaves: no loaded programs, the files in /var/cache/netbee
+                        # what a reboot leaves: no loaded programs, an empty /run (the memo of the
+                        # kernel BTF's checksum), the files in /var/cache/netbee
                         subprocess.run(tracers.installed_python_argv(
-                            ["-c", "from netbee.progcache import ProgramCache; ProgramCache().clear()"]), check=True)
+                            ["-c", "from netbee.progcache import ProgramCache; ProgramCache().clear()\n"
+                                   "import os, netbee.prepcache as p\n"
+                                   "try: os.remove(os.path.join(p.MEMO_DIR, 'kernel-btf-identity.json'))\n"
+                                   "except FileNotFoundError: pass"]), check=True)
                     with tracers.Tracer(cmd) as t:
                         ready = t.wait_ready(need=need)
                         cpu_ready = cpu_s(t.pid)   # read right after the line: a few ms late at most
