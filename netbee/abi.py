@@ -191,10 +191,9 @@ assert CONFIG.sizeof() == CONFIG_SIZE
 
 DYN_FILTER = Struct(
     "filter_len" / Int32un,
-    "fields" / Int32un,
     "rules" / Array(NB_MAX_RULES, RULE),
 )
-DYN_FILTER_SIZE = 8 + NB_MAX_RULES * RULE_SIZE
+DYN_FILTER_SIZE = 4 + NB_MAX_RULES * RULE_SIZE
 assert DYN_FILTER.sizeof() == DYN_FILTER_SIZE
 
 STACK_FRAME_SIZE = 8  # each __u64 return address following an event with F_STACK
@@ -228,10 +227,10 @@ def build_config(rules_blob: bytes = b"", rule_count: int = 0, *, want_stack: bo
     return head + rules_blob + bytes(CONFIG_SIZE - len(head) - len(rules_blob))
 
 
-def build_dyn_filter(rules_blob: bytes, rule_count: int, fields: int) -> bytes:
+def build_dyn_filter(rules_blob: bytes, rule_count: int) -> bytes:
     """struct nb_dyn_filter bytes: the rules of a dynamic program set (filter_dynamic)."""
     if rule_count > NB_MAX_RULES or len(rules_blob) != rule_count * RULE_SIZE:
         raise ValueError(f"need at most {NB_MAX_RULES} rules of {RULE_SIZE} bytes, "
                          f"got {rule_count} rules in {len(rules_blob)} bytes")
-    head = DYN_FILTER.subcons[0].build(rule_count) + DYN_FILTER.subcons[1].build(fields)
+    head = DYN_FILTER.subcons[0].build(rule_count)
     return head + rules_blob + bytes(DYN_FILTER_SIZE - len(head) - len(rules_blob))

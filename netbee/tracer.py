@@ -520,7 +520,7 @@ class Tracer:
                 if "dyn_filter" not in spec.globals:
                     raise NetBeeError("the BPF object has no dyn_filter: it cannot run a dynamic filter")
                 spec.set_global("filter_dynamic", struct.pack("<I", 1))
-                spec.set_global("dyn_filter", self._dyn_filter_bytes(fields))
+                spec.set_global("dyn_filter", self._dyn_filter_bytes())
             if "filter_fields" in spec.globals:
                 # which fields the filter needs before it can run (ports cost a header read)
                 spec.set_global("filter_fields", struct.pack("<I", fields))
@@ -803,7 +803,7 @@ class Tracer:
             writes = [(meta["self_pid"], os.getpid().to_bytes(meta["self_pid"][2], sys.byteorder))]
             if self.opts.filter_dynamic:
                 from netbee.filter import field_mask
-                writes.append((meta["dyn_filter"], self._dyn_filter_bytes(field_mask(self.opts.rules or []))))
+                writes.append((meta["dyn_filter"], self._dyn_filter_bytes()))
             self._reset_maps(self._coll, meta["maps"], writes)
             plan = [_Planned(**p) for p in meta["plan"]]
             skipped = [(h, why) for h, why in meta["skipped"]]
@@ -1052,13 +1052,13 @@ class Tracer:
         return abi.build_config(encode_rules(rules), len(rules), want_stack=self.opts.want_stack,
                                 wakeup_bytes=wakeup)
 
-    def _dyn_filter_bytes(self, fields: int) -> bytes:
+    def _dyn_filter_bytes(self) -> bytes:
         """struct nb_dyn_filter of this run's rules (_config_bytes has checked their number)."""
         from netbee import abi
         from netbee.filter import encode_rules
 
         rules = list(self.opts.rules or [])
-        return abi.build_dyn_filter(encode_rules(rules), len(rules), fields)
+        return abi.build_dyn_filter(encode_rules(rules), len(rules))
 
     def _choose_backend(self) -> str:
         if self.opts.backend not in ("auto",) + BACKENDS:

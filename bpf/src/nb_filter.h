@@ -18,10 +18,17 @@
 /* cfg, filter_fields, filter_dynamic and dyn_filter are defined in netbee.bpf.c before this
  * header is included. */
 
+/* ev's addresses as words (copied: in struct nb_event they are not word-aligned). */
 struct nb_addrs {
 	__u32 s[4];
 	__u32 d[4];
 };
+
+static __always_inline void nb_addrs_of(struct nb_addrs *ad, const struct nb_event *ev)
+{
+	__builtin_memcpy(ad->s, ev->saddr, 16);
+	__builtin_memcpy(ad->d, ev->daddr, 16);
+}
 
 static __always_inline bool nb_word_match(const volatile struct nb_rule *r, const __u32 *a, int j)
 {
@@ -30,7 +37,6 @@ static __always_inline bool nb_word_match(const volatile struct nb_rule *r, cons
 
 static __always_inline bool nb_net_match(const volatile struct nb_rule *r, const __u32 *a, __u8 family)
 {
-
 	if (r->family != family)
 		return false;
 	if (!nb_word_match(r, a, 0))
@@ -121,34 +127,37 @@ static __always_inline bool nb_has_ports(const struct nb_event *ev)
 	return nb_has_addr(ev) && (ev->flags & (NB_F_HAS_L4 | NB_F_FROM_SOCK)) && nb_is_l4_ports(ev->ip_proto);
 }
 
-/*
- * Rule i of the dynamic filter (dyn_filter) applied to st. A global function: the verifier checks
- * it once, on its own, with the rule unknown; inlined into the loop, every path through every
- * unknown rule would be a state of its own and 32 rules exceed the verifier's budget.
- */
-__noinline __s64 nb_dyn_step(const struct nb_event *ev, __u32 i, __u32 st)
-{
-	struct nb_addrs ad;
+#define NB_HAS_ADDR  1
+#define NB_HAS_PORTS 2
 
-	if (!ev || i >= NB_MAX_RULES)
+/*
+ * Rule i of the dynamic filter (dyn_filter) applied to st; ad and has (NB_HAS_*) are ev's,
+ * found once per packet. A global function: the verifier checks it once, on its own, with the
+ * rule unknown; inlined into the loop, every path through every unknown rule would be a state of
+ * its own and 32 rules exceed the verifier's budget.
+ */
+__noinline __s64 nb_dyn_step(const struct nb_event *ev, const struct nb_addrs *ad, __u32 i, __u32 st, __u32 has)
+{
+	if (!ev || !ad || i >= NB_MAX_RULES)
 		return -1;
-	__builtin_memcpy(ad.s, ev->saddr, 16);
-	__builtin_memcpy(ad.d, ev->daddr, 16);
-	return nb_rule_apply(&dyn_filter.rules[i], st, ev, &ad, nb_has_addr(ev), nb_has_ports(ev));
+	return nb_rule_apply(&dyn_filter.rules[i], st, ev, ad, has & NB_HAS_ADDR, has & NB_HAS_PORTS);
 }
 
 static __always_inline bool nb_dyn_filter_match(const struct nb_event *ev)
 {
 	__u32 i, n = dyn_filter.filter_len;
+	__u32 has = (nb_has_addr(ev) ? NB_HAS_ADDR : 0) | (nb_has_ports(ev) ? NB_HAS_PORTS : 0);
+	struct nb_addrs ad;
 	__s64 st = 0;
 
 	if (n == 0)
 		return true;
+	nb_addrs_of(&ad, ev);
 #pragma clang loop unroll(disable)
 	for (i = 0; i < NB_MAX_RULES; i++) {
 		if (i >= n)
 			break;
-		st = nb_dyn_step(ev, i, st);
+		st = nb_dyn_step(ev, &ad, i, st, has);
 		if (st < 0)
 			return false;
 	}
@@ -175,8 +184,7 @@ static __always_inline bool nb_filter_match(const struct nb_event *ev, volatile 
 	if (n == 0)
 		return true;
 	*st = 0;
-	__builtin_memcpy(ad.s, ev->saddr, 16);
-	__builtin_memcpy(ad.d, ev->daddr, 16);
+	nb_addrs_of(&ad, ev);
 #pragma clang loop unroll(disable)
 	for (i = 0; i < NB_MAX_RULES; i++) {
 		__s64 next;

@@ -161,7 +161,6 @@ struct nb_config {
 /* The filter of a dynamic program set (filter_dynamic): written by userspace after load. */
 struct nb_dyn_filter {
 	__u32 filter_len;        /* 0: everything matches */
-	__u32 fields;            /* as filter_fields */
 	struct nb_rule rules[NB_MAX_RULES];
 };
 
