@@ -237,17 +237,31 @@ struct nb_stage {
 	bool l4_done;           /* the transport header was read before the filter */
 };
 
+/* Store v in map memory and load it back: the verifier does not track map memory. */
+#define NB_FORGET(r, v)                                                          \
+	do {                                                                     \
+		*(volatile __u64 *)&(r)->forget = (v);                           \
+		(v) = *(volatile __u64 *)&(r)->forget;                           \
+	} while (0)
+
 /*
  * First stage: zero ev and fill only what the filter looks at (addresses,
  * ports, interface, namespace), so that a packet the filter rejects costs
  * one header read. Returns whether the filter matched.
  */
-static __always_inline bool nb_build_filtered(struct nb_event *ev, struct nb_stage *st, struct sk_buff *skb,
-					      __u32 hook, const struct nb_extra *x, __u32 *fst)
+static __always_inline bool nb_build_filtered(struct nb_record *r, struct nb_stage *st, struct sk_buff *skb,
+					      __u32 hook, const struct nb_extra *x)
 {
 	__u8 family = x->family ? x->family : nb_hook_family(hook);
+	struct nb_event *ev = &r->ev;
 
 	nb_owner_of(&st->o, skb, x);
+	/* its NULL checks forked the state: one state again before the parse (see nb_stage_forget) */
+	NB_FORGET(r, st->o.dev_ifindex);
+	NB_FORGET(r, st->o.dev_netns);
+	NB_FORGET(r, st->o.sk_netns);
+	NB_FORGET(r, st->o.sk_state);
+	NB_FORGET(r, st->o.has_sk);
 	__builtin_memset(ev, 0, sizeof(*ev));
 	nb_parse_skb(ev, &st->pkt, skb, nb_hook_hints(hook), family, x->sk, x->direct);
 	ev->ifindex = x->ifindex ? x->ifindex : st->o.dev_ifindex;
@@ -260,7 +274,7 @@ static __always_inline bool nb_build_filtered(struct nb_event *ev, struct nb_sta
 	st->l4_done = nb_filter_uses_ports();
 	if (st->l4_done && st->pkt.l4)
 		nb_parse_l4(ev, &st->pkt.v, st->pkt.l4, st->pkt.l4_bytes);
-	return nb_filter_run(ev, fst);
+	return nb_filter_run(ev, &r->fst);
 }
 
 /* The current task's tgid and name, with plain loads through its BTF pointer (two helper calls less). */
@@ -304,20 +318,14 @@ static __always_inline void nb_build_rest(struct nb_event *ev, const struct nb_s
 	ev->location = x->location;
 }
 
-/* Store v in map memory and load it back: the verifier does not track map memory. */
-#define NB_FORGET(r, v)                                                          \
-	do {                                                                     \
-		*(volatile __u64 *)&(r)->forget = (v);                           \
-		(v) = *(volatile __u64 *)&(r)->forget;                           \
-	} while (0)
-
 /*
  * The verifier walks what follows the filter once for every distinct state
  * the parse leaves behind (the branches it took, with header offsets known
  * on some paths and not on others): tp_netif_rx, 1,137 instructions, took
  * 14,686 steps to verify. Passed through map memory, the stage's scalars
  * become unknown to it, the paths reach the second stage in one state, and
- * it is walked once: 3,504 steps, a quarter of the verifier's time at start.
+ * it is walked once. Done here, after nb_owner_of and for netfilter's hook
+ * description, tp_netif_rx takes 2,107 steps.
  * The second stage checks every offset it reads at anyway (nb_read); at run
  * time, for a packet the filter kept, this costs a store and a load each.
  */
@@ -344,7 +352,7 @@ static __always_inline bool nb_build(struct nb_record *r, struct sk_buff *skb, _
 {
 	struct nb_stage st;
 
-	if (!nb_build_filtered(&r->ev, &st, skb, hook, x, &r->fst))
+	if (!nb_build_filtered(r, &st, skb, hook, x))
 		return false;
 	nb_stage_forget(&st, r);
 	nb_build_rest(&r->ev, &st, skb, hook, x);
@@ -457,7 +465,7 @@ static __always_inline int nb_handle(void *ctx, struct sk_buff *skb, __u32 hook,
 	if (!r)
 		return 0;
 	/* netbee's own transmissions count as filtered (after the filter, like any rejected packet) */
-	if (!nb_build_filtered(&r->ev, &st, skb, hook, x, &r->fst) ||
+	if (!nb_build_filtered(r, &st, skb, hook, x) ||
 	    ((nb_hook_hints(hook) & HK_TX) && self_pid && bpf_get_current_task_btf()->tgid == self_pid)) {
 		nb_count(NB_CNT_FILTERED);
 		goto out;
@@ -533,7 +541,7 @@ static __always_inline struct nb_flight_stack *nb_flights(void)
  * The flight stack's functions that report, move or add entries are global:
  * the verifier checks each once, on its own, instead of at every place the
  * unrolled loops reach them, in every state the packet's parse left there
- * (nf_entry took 28,462 steps to verify, most of them here; now 5,867).
+ * (nf_entry took 28,462 steps to verify, most of them here; now 4,279).
  * Their arguments are numbers and pointers into map memory, which is all a
  * global function takes.
  */
@@ -689,7 +697,7 @@ __noinline int nb_flight_enter(struct nb_flight_stack *st, const struct nb_event
  * packets too, as entries without an event, for a return probe that pairs
  * by nesting order (kretprobe) rather than by skb.
  */
-static __always_inline void nb_flight_push(struct sk_buff *skb, __u32 hook, const struct nb_extra *x, bool tidy,
+static __always_inline void nb_flight_push(struct sk_buff *skb, __u32 hook, struct nb_extra *x, bool tidy,
 					   bool placeholder)
 {
 	struct nb_flight_stack *st = nb_flights();
@@ -704,6 +712,11 @@ static __always_inline void nb_flight_push(struct sk_buff *skb, __u32 hook, cons
 	r = nb_slot_take(&slot);
 	if (!r)
 		return;
+	/* the hook's description took branches (family by pf, the device): one state from here on */
+	NB_FORGET(r, x->family);
+	NB_FORGET(r, x->ifindex);
+	NB_FORGET(r, x->netns);
+	NB_FORGET(r, x->nf_hook);
 	match = nb_build(r, skb, hook, x);
 	if (!match) {
 		nb_count(NB_CNT_FILTERED);
@@ -973,28 +986,29 @@ int BPF_PROG(tp_consume_skb, struct sk_buff *skb)
 
 static __always_inline void nb_nf_extra(struct nb_extra *x, const struct nf_hook_state *state)
 {
-	/* pointer loads in a straight line (see nb_owner_of); a NULL device reads as ifindex 0 */
+	/* pointer loads in a straight line, before any branch (see nb_owner_of); a NULL device
+	 * reads as ifindex 0 */
 	struct net_device *in = state->in, *out = state->out;
+	__u32 in_ifindex = in->ifindex, out_ifindex = out->ifindex;
 	__u8 pf = state->pf;
 
+	x->netns = state->net->ns.inum;
 	x->flags = NB_F_NF;
 	x->direct = 1;
 	x->nf_hook = state->hook;
+	x->ifindex = in_ifindex ? in_ifindex : out_ifindex;
 	x->family = pf == 2 ? 4 : pf == 10 ? 6 : 0;
-	x->netns = state->net->ns.inum;
-	x->ifindex = in->ifindex;
-	if (!x->ifindex)
-		x->ifindex = out->ifindex;
 }
 
 /* Attached at priority INT_MIN+1 of each hook: the packet enters the hook. */
 SEC("netfilter")
 int nf_entry(struct bpf_nf_ctx *ctx)
 {
+	struct sk_buff *skb = ctx->skb;
 	struct nb_extra x = {};
 
 	nb_nf_extra(&x, ctx->state);
-	nb_flight_push(ctx->skb, NB_HOOK_NF_BRACKET, &x, true, false);
+	nb_flight_push(skb, NB_HOOK_NF_BRACKET, &x, true, false);
 	return 1;       /* NF_ACCEPT: observe, never decide */
 }
 
