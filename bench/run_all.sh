@@ -27,6 +27,7 @@ run() {
 }
 run bench.startup $S
 run bench.loader_phases --samples 7
+run bench.verifier_cost --samples 5
 run bench.kernel_cost $K
 run bench.userspace $U
 run bench.userspace_breakdown
