@@ -8,10 +8,8 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import sys
 import time
-import traceback
 from typing import Any, List, Optional, Sequence, TextIO
 
 from netbee import __version__
@@ -154,6 +152,8 @@ def check_privileges() -> None:
 
 def resolve_interfaces(names: Sequence[str], ns_specs: Sequence[str]) -> tuple:
     """-i values -> (ifindexes, netns inode they belong to)."""
+    import socket
+
     from netbee import netns
 
     specs = [s for s in ns_specs]
@@ -387,6 +387,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     except Exception as e:  # a bug: one line unless -v asks for the traceback
         if verbose:
+            import traceback
             traceback.print_exc()
         print(f"netbee: internal error: {type(e).__name__}: {e} (run with -v for details)"
               .replace("\n", " "), file=sys.stderr)

@@ -8,9 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import struct
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -125,13 +123,19 @@ def blind_spots(chains: Iterable[NftChain], brackets: dict[tuple[int, int], tupl
 
 def nft_chains_in(ns: "_netns.Netns") -> list[NftChain] | None:
     """Base chains of ns, or None when nft is not installed (it is optional at run time)."""
+    import shutil
+    import subprocess
+
     nft = shutil.which("nft")
     if nft is None:
         return None
     # fork() copies the calling thread's namespaces, so nft runs inside ns.
-    with _netns.entered(ns):
-        res = subprocess.run([nft, "-j", "list", "chains"], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, timeout=10)
+    try:
+        with _netns.entered(ns):
+            res = subprocess.run([nft, "-j", "list", "chains"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, timeout=10)
+    except subprocess.SubprocessError as e:
+        raise NetBeeError(f"nft -j list chains in netns {ns.name}: {e}") from None
     if res.returncode != 0:
         raise NetBeeError(f"nft -j list chains in netns {ns.name} failed: {res.stderr.strip()}")
     return parse_nft_chains(res.stdout)
@@ -947,7 +951,7 @@ class Tracer:
     def _blind_spots(self, nsl: _NsLinks) -> list[str]:
         try:
             chains = nft_chains_in(nsl.ns)
-        except (NetBeeError, OSError, subprocess.SubprocessError) as e:
+        except (NetBeeError, OSError) as e:
             return [f"netns {nsl.ns.name}: cannot list nftables chains ({e}); chains outside the bracket unknown"]
         if chains is None:
             return [f"netns {nsl.ns.name}: nft not installed, nftables chains outside the bracket unknown"]

@@ -8,7 +8,6 @@ netbee.netns): /sys/class/net would show the namespace sysfs was mounted in, not
 """
 from __future__ import annotations
 
-import socket
 import time
 from typing import Callable, Dict, Optional
 
@@ -18,6 +17,8 @@ MAX_NAMESPACES = 1024
 
 
 def list_current() -> Dict[int, str]:
+    import socket   # (not at import: it is ~3 ms of every start, and names are looked up later)
+
     return {idx: name for idx, name in socket.if_nameindex()}
 
 
