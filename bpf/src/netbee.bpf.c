@@ -56,7 +56,7 @@ struct nb_record {
 	__u64 stack[NB_MAX_STACK];      /* sent right after ev when NB_F_STACK */
 	__u32 fst;                      /* filter stack, see nb_filter_match (the interpreter) */
 	__u32 pad;
-	__u64 forget;                   /* see nb_stage_forget */
+	__u64 forget[8];                /* see NB_PUT */
 };
 
 struct nb_scratch {
@@ -237,12 +237,14 @@ struct nb_stage {
 	bool l4_done;           /* the transport header was read before the filter */
 };
 
-/* Store v in map memory and load it back: the verifier does not track map memory. */
-#define NB_FORGET(r, v)                                                          \
-	do {                                                                     \
-		*(volatile __u64 *)&(r)->forget = (v);                           \
-		(v) = *(volatile __u64 *)&(r)->forget;                           \
-	} while (0)
+/*
+ * Stored in map memory and loaded back, a value is unknown to the verifier
+ * (it does not track map memory). NB_PUT every value to a slot of its own
+ * first, then NB_GET them all: independent stores and loads, a few cycles in
+ * all (one slot for all would chain each load to the store before it).
+ */
+#define NB_PUT(r, i, v) (((volatile __u64 *)(r)->forget)[i] = (v))
+#define NB_GET(r, i, v) ((v) = ((volatile __u64 *)(r)->forget)[i])
 
 /*
  * First stage: zero ev and fill only what the filter looks at (addresses,
@@ -257,11 +259,16 @@ static __always_inline bool nb_build_filtered(struct nb_record *r, struct nb_sta
 
 	nb_owner_of(&st->o, skb, x);
 	/* its NULL checks forked the state: one state again before the parse (see nb_stage_forget) */
-	NB_FORGET(r, st->o.dev_ifindex);
-	NB_FORGET(r, st->o.dev_netns);
-	NB_FORGET(r, st->o.sk_netns);
-	NB_FORGET(r, st->o.sk_state);
-	NB_FORGET(r, st->o.has_sk);
+	NB_PUT(r, 0, st->o.dev_ifindex);
+	NB_PUT(r, 1, st->o.dev_netns);
+	NB_PUT(r, 2, st->o.sk_netns);
+	NB_PUT(r, 3, st->o.sk_state);
+	NB_PUT(r, 4, st->o.has_sk);
+	NB_GET(r, 0, st->o.dev_ifindex);
+	NB_GET(r, 1, st->o.dev_netns);
+	NB_GET(r, 2, st->o.sk_netns);
+	NB_GET(r, 3, st->o.sk_state);
+	NB_GET(r, 4, st->o.has_sk);
 	__builtin_memset(ev, 0, sizeof(*ev));
 	nb_parse_skb(ev, &st->pkt, skb, nb_hook_hints(hook), family, x->sk, x->direct);
 	ev->ifindex = x->ifindex ? x->ifindex : st->o.dev_ifindex;
@@ -325,25 +332,28 @@ static __always_inline void nb_build_rest(struct nb_event *ev, const struct nb_s
  * 14,686 steps to verify. Passed through map memory, the stage's scalars
  * become unknown to it, the paths reach the second stage in one state, and
  * it is walked once. Done here, after nb_owner_of and for netfilter's hook
- * description, tp_netif_rx takes 2,107 steps.
+ * description, tp_netif_rx takes 2,071 steps.
  * The second stage checks every offset it reads at anyway (nb_read); at run
  * time, for a packet the filter kept, this costs a store and a load each.
  */
 static __always_inline void nb_stage_forget(struct nb_stage *st, struct nb_record *r)
 {
-	NB_FORGET(r, st->pkt.v.lin_end);
-	NB_FORGET(r, st->pkt.l3);
-	NB_FORGET(r, st->pkt.l4);
-	NB_FORGET(r, st->pkt.l4_bytes);
-	NB_FORGET(r, st->pkt.mh);
-	NB_FORGET(r, st->pkt.proto);
-	NB_FORGET(r, st->pkt.l2);
-	NB_FORGET(r, st->l4_done);
-	NB_FORGET(r, st->o.dev_ifindex);
-	NB_FORGET(r, st->o.dev_netns);
-	NB_FORGET(r, st->o.sk_netns);
-	NB_FORGET(r, st->o.sk_state);
-	NB_FORGET(r, st->o.has_sk);
+	NB_PUT(r, 0, st->pkt.v.lin_end);
+	NB_PUT(r, 1, st->pkt.l3);
+	NB_PUT(r, 2, st->pkt.l4);
+	NB_PUT(r, 3, st->pkt.l4_bytes);
+	NB_PUT(r, 4, st->pkt.mh);
+	NB_PUT(r, 5, st->pkt.proto);
+	NB_PUT(r, 6, st->pkt.l2);
+	NB_PUT(r, 7, st->l4_done);
+	NB_GET(r, 0, st->pkt.v.lin_end);
+	NB_GET(r, 1, st->pkt.l3);
+	NB_GET(r, 2, st->pkt.l4);
+	NB_GET(r, 3, st->pkt.l4_bytes);
+	NB_GET(r, 4, st->pkt.mh);
+	NB_GET(r, 5, st->pkt.proto);
+	NB_GET(r, 6, st->pkt.l2);
+	NB_GET(r, 7, st->l4_done);
 }
 
 /* Both stages into r->ev. Returns whether the filter matched (the event is complete only then). */
@@ -541,7 +551,7 @@ static __always_inline struct nb_flight_stack *nb_flights(void)
  * The flight stack's functions that report, move or add entries are global:
  * the verifier checks each once, on its own, instead of at every place the
  * unrolled loops reach them, in every state the packet's parse left there
- * (nf_entry took 28,462 steps to verify, most of them here; now 4,279).
+ * (nf_entry took 28,462 steps to verify, most of them here; now 4,204).
  * Their arguments are numbers and pointers into map memory, which is all a
  * global function takes.
  */
@@ -713,10 +723,14 @@ static __always_inline void nb_flight_push(struct sk_buff *skb, __u32 hook, stru
 	if (!r)
 		return;
 	/* the hook's description took branches (family by pf, the device): one state from here on */
-	NB_FORGET(r, x->family);
-	NB_FORGET(r, x->ifindex);
-	NB_FORGET(r, x->netns);
-	NB_FORGET(r, x->nf_hook);
+	NB_PUT(r, 0, x->family);
+	NB_PUT(r, 1, x->ifindex);
+	NB_PUT(r, 2, x->netns);
+	NB_PUT(r, 3, x->nf_hook);
+	NB_GET(r, 0, x->family);
+	NB_GET(r, 1, x->ifindex);
+	NB_GET(r, 2, x->netns);
+	NB_GET(r, 3, x->nf_hook);
 	match = nb_build(r, skb, hook, x);
 	if (!match) {
 		nb_count(NB_CNT_FILTERED);
@@ -726,8 +740,9 @@ static __always_inline void nb_flight_push(struct sk_buff *skb, __u32 hook, stru
 	} else {
 		now = r->ev.ts_ns;
 	}
-	skb_id = (__u64)skb;
-	NB_FORGET(r, skb_id);   /* a number: a global function refuses a BTF pointer */
+	/* a number: a global function refuses a BTF pointer */
+	NB_PUT(r, 0, (__u64)skb);
+	NB_GET(r, 0, skb_id);
 	nb_flight_enter(st, &r->ev, skb_id, now,
 			hook << 8 | (match ? NB_ENTER_MATCH : 0) | (tidy ? NB_ENTER_TIDY : 0));
 out:
