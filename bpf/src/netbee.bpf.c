@@ -245,6 +245,21 @@ struct nb_stage {
  */
 #define NB_PUT(r, i, v) (((volatile __u64 *)(r)->forget)[i] = (v))
 #define NB_GET(r, i, v) ((v) = ((volatile __u64 *)(r)->forget)[i])
+/* FIELDS(F, r): F(r, slot, lvalue) for each value (lists below, over the caller's st or x) */
+#define NB_FORGET(r, FIELDS)                                                     \
+	do {                                                                     \
+		FIELDS(NB_PUT, r);                                               \
+		FIELDS(NB_GET, r);                                               \
+	} while (0)
+#define NB_OWNER_FIELDS(F, r)                                                    \
+	F(r, 0, st->o.dev_ifindex); F(r, 1, st->o.dev_netns); F(r, 2, st->o.sk_netns); \
+	F(r, 3, st->o.sk_state); F(r, 4, st->o.has_sk)
+#define NB_STAGE_FIELDS(F, r)                                                    \
+	F(r, 0, st->pkt.v.lin_end); F(r, 1, st->pkt.l3); F(r, 2, st->pkt.l4);     \
+	F(r, 3, st->pkt.l4_bytes); F(r, 4, st->pkt.mh); F(r, 5, st->pkt.proto);   \
+	F(r, 6, st->pkt.l2); F(r, 7, st->l4_done)
+#define NB_HOOK_FIELDS(F, r)                                                     \
+	F(r, 0, x->family); F(r, 1, x->ifindex); F(r, 2, x->netns); F(r, 3, x->nf_hook)
 
 /*
  * First stage: zero ev and fill only what the filter looks at (addresses,
@@ -259,16 +274,7 @@ static __always_inline bool nb_build_filtered(struct nb_record *r, struct nb_sta
 
 	nb_owner_of(&st->o, skb, x);
 	/* its NULL checks forked the state: one state again before the parse (see nb_stage_forget) */
-	NB_PUT(r, 0, st->o.dev_ifindex);
-	NB_PUT(r, 1, st->o.dev_netns);
-	NB_PUT(r, 2, st->o.sk_netns);
-	NB_PUT(r, 3, st->o.sk_state);
-	NB_PUT(r, 4, st->o.has_sk);
-	NB_GET(r, 0, st->o.dev_ifindex);
-	NB_GET(r, 1, st->o.dev_netns);
-	NB_GET(r, 2, st->o.sk_netns);
-	NB_GET(r, 3, st->o.sk_state);
-	NB_GET(r, 4, st->o.has_sk);
+	NB_FORGET(r, NB_OWNER_FIELDS);
 	__builtin_memset(ev, 0, sizeof(*ev));
 	nb_parse_skb(ev, &st->pkt, skb, nb_hook_hints(hook), family, x->sk, x->direct);
 	ev->ifindex = x->ifindex ? x->ifindex : st->o.dev_ifindex;
@@ -338,22 +344,7 @@ static __always_inline void nb_build_rest(struct nb_event *ev, const struct nb_s
  */
 static __always_inline void nb_stage_forget(struct nb_stage *st, struct nb_record *r)
 {
-	NB_PUT(r, 0, st->pkt.v.lin_end);
-	NB_PUT(r, 1, st->pkt.l3);
-	NB_PUT(r, 2, st->pkt.l4);
-	NB_PUT(r, 3, st->pkt.l4_bytes);
-	NB_PUT(r, 4, st->pkt.mh);
-	NB_PUT(r, 5, st->pkt.proto);
-	NB_PUT(r, 6, st->pkt.l2);
-	NB_PUT(r, 7, st->l4_done);
-	NB_GET(r, 0, st->pkt.v.lin_end);
-	NB_GET(r, 1, st->pkt.l3);
-	NB_GET(r, 2, st->pkt.l4);
-	NB_GET(r, 3, st->pkt.l4_bytes);
-	NB_GET(r, 4, st->pkt.mh);
-	NB_GET(r, 5, st->pkt.proto);
-	NB_GET(r, 6, st->pkt.l2);
-	NB_GET(r, 7, st->l4_done);
+	NB_FORGET(r, NB_STAGE_FIELDS);
 }
 
 /* Both stages into r->ev. Returns whether the filter matched (the event is complete only then). */
@@ -723,14 +714,7 @@ static __always_inline void nb_flight_push(struct sk_buff *skb, __u32 hook, stru
 	if (!r)
 		return;
 	/* the hook's description took branches (family by pf, the device): one state from here on */
-	NB_PUT(r, 0, x->family);
-	NB_PUT(r, 1, x->ifindex);
-	NB_PUT(r, 2, x->netns);
-	NB_PUT(r, 3, x->nf_hook);
-	NB_GET(r, 0, x->family);
-	NB_GET(r, 1, x->ifindex);
-	NB_GET(r, 2, x->netns);
-	NB_GET(r, 3, x->nf_hook);
+	NB_FORGET(r, NB_HOOK_FIELDS);
 	match = nb_build(r, skb, hook, x);
 	if (!match) {
 		nb_count(NB_CNT_FILTERED);
