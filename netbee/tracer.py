@@ -806,7 +806,6 @@ class Tracer:
                                      for p in meta["programs"]], list(meta["maps"]))
             writes = [(meta["self_pid"], os.getpid().to_bytes(meta["self_pid"][2], sys.byteorder))]
             if self.opts.filter_dynamic:
-                from netbee.filter import field_mask
                 writes.append((meta["dyn_filter"], self._dyn_filter_bytes()))
             self._reset_maps(self._coll, meta["maps"], writes)
             plan = [_Planned(**p) for p in meta["plan"]]
