@@ -94,14 +94,12 @@ class PreparedCache:
         return self._load(self.path(key), text)
 
     def load_facts(self, key: str, text: str) -> Dict[str, Any]:
-        """The kernel facts stored for make_key({"kernel": kernel_identity()}), or {}."""
+        """The kernel facts stored for make_key() of a kernel identity (Tracer._kernel_facts), or {}."""
         return self._load(self.path(key, FACTS), text) or {}
 
     def store_facts(self, key: str, text: str, facts: Dict[str, Any]) -> None:
         self._store(self.path(key, FACTS), text, facts)
-        facts_files = [k for k in self.keys(FACTS) if k != key]
-        for k in facts_files[:max(0, len(facts_files) + 1 - MAX_FACTS)]:
-            remove_quietly(self.path(k, FACTS))
+        self.evict(keep=key, ext=FACTS)
 
     def _load(self, path: str, text: str) -> Optional[Dict[str, Any]]:
         try:
@@ -161,14 +159,16 @@ class PreparedCache:
             pass
         return sorted(found, key=lambda k: (found[k], k))
 
-    def evict(self, keep: str) -> List[str]:
-        """Drop the least recently used beyond max_entries, and temporary files of dead runs."""
+    def evict(self, keep: str, ext: str = ENTRY) -> List[str]:
+        """Drop the least recently used files of this kind beyond their bound (max_entries, or
+        MAX_FACTS), and temporary files of dead runs."""
         for path in dead_temporaries(self.directory, ".tmp"):
             remove_quietly(path)
-        keys = [k for k in self.keys() if k != keep]
-        drop = keys[:max(0, len(keys) + 1 - self.max_entries)]
+        limit = self.max_entries if ext == ENTRY else MAX_FACTS
+        keys = [k for k in self.keys(ext) if k != keep]
+        drop = keys[:max(0, len(keys) + 1 - limit)]
         for k in drop:
-            remove_quietly(self.path(k))
+            remove_quietly(self.path(k, ext))
         return drop
 
     def clear(self) -> int:
