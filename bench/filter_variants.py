@@ -9,6 +9,10 @@ separate variants a few percent apart.
 
     python3 -m bench.filter_variants --before DIR [--rounds N] [--seconds S] [--expr EXPR]
                                      [--rate PPS] [--variants floor,before,generated,interpreter,dynamic]
+                                     [--tree NAME=DIR ...]
+
+--tree adds the netbee of another checkout as variant NAME (repeatable; e.g. builds of the BPF
+object with one change each, compared in the same rounds).
 
 --rate paces the sender (packets per second; 0: as fast as it can). With no filter, an unpaced
 sender fills the ring buffer and most events are lost; a rate the reader keeps up with measures
@@ -50,7 +54,9 @@ def netbee_in(tree: str, python_args: List[str], args: List[str]) -> List[str]:
 
 def main(argv: List[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--before", required=True, metavar="DIR", help="checkout whose netbee is 'before'")
+    ap.add_argument("--before", metavar="DIR", help="checkout whose netbee is 'before'")
+    ap.add_argument("--tree", action="append", default=[], metavar="NAME=DIR",
+                    help="another checkout's netbee as variant NAME (repeatable)")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--seconds", type=float, default=2.0, help="UDP trial length")
     ap.add_argument("--expr", default=configs.NOMATCH_EXPR, help="netbee's filter (default: matches nothing)")
@@ -60,13 +66,22 @@ def main(argv: List[str] | None = None) -> int:
                          "(floor always runs)")
     args = ap.parse_args(argv)
     os.sched_setaffinity(0, {OTHER_CPU})
+    extra = {}
+    for spec in args.tree:
+        name, sep, tree = spec.partition("=")
+        if not sep or not name or not os.path.isdir(tree):
+            ap.error(f"--tree {spec!r}: want NAME=DIR with an existing DIR")
+        extra[name] = (os.path.abspath(tree), ["-m", "netbee"])
+    chosen = [c for c in args.variants.split(",") if c] + list(extra)
+    if "before" in chosen and not args.before:
+        ap.error("variant 'before' needs --before DIR")
     variants = {
-        "before": (os.path.abspath(args.before), ["-m", "netbee"]),
+        "before": (os.path.abspath(args.before or "."), ["-m", "netbee"]),
         "generated": (HERE, ["-m", "netbee"]),
         "interpreter": (HERE, ["-c", VARIANT_MAIN.replace("OPTION", "filter_interpreter")]),
         "dynamic": (HERE, ["-c", VARIANT_MAIN.replace("OPTION", "filter_dynamic")]),
+        **extra,
     }
-    chosen = args.variants.split(",")
     unknown = set(chosen) - set(variants) - {"floor"}
     if unknown:
         ap.error(f"unknown variants {sorted(unknown)}")
@@ -119,7 +134,9 @@ def main(argv: List[str] | None = None) -> int:
                        [[p] + [f"{statistics.median(per_run[c][p]):.0f}" if p in per_run[c] else "-"
                                for c in variants] for p in progs]))
     print(f"\nns per run, medians over {args.rounds} rounds of {args.seconds} s; filter {args.expr!r}; "
-          f"sender rate {args.rate or 'unpaced'}; 'before' = netbee from {os.path.abspath(args.before)}.")
+          f"sender rate {args.rate or 'unpaced'}"
+          + (f"; 'before' = netbee from {os.path.abspath(args.before)}" if "before" in variants else "")
+          + "".join(f"; {n!r} = netbee from {t}" for n, (t, _) in extra.items()) + ".")
     return 0
 
 

@@ -1,6 +1,6 @@
-"""Read a running netbee's in-kernel counters (the per-CPU `counters` map) from outside the process.
+"""Read a running netbee's in-kernel event counters (maps `counters` and `scratch`) from outside the process.
 
-The map is found through /proc/PID/fdinfo (`map_id:`), opened by id and read
+The maps are found through /proc/PID/fdinfo (`map_id:`), opened by id and read
 with the syscall door of netbee.loader, so the flood benchmark can check the
 command's own summary against what the kernel counted.
 """
@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
+from netbee.abi import NbCounter, count_events
 from netbee.loader import syscall as sc
 from netbee.loader.maps import possible_cpus
 
 MAP_GET_FD_BY_ID = 14   # not in netbee's Cmd table: netbee itself never opens maps by id
-COUNTER_NAMES = ("seen", "filtered", "submitted", "lost")   # enum nb_counter order
 
 
 def _map_ids_of(pid: int) -> set:
@@ -41,32 +41,50 @@ def _find_map(pid: int, name: str) -> Optional[sc.Fd]:
     return None
 
 
-def open_counters(pid: int) -> sc.Fd:
-    """An fd of the process's counters map: it keeps the map readable after the process exits
-    (its programs detached then, so the values are final)."""
-    fd = _find_map(pid, "counters")
-    if fd is None:
-        raise RuntimeError(f"process {pid} holds no BPF map named 'counters'")
-    return fd
+class KernelCounters:
+    """Fds of a netbee process's `counters` and `scratch` maps (both hold part of each count, see
+    netbee_abi.h): they keep the maps readable after the process exits (its programs detached
+    then, so the values are final)."""
+
+    def __init__(self, pid: int) -> None:
+        self.fds = {}
+        for name in ("counters", "scratch"):
+            fd = _find_map(pid, name)
+            if fd is None:
+                self.close()
+                raise RuntimeError(f"process {pid} holds no BPF map named {name!r}")
+            self.fds[name] = fd
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            fd.close()
+        self.fds = {}
+
+    def __enter__(self) -> "KernelCounters":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _lookup_percpu(self, name: str, key: int) -> List[bytes]:
+        fd = self.fds[name]
+        info = sc.obj_info(fd.fd, sc.MapInfo())
+        stride = (info.value_size + 7) & ~7
+        k = sc.Buffer(key.to_bytes(4, sys.byteorder))
+        val = sc.Buffer(stride * possible_cpus())
+        sc.bpf(sc.Cmd.MAP_LOOKUP_ELEM, sc.MapElemAttr(map_fd=fd.fd, key=k.addr, value=val.addr),
+               what=f"{name} lookup")
+        raw = val.raw
+        return [raw[c * stride:c * stride + info.value_size] for c in range(possible_cpus())]
+
+    def read(self) -> Dict[str, int]:
+        """filtered, submitted, lost summed over CPUs and nesting levels, as the kernel holds them now."""
+        shared = {c: self._lookup_percpu("counters", int(c)) for c in NbCounter if c is not NbCounter.MAX}
+        got = count_events(shared, self._lookup_percpu("scratch", 0))
+        return {c.name.lower(): n for c, n in got.items()}
 
 
 def read(pid: int) -> Dict[str, int]:
-    """seen, filtered, submitted, lost summed over CPUs, as the kernel holds them now."""
-    with open_counters(pid) as fd:
-        return read_fd(fd)
-
-
-def read_fd(fd: sc.Fd) -> Dict[str, int]:
-    """read() through an fd from open_counters()."""
-    info = sc.obj_info(fd.fd, sc.MapInfo())
-    stride = (info.value_size + 7) & ~7
-    ncpu = possible_cpus()
-    out = {}
-    for i, name in enumerate(COUNTER_NAMES):
-        key = sc.Buffer(i.to_bytes(4, sys.byteorder))
-        val = sc.Buffer(stride * ncpu)
-        sc.bpf(sc.Cmd.MAP_LOOKUP_ELEM, sc.MapElemAttr(map_fd=fd.fd, key=key.addr, value=val.addr),
-               what="counters lookup")
-        raw = val.raw
-        out[name] = sum(int.from_bytes(raw[c * stride:c * stride + 8], sys.byteorder) for c in range(ncpu))
-    return out
+    """KernelCounters.read() of a running process."""
+    with KernelCounters(pid) as kc:
+        return kc.read()

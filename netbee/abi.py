@@ -34,6 +34,7 @@ from construct import Array, Bytes, Int8un, Int16un, Int32un, Int64un, Padding, 
 NB_COMM_LEN = 16
 NB_MAX_RULES = 32
 NB_MAX_STACK = 32
+NB_NEST = 4
 
 
 class NbHook(IntEnum):
@@ -67,12 +68,11 @@ class NbHook(IntEnum):
 
 
 class NbCounter(IntEnum):
-    """enum nb_counter: index into the per-CPU `counters` map."""
-    SEEN = 0
-    FILTERED = 1
-    SUBMITTED = 2
-    LOST = 3
-    MAX = 4
+    """enum nb_counter: index into the `counters` map and into each row of SCRATCH_HEAD.count."""
+    FILTERED = 0
+    SUBMITTED = 1
+    LOST = 2
+    MAX = 3
 
 
 class RuleOp(IntEnum):
@@ -195,6 +195,29 @@ DYN_FILTER = Struct(
 )
 DYN_FILTER_SIZE = 4 + NB_MAX_RULES * RULE_SIZE
 assert DYN_FILTER.sizeof() == DYN_FILTER_SIZE
+
+# The start of the `scratch` map's per-CPU value: the event counts of each nesting level.
+SCRATCH_HEAD = Struct(
+    "depth" / Int32un,
+    "pad" / Int32un,
+    "count" / Array(NB_NEST, Array(NbCounter.MAX, Int64un)),
+)
+
+
+def count_events(shared: Dict[int, List[bytes]], scratch: List[bytes]) -> Dict[NbCounter, int]:
+    """The kernel's event counts, summed over CPUs and nesting levels. shared: the `counters`
+    map's per-CPU values by index (enum nb_counter), scratch: the `scratch` map's per-CPU values
+    (key 0), of which only the head is read. Both hold part of each count (see netbee_abi.h)."""
+    out = {}
+    head = SCRATCH_HEAD.sizeof()
+    rows = [SCRATCH_HEAD.parse(v[:head]).count for v in scratch]
+    for c in NbCounter:
+        if c is NbCounter.MAX:
+            continue
+        n = sum(int.from_bytes(v[:8], sys.byteorder) for v in shared.get(c, []))
+        out[c] = n + sum(level[c] for cpu in rows for level in cpu)
+    return out
+
 
 STACK_FRAME_SIZE = 8  # each __u64 return address following an event with F_STACK
 

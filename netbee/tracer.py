@@ -203,7 +203,6 @@ def hook_counts(records: Sequence[bytes]) -> Dict[str, int]:
 
 @dataclass
 class Counters:
-    seen: int = 0
     filtered: int = 0
     submitted: int = 0
     lost: int = 0
@@ -1030,15 +1029,15 @@ class Tracer:
 
     def counters(self) -> Counters:
         """Kernel per-CPU counters summed, plus what userspace received (per hook by display name)."""
-        vals = [0] * 4
+        from netbee.abi import NbCounter, count_events
+
+        got = {c: 0 for c in NbCounter if c is not NbCounter.MAX}
         if self._coll is not None:
             cmap = self._coll.maps["counters"]
-            # The kernel counts SEEN before the outcome: reading the outcomes first and SEEN last
-            # keeps seen >= filtered + submitted + lost in a snapshot taken while packets flow.
-            for i in (1, 2, 3, 0):
-                per_cpu = cmap.lookup_percpu(i) or []
-                vals[i] = sum(int.from_bytes(v[:8], sys.byteorder) for v in per_cpu)
-        return Counters(seen=vals[0], filtered=vals[1], submitted=vals[2], lost=vals[3],
+            shared = {c: cmap.lookup_percpu(int(c)) or [] for c in got}
+            got = count_events(shared, self._coll.maps["scratch"].lookup_percpu(0) or [])
+        return Counters(filtered=got[NbCounter.FILTERED], submitted=got[NbCounter.SUBMITTED],
+                        lost=got[NbCounter.LOST],
                         received=self._received, per_hook=dict(self._per_hook))
 
     # -- configuration -----------------------------------------------------------------------------

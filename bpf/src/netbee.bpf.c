@@ -8,8 +8,9 @@
  * carry the generic kernel function; the tracer replaces it with the symbol
  * that exists on the running kernel (netbee/hooks.py lists the candidates).
  *
- * Counters: every event candidate counts SEEN, then exactly one of FILTERED,
- * SUBMITTED or LOST (LOST also when no scratch slot is free).
+ * Counters: every event candidate ends counted exactly once, as FILTERED,
+ * SUBMITTED or LOST (LOST also when no scratch level is free); see enum
+ * nb_counter for where.
  *
  * self_pid is applied on transmit hooks only: on receive, softirq work
  * runs in whatever task it interrupted, so netbee's own pid there says
@@ -47,7 +48,6 @@ const volatile enum nb_counter abi_counter_type = NB_CNT_MAX;
 #include "nb_parse.h"
 #include "nb_filter.h"
 
-#define NB_NEST 4               /* program nesting depth on one CPU (task, softirq, hardirq, nmi) */
 #define NB_NF_DEPTH 8           /* netfilter hooks in flight on one CPU */
 #define NB_NF_STALE_NS 10000000 /* an entry older than this on its CPU has left unseen */
 
@@ -60,8 +60,7 @@ struct nb_record {
 };
 
 struct nb_scratch {
-	__u32 depth;
-	__u32 pad;
+	struct nb_scratch_head h;
 	struct nb_record rec[NB_NEST];
 };
 
@@ -106,6 +105,7 @@ struct {
 	__type(value, struct nb_flight_stack);
 } nf_flight SEC(".maps");
 
+/* For a program that holds no scratch level (see enum nb_counter). */
 static __always_inline void nb_count(__u32 which)
 {
 	__u64 *c = bpf_map_lookup_elem(&counters, &which);
@@ -177,56 +177,91 @@ struct nb_extra {
 };
 
 
-/* What the event needs from the skb's device and socket. */
+/* Where the packet is: its interface and network namespace, what the filter may look at. */
 struct nb_owner {
-	__u32 dev_ifindex;
-	__u32 dev_netns;
-	__u32 sk_netns;
-	__u8 sk_state;
-	bool has_sk;
+	__u32 ifindex;
+	__u32 netns;
+};
+
+/* The skb's socket: given by the hook (kprobe/fentry on a transmit function) or skb->sk. */
+struct nb_sock {
+	__u32 netns;
+	__u8 state;
+	bool present;
 };
 
 /*
- * Direct (BTF pointer) programs load every pointer field here, in one
- * straight line before any branch: recent kernels look each such load up
- * by name in the whole kernel BTF (the trusted-pointer rules), so a load
- * the verifier walks on many paths costs milliseconds of start-up. A NULL
- * link simply reads as 0 (the JIT guards these loads). Probe reads (kprobe)
- * have no such cost and follow the links only where they exist.
+ * Direct (BTF pointer) programs load the pointer fields of each group here
+ * in one straight line before any branch: recent kernels look each such
+ * load up by name in the whole kernel BTF (the trusted-pointer rules), so a
+ * load the verifier walks on many paths costs milliseconds of start-up. A
+ * NULL link simply reads as 0 (the JIT guards these loads). Probe reads
+ * (kprobe) have no such cost and follow the links only where they exist.
  */
-static __always_inline void nb_owner_of(struct nb_owner *o, struct sk_buff *skb, const struct nb_extra *x)
+static __always_inline void nb_sock_of(struct nb_sock *f, struct sk_buff *skb, const struct nb_extra *x)
 {
 	if (x->direct && !x->sk) {
-		struct net_device *dev = skb->dev;
-		struct net *net = dev->nd_net.net;
 		struct sock *sk = skb->sk;
 
-		/* RCU pointers (the net, skb->sk): the verifier wants NULL checks */
-		o->dev_ifindex = dev->ifindex;
-		o->dev_netns = net ? net->ns.inum : 0;
-		o->sk_netns = 0;
-		o->sk_state = 0;
-		o->has_sk = sk != NULL;
+		/* RCU pointers (skb->sk, the net): the verifier wants NULL checks */
+		f->present = sk != NULL;
+		f->netns = 0;
+		f->state = 0;
 		if (sk) {
-			net = sk->__sk_common.skc_net.net;
-			o->sk_netns = net ? net->ns.inum : 0;
-			o->sk_state = sk->__sk_common.skc_state;
+			struct net *net = sk->__sk_common.skc_net.net;
+
+			f->netns = net ? net->ns.inum : 0;
+			f->state = sk->__sk_common.skc_state;
 		}
 		return;
 	}
-	struct net_device *dev = NB_RD(x->direct, skb->dev, BPF_CORE_READ(skb, dev));
 	/* an sk passed as an argument (kprobe) is a plain number: probe reads */
 	struct sock *sk = x->sk ? x->sk : NB_RD(x->direct, skb->sk, BPF_CORE_READ(skb, sk));
 
-	__builtin_memset(o, 0, sizeof(*o));
-	if (dev) {
-		o->dev_ifindex = BPF_CORE_READ(dev, ifindex);
-		o->dev_netns = BPF_CORE_READ(dev, nd_net.net, ns.inum);
-	}
+	__builtin_memset(f, 0, sizeof(*f));
 	if (sk) {
-		o->sk_netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-		o->sk_state = BPF_CORE_READ(sk, __sk_common.skc_state);
-		o->has_sk = true;
+		f->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+		f->state = BPF_CORE_READ(sk, __sk_common.skc_state);
+		f->present = true;
+	}
+}
+
+/*
+ * The interface and namespace: netfilter's hook state names both (x); else
+ * the skb's device, then the interface it arrived on, then the socket's
+ * namespace (early on transmit there is no device yet). Nothing of the
+ * socket is read when the device answers: it matters to the event only
+ * after the filter (nb_tcp_state).
+ */
+static __always_inline void nb_owner_of(struct nb_owner *o, struct sk_buff *skb, const struct nb_extra *x)
+{
+	__u32 ifindex, netns;
+
+	o->ifindex = x->ifindex;
+	o->netns = x->netns;
+	if (o->ifindex && o->netns)
+		return;
+	if (x->direct && !x->sk) {
+		struct net_device *dev = skb->dev;
+		struct net *net = dev->nd_net.net;
+
+		ifindex = dev->ifindex;
+		netns = net ? net->ns.inum : 0;
+	} else {
+		struct net_device *dev = NB_RD(x->direct, skb->dev, BPF_CORE_READ(skb, dev));
+
+		ifindex = dev ? BPF_CORE_READ(dev, ifindex) : 0;
+		netns = dev ? BPF_CORE_READ(dev, nd_net.net, ns.inum) : 0;
+	}
+	if (!o->ifindex)
+		o->ifindex = ifindex ? ifindex : NB_RD(x->direct, skb->skb_iif, BPF_CORE_READ(skb, skb_iif));
+	if (!o->netns)
+		o->netns = netns;
+	if (!o->netns) {
+		struct nb_sock f;
+
+		nb_sock_of(&f, skb, x);
+		o->netns = f.netns;
 	}
 }
 
@@ -252,8 +287,7 @@ struct nb_stage {
 		FIELDS(NB_GET, r);                                               \
 	} while (0)
 #define NB_OWNER_FIELDS(F, r)                                                    \
-	F(r, 0, st->o.dev_ifindex); F(r, 1, st->o.dev_netns); F(r, 2, st->o.sk_netns); \
-	F(r, 3, st->o.sk_state); F(r, 4, st->o.has_sk)
+	F(r, 0, st->o.ifindex); F(r, 1, st->o.netns)
 #define NB_STAGE_FIELDS(F, r)                                                    \
 	F(r, 0, st->pkt.v.lin_end); F(r, 1, st->pkt.l3); F(r, 2, st->pkt.l4);     \
 	F(r, 3, st->pkt.l4_bytes); F(r, 4, st->pkt.mh); F(r, 5, st->pkt.proto);   \
@@ -277,17 +311,29 @@ static __always_inline bool nb_build_filtered(struct nb_record *r, struct nb_sta
 	NB_FORGET(r, NB_OWNER_FIELDS);
 	__builtin_memset(ev, 0, sizeof(*ev));
 	nb_parse_skb(ev, &st->pkt, skb, nb_hook_hints(hook), family, x->sk, x->direct);
-	ev->ifindex = x->ifindex ? x->ifindex : st->o.dev_ifindex;
-	if (!ev->ifindex)
-		ev->ifindex = NB_RD(x->direct, skb->skb_iif, BPF_CORE_READ(skb, skb_iif));
-	ev->netns = x->netns ? x->netns : st->o.dev_netns;
-	if (!ev->netns)
-		ev->netns = st->o.sk_netns;
+	ev->ifindex = st->o.ifindex;
+	ev->netns = st->o.netns;
 	/* the transport header costs a read: before the filter only if it asks for ports */
 	st->l4_done = nb_filter_uses_ports();
 	if (st->l4_done && st->pkt.l4)
 		nb_parse_l4(ev, &st->pkt.v, st->pkt.l4, st->pkt.l4_bytes);
 	return nb_filter_run(ev, &r->fst);
+}
+
+/*
+ * The socket's TCP state. A veth hands the sender's socket to the peer
+ * namespace until demux: a state from another namespace is not this
+ * packet's connection as seen here.
+ */
+static __always_inline void nb_tcp_state(struct nb_event *ev, struct sk_buff *skb, const struct nb_extra *x)
+{
+	struct nb_sock f;
+
+	nb_sock_of(&f, skb, x);
+	if (f.present && f.netns == ev->netns) {
+		ev->tcp_state = f.state;
+		ev->flags |= NB_F_TCP_STATE;
+	}
 }
 
 /* The current task's tgid and name, with plain loads through its BTF pointer (two helper calls less). */
@@ -315,15 +361,8 @@ static __always_inline void nb_build_rest(struct nb_event *ev, const struct nb_s
 	ev->cpu = bpf_get_smp_processor_id();
 	ev->pid = nb_task_of(ev->comm);
 	nb_parse_l2(ev, &st->pkt);
-	/*
-	 * A veth hands the sender's socket to the peer namespace until demux:
-	 * a state from another namespace is not this packet's connection as
-	 * seen here.
-	 */
-	if (ev->ip_proto == IPPROTO_TCP && st->o.has_sk && st->o.sk_netns == ev->netns) {
-		ev->tcp_state = st->o.sk_state;
-		ev->flags |= NB_F_TCP_STATE;
-	}
+	if (ev->ip_proto == IPPROTO_TCP)
+		nb_tcp_state(ev, skb, x);
 	ev->flags |= x->flags;
 	ev->nf_hook = x->nf_hook;
 	ev->verdict = x->verdict;
@@ -390,12 +429,10 @@ static __always_inline __u64 nb_wakeup_flags_reserved(__u64 size)
 	return nb_wakeup_crossed(bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA), size);
 }
 
-static __always_inline void nb_output(void *data, __u64 size)
+/* NB_CNT_SUBMITTED, or NB_CNT_LOST when the ring buffer is full. */
+static __always_inline __u32 nb_output(void *data, __u64 size)
 {
-	if (bpf_ringbuf_output(&events, data, size, nb_wakeup_flags(size)))
-		nb_count(NB_CNT_LOST);
-	else
-		nb_count(NB_CNT_SUBMITTED);
+	return bpf_ringbuf_output(&events, data, size, nb_wakeup_flags(size)) ? NB_CNT_LOST : NB_CNT_SUBMITTED;
 }
 
 /* Struct assignment would become a memmove call, which BPF lacks. */
@@ -424,12 +461,12 @@ static __always_inline struct nb_record *nb_slot_take(struct nb_slot *slot)
 
 	if (!s)
 		return NULL;
-	d = s->depth;
+	d = s->h.depth;
 	if (d >= NB_NEST) {
 		nb_count(NB_CNT_LOST);
 		return NULL;
 	}
-	s->depth = d + 1;
+	s->h.depth = d + 1;
 	barrier_var(d);
 	slot->s = s;
 	slot->d = d;
@@ -438,7 +475,13 @@ static __always_inline struct nb_record *nb_slot_take(struct nb_slot *slot)
 
 static __always_inline void nb_slot_release(const struct nb_slot *slot)
 {
-	slot->s->depth = slot->d;
+	slot->s->h.depth = slot->d;
+}
+
+/* Counted in the slot's level: only its holder writes there (see enum nb_counter). */
+static __always_inline void nb_slot_count(const struct nb_slot *slot, __u32 which)
+{
+	slot->s->h.count[slot->d & (NB_NEST - 1)][which] += 1;
 }
 
 /*
@@ -461,14 +504,13 @@ static __always_inline int nb_handle(void *ctx, struct sk_buff *skb, __u32 hook,
 
 	if (!skb)
 		return 0;
-	nb_count(NB_CNT_SEEN);
 	r = nb_slot_take(&slot);
 	if (!r)
 		return 0;
 	/* netbee's own transmissions count as filtered (after the filter, like any rejected packet) */
 	if (!nb_build_filtered(r, &st, skb, hook, x) ||
 	    ((nb_hook_hints(hook) & HK_TX) && self_pid && bpf_get_current_task_btf()->tgid == self_pid)) {
-		nb_count(NB_CNT_FILTERED);
+		nb_slot_count(&slot, NB_CNT_FILTERED);
 		goto out;
 	}
 	nb_stage_forget(&st, r);
@@ -484,18 +526,18 @@ static __always_inline int nb_handle(void *ctx, struct sk_buff *skb, __u32 hook,
 			if (n >= sizeof(r->stack))
 				size = sizeof(r->ev) + sizeof(r->stack);
 		}
-		nb_output(r, size);
+		nb_slot_count(&slot, nb_output(r, size));
 		goto out;
 	}
 	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 	if (!ev) {
-		nb_count(NB_CNT_LOST);
+		nb_slot_count(&slot, NB_CNT_LOST);
 		goto out;
 	}
 	NB_COPY_WORDS(ev, &r->ev);
 	nb_build_rest(ev, &st, skb, hook, x);
 	bpf_ringbuf_submit(ev, nb_wakeup_flags_reserved(sizeof(*ev)));
-	nb_count(NB_CNT_SUBMITTED);
+	nb_slot_count(&slot, NB_CNT_SUBMITTED);
 out:
 	nb_slot_release(&slot);
 	return 0;
@@ -562,7 +604,7 @@ __noinline int nb_flight_emit(struct nb_flight_stack *st, __u32 i, __u32 verdict
 		f->ev.location = location;
 		f->ev.flags |= NB_F_DROP;
 	}
-	nb_output(&f->ev, sizeof(f->ev));
+	nb_count(nb_output(&f->ev, sizeof(f->ev)));
 	return 0;
 }
 
@@ -701,15 +743,12 @@ __noinline int nb_flight_enter(struct nb_flight_stack *st, const struct nb_event
 static __always_inline void nb_flight_push(struct sk_buff *skb, __u32 hook, struct nb_extra *x, bool tidy,
 					   bool placeholder)
 {
-	struct nb_flight_stack *st = nb_flights();
+	struct nb_flight_stack *st;
 	struct nb_slot slot;
 	struct nb_record *r;
 	__u64 now, skb_id;
 	bool match;
 
-	if (!st)
-		return;
-	nb_count(NB_CNT_SEEN);
 	r = nb_slot_take(&slot);
 	if (!r)
 		return;
@@ -717,12 +756,18 @@ static __always_inline void nb_flight_push(struct sk_buff *skb, __u32 hook, stru
 	NB_FORGET(r, NB_HOOK_FIELDS);
 	match = nb_build(r, skb, hook, x);
 	if (!match) {
-		nb_count(NB_CNT_FILTERED);
+		nb_slot_count(&slot, NB_CNT_FILTERED);
 		if (!placeholder)
-			goto out;
+			goto out;       /* never touches the stack: the common case costs no lookup of it */
 		now = bpf_ktime_get_ns();
 	} else {
 		now = r->ev.ts_ns;
+	}
+	st = nb_flights();
+	if (!st) {
+		if (match)
+			nb_slot_count(&slot, NB_CNT_LOST);
+		goto out;
 	}
 	/* a number: a global function refuses a BTF pointer */
 	NB_PUT(r, 0, (__u64)skb);
@@ -985,7 +1030,7 @@ int BPF_PROG(tp_consume_skb, struct sk_buff *skb)
 
 static __always_inline void nb_nf_extra(struct nb_extra *x, const struct nf_hook_state *state)
 {
-	/* pointer loads in a straight line, before any branch (see nb_owner_of); a NULL device
+	/* pointer loads in a straight line, before any branch (see nb_sock_of); a NULL device
 	 * reads as ifindex 0 */
 	struct net_device *in = state->in, *out = state->out;
 	__u32 in_ifindex = in->ifindex, out_ifindex = out->ifindex;

@@ -164,13 +164,29 @@ struct nb_dyn_filter {
 	struct nb_rule rules[NB_MAX_RULES];
 };
 
-/* Per-CPU counters, index into the `counters` percpu array map. */
+/*
+ * Event counters. Kept twice per CPU: a program holding a nesting level of
+ * the scratch map counts in that level's row of struct nb_scratch_head with
+ * a plain add (the level is written by its holder only, so the add is exact,
+ * and it costs no map lookup and no locked instruction: most of what a
+ * packet the filter rejects cost besides the filter itself); a program
+ * without one (a netfilter exit reporting its entry's event, no level free)
+ * counts in the `counters` percpu array map, atomically. Userspace sums both.
+ */
 enum nb_counter {
-	NB_CNT_SEEN = 0,        /* hook invocations with an skb */
-	NB_CNT_FILTERED = 1,    /* rejected by the filter */
-	NB_CNT_SUBMITTED = 2,   /* written to the ring buffer */
-	NB_CNT_LOST = 3,        /* ring buffer full */
-	NB_CNT_MAX = 4,
+	NB_CNT_FILTERED = 0,    /* rejected by the filter */
+	NB_CNT_SUBMITTED = 1,   /* written to the ring buffer */
+	NB_CNT_LOST = 2,        /* ring buffer full, or no scratch level free */
+	NB_CNT_MAX = 3,
+};
+
+#define NB_NEST 4               /* program nesting depth on one CPU (task, softirq, hardirq, nmi) */
+
+/* The start of the `scratch` map's per-CPU value (key 0); the records follow it. */
+struct nb_scratch_head {
+	__u32 depth;                            /* nesting levels taken */
+	__u32 pad;
+	__u64 count[NB_NEST][NB_CNT_MAX];       /* per level, by enum nb_counter */
 };
 
 #endif

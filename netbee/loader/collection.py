@@ -215,6 +215,7 @@ class Collection(sc.Closeable):
             raise first
 
     def _load_prepared(self, p: PreparedProgram, log_level: int) -> Program:
+        prepared, p = p, p.spliced()
         if p.poisoned:
             self.poisoned[p.name] = list(p.poisoned)
         insns = bytearray(p.insns)
@@ -237,7 +238,7 @@ class Collection(sc.Closeable):
                 raise VerifierError(p.name, e.log + "\nCO-RE relocations that could not be "
                                     f"satisfied on this kernel:\n{why}", e.errno) from None
             raise
-        self.prepared[p.name] = p
+        self.prepared[p.name] = prepared   # as it came: a later with_body needs the function
         return prog
 
     def prepared_object(self) -> PreparedObject:

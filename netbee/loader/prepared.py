@@ -69,6 +69,26 @@ class PreparedProgram:
         p.insns = bytes(self.insns[:at * I.INSN_SIZE]) + bytes(body)
         return p
 
+    def spliced(self) -> "PreparedProgram":
+        """This program as it is best loaded: its last function, when it is a replaced body that
+        can be (inline.py), copied into the places that call it. Not for to_doc: with_body needs
+        the function in place."""
+        if not self.replaced_at:
+            return self
+        from netbee.loader.inline import moved_indices, splice_last_function
+
+        name, at = max(self.replaced_at.items(), key=lambda kv: kv[1])
+        try:
+            s = splice_last_function(self.insns, at, self.func_info, self.line_info)
+        except ValueError:
+            return self   # not a leaf body, or referred to other than by calls: it stays a function
+        p = PreparedProgram(**{f.name: getattr(self, f.name) for f in fields(self)})
+        p.insns, p.func_info, p.line_info = s.insns, s.func_info, s.line_info
+        p.map_relocs = [MapReloc(s.new_index(r.insn_index), r.map_name, r.src, r.offset) for r in self.map_relocs]
+        p.poisoned = moved_indices(self.poisoned, s.new_index)
+        p.replaced_at = {n: v for n, v in self.replaced_at.items() if n != name}
+        return p
+
     def to_doc(self) -> Dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "attach_target": self.attach_target,
                 "license": self.license, "insns": _b64(self.insns),

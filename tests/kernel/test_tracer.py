@@ -130,7 +130,6 @@ def test_excluded_flow_yields_no_event_and_is_counted_as_filtered(hosts, family)
     # discovery, also ICMPv6): nothing passes.
     assert counters.received == 0 and counters.submitted == 0, counters
     assert counters.filtered >= 3 * 8, counters  # 3 requests + 3 replies through >= 4 hooks each
-    assert counters.seen >= counters.filtered
 
 
 def test_routed_echo_shows_forward(routed):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pathlib
+import sys
 
 import pytest
 
@@ -33,7 +34,8 @@ def _btf_fields(btf: Btf, name: str):
 
 
 @pytest.mark.parametrize("cname,layout", [("nb_event", abi.EVENT), ("nb_rule", abi.RULE),
-                                          ("nb_config", abi.CONFIG), ("nb_dyn_filter", abi.DYN_FILTER)])
+                                          ("nb_config", abi.CONFIG), ("nb_dyn_filter", abi.DYN_FILTER),
+                                          ("nb_scratch_head", abi.SCRATCH_HEAD)])
 def test_struct_layout_matches_btf(btf: Btf, cname: str, layout) -> None:
     size, fields = _btf_fields(btf, cname)
     assert layout.sizeof() == size
@@ -114,3 +116,19 @@ def test_build_config_round_trip() -> None:
     assert all(r.op == 0 and r.field == 0 for r in cfg.rules[1:])
     with pytest.raises(ValueError):
         abi.build_config(rule, 2)
+
+
+def test_count_events_sums_the_shared_map_and_every_level_of_every_cpu() -> None:
+    C = abi.NbCounter
+
+    def u64(n: int) -> bytes:
+        return n.to_bytes(8, sys.byteorder)
+
+    shared = {C.FILTERED: [u64(5), u64(1)], C.SUBMITTED: [u64(0), u64(7)], C.LOST: []}
+    rows0 = [[10, 0, 0], [2, 3, 0], [0, 0, 0], [0, 0, 1]]   # per level: filtered, submitted, lost
+    rows1 = [[0, 4, 9], [0, 0, 0], [1, 0, 0], [0, 0, 0]]
+    records = bytes(512)   # what follows the head in the map value is not counted
+    scratch = [abi.SCRATCH_HEAD.build({"depth": 0, "pad": 0, "count": r}) + records for r in (rows0, rows1)]
+    got = abi.count_events(shared, scratch)
+    assert got == {C.FILTERED: 5 + 1 + 10 + 2 + 1, C.SUBMITTED: 7 + 3 + 4, C.LOST: 1 + 9}
+

@@ -142,7 +142,7 @@ class FakeTracer:
         return bool(self.batches)
 
     def counters(self):
-        return types.SimpleNamespace(seen=10, filtered=7, submitted=3, lost=0, received=3,
+        return types.SimpleNamespace(filtered=7, submitted=3, lost=0, received=3,
                                      per_hook={"ip_rcv": 2, "kfree_skb": 1})
 
     def close(self):
