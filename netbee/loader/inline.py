@@ -73,8 +73,10 @@ class Spliced:
     sites: List[int]
 
 
-def _is_jump(ins: I.Insn) -> bool:
-    return ins.cls in (I.BPF_JMP, I.BPF_JMP32) and (ins.opcode & 0xF0) not in (I.BPF_CALL, I.BPF_EXIT)
+# opcodes whose instruction may name another by its place: jumps, calls, ld_imm64 (a function's
+# address); the second half of an ld_imm64 has opcode 0, which is none of them
+_REFERRING = frozenset({op for op in range(256) if op & 0x07 in (I.BPF_JMP, I.BPF_JMP32)
+                        and op & 0xF0 != I.BPF_EXIT} | {I.OP_LD_IMM64})
 
 
 def _jump_uses_imm(ins: I.Insn) -> bool:
@@ -96,58 +98,55 @@ def splice_last_function(insns: bytes, at: int, func_info: bytes = b"", line_inf
     if why:
         raise ValueError(f"the function cannot be spliced: {why}")
     k = I.count(body)
+    code = memoryview(insns)[:at * I.INSN_SIZE]
+    # only jumps, calls and ld_imm64 refer to other instructions: look at nothing else
+    refs = [i for i, op in enumerate(code[0::I.INSN_SIZE]) if op in _REFERRING]
     sites: List[int] = []
-    i = 0
-    while i < at:
-        ins = I.decode(insns, i)
-        if ins.is_pseudo_call and i + ins.imm + 1 == at:
-            sites.append(i)
-        elif ins.is_pseudo_func and i + ins.imm + 1 == at:
-            raise ValueError(f"instruction {i} takes the function's address: it cannot go")
-        elif _is_jump(ins):
-            off = ins.imm if _jump_uses_imm(ins) else ins.off
-            if i + off + 1 >= at:
+    moves: List[Tuple[int, I.Insn, int]] = []   # (index, instruction, target) to re-aim
+    for i in refs:
+        ins = I.decode(code, i)
+        if ins.opcode == I.OP_LD_IMM64:
+            if not ins.is_pseudo_func:
+                continue
+            target = i + ins.imm + 1
+            if target == at:
+                raise ValueError(f"instruction {i} takes the function's address: it cannot go")
+        elif ins.is_call:
+            if ins.src != I.BPF_PSEUDO_CALL:
+                continue            # a helper or kfunc: by number, not by place
+            target = i + ins.imm + 1
+            if target == at:
+                sites.append(i)
+                continue
+        else:
+            target = i + (ins.imm if _jump_uses_imm(ins) else ins.off) + 1
+            if target >= at:
                 raise ValueError(f"instruction {i} jumps into the function")
-        i += 2 if ins.opcode == I.OP_LD_IMM64 else 1
+        moves.append((i, ins, target))
 
     def new_index(old: int) -> int:
         # every call site before `old` grew by k - 1 instructions
         return old + (k - 1) * bisect.bisect_left(sites, old)
 
-    site_set = set(sites)
+    copy = bytearray(body)
+    for j, b in I.iter_insns(body):
+        if b.opcode == I.OP_EXIT:
+            I.write(copy, j, I.Insn(I.BPF_JMP | I.BPF_JA, 0, 0, k - j - 1, 0))
     out = bytearray()
-    i = 0
-    while i < at:
-        ins = I.decode(insns, i)
-        here = new_index(i)
-        if i in site_set:
-            copy = bytearray(body)
-            for j, b in I.iter_insns(body):
-                if b.opcode == I.OP_EXIT:
-                    I.write(copy, j, I.Insn(I.BPF_JMP | I.BPF_JA, 0, 0, k - j - 1, 0))
-            out += copy
-            i += 1
-            continue
-        if ins.opcode == I.OP_LD_IMM64:
-            raw = bytearray(insns[i * I.INSN_SIZE:(i + 2) * I.INSN_SIZE])
-            if ins.is_pseudo_func:
-                I.set_imm(raw, 0, new_index(i + ins.imm + 1) - here - 1)
-            out += raw
-            i += 2
-            continue
-        raw = bytearray(insns[i * I.INSN_SIZE:(i + 1) * I.INSN_SIZE])
-        if ins.is_pseudo_call:
-            I.set_imm(raw, 0, new_index(i + ins.imm + 1) - here - 1)
-        elif _is_jump(ins):
-            if _jump_uses_imm(ins):
-                I.set_imm(raw, 0, new_index(i + ins.imm + 1) - here - 1)
-            else:
-                off = new_index(i + ins.off + 1) - here - 1
-                if not -0x8000 <= off <= 0x7FFF:
-                    raise ValueError(f"instruction {i}: the jump no longer fits 16 bits")
-                I.set_off(raw, 0, off)
-        out += raw
-        i += 1
+    start = 0
+    for site in sites:
+        out += code[start * I.INSN_SIZE:site * I.INSN_SIZE]
+        out += copy
+        start = site + 1
+    out += code[start * I.INSN_SIZE:]
+    for i, ins, target in moves:
+        here, rel = new_index(i), new_index(target) - new_index(i) - 1
+        if ins.opcode == I.OP_LD_IMM64 or ins.is_call or _jump_uses_imm(ins):
+            I.set_imm(out, here, rel)
+        elif not -0x8000 <= rel <= 0x7FFF:
+            raise ValueError(f"instruction {i}: the jump no longer fits 16 bits")
+        else:
+            I.set_off(out, here, rel)
     return Spliced(bytes(out), _moved(func_info, FUNC_INFO, at, new_index),
                    _moved(line_info, LINE_INFO, at, new_index), new_index, sites)
 
