@@ -317,6 +317,9 @@ static __always_inline bool nb_build_filtered(struct nb_record *r, struct nb_sta
 	st->l4_done = nb_filter_uses_ports();
 	if (st->l4_done && st->pkt.l4)
 		nb_parse_l4(ev, &st->pkt.v, st->pkt.l4, st->pkt.l4_bytes);
+	/* a dynamic filter: its loop here, one call (nb_filter_run) less per packet */
+	if (filter_dynamic)
+		return nb_dyn_filter_match(ev);
 	return nb_filter_run(ev, &r->fst);
 }
 

@@ -210,3 +210,26 @@ def test_real_programs_lose_the_filter_call(prog):
     # every map reference still sits on an ld_imm64
     for r in p.map_relocs:
         assert I.decode(s.insns, s.new_index(r.insn_index)).opcode == I.OP_LD_IMM64
+
+
+def test_prepared_program_is_loaded_spliced_and_cached_whole():
+    """PreparedProgram.spliced(): map relocations and poisoned CO-RE slots move with their
+    instructions; the function leaves replaced_at; a body that cannot be spliced stays a call."""
+    from netbee.loader.map_spec import MapReloc
+    from netbee.loader.prepared import PreparedProgram
+
+    insns, tail_at, fi, li = program()
+    p = PreparedProgram("p", "tracepoint", "net/x", "GPL", insns,
+                        map_relocs=[MapReloc(SITES[1] + 1, "m", I.BPF_PSEUDO_MAP_FD, 0)],
+                        func_info=fi, line_info=li, poisoned=[(SITES[1] + 2, "why")],
+                        replaced_at={"f": tail_at})
+    s = p.spliced()
+    grow = I.count(FUNC) - 1
+    assert s.replaced_at == {} and p.replaced_at == {"f": tail_at}
+    assert [r.insn_index for r in s.map_relocs] == [SITES[1] + 1 + 2 * grow]
+    assert s.poisoned == [(SITES[1] + 2 + 2 * grow, "why")]
+    assert I.count(s.insns) == tail_at + 2 * grow
+    called = PreparedProgram("p", "tracepoint", "net/x", "GPL", insns + call(-1) + I.exit_insn(),
+                             replaced_at={"f": tail_at})
+    assert called.spliced() is called
+    assert PreparedProgram("p", "tracepoint", "net/x", "GPL", insns).spliced().insns == insns
