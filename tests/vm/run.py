@@ -27,6 +27,7 @@ GUEST_SCRIPT = TREE / "tests" / "vm" / "guest.sh"
 # 2026-11-25, after the per-program tests were merged. 900 s leaves ~2.4x for a loaded machine
 # while two guests plus the ~12 min host part stay within ~45 min even if both time out.
 BOOT_TIMEOUT = int(os.environ.get("NETBEE_VM_TIMEOUT", "900"))
+VNG_FAILED = 255   # vng's status when QEMU or its own plumbing failed (not the guest's tests)
 
 
 @dataclass
@@ -40,6 +41,7 @@ class GuestRun:
     pytest_log: str
     results: Dict[str, object] = field(default_factory=dict)
     junit: Dict[str, int] = field(default_factory=dict)
+    vng_status: Optional[int] = None   # vng's own exit status (124: the timeout)
 
     def counts(self) -> List[Dict[str, object]]:
         return list(self.results.get("counts", []))  # type: ignore[arg-type]
@@ -76,9 +78,11 @@ def boot(series: str, pytest_args: Sequence[str] = (), timeout: int = BOOT_TIMEO
     """Boot the series' kernel once, run the guest test subset, return what came back."""
     root = kernels.kernel_dir(series)
     run = _boot_once(series, root, pytest_args, timeout)
-    if run.exitstatus is None and not run.pytest_log:
-        # The guest never started pytest (QEMU/vng failed early, seen once with exit 255 and no
-        # output while several guests ran at once): one more boot, keeping the first failure visible.
+    if run.exitstatus is None and (not run.pytest_log or run.vng_status == VNG_FAILED):
+        # The guest never started pytest, or vng itself failed under it (exit 255: seen once before
+        # pytest with several guests at once, and once 56 s into a run that passed whole on the next
+        # boot, 2026-12-04, nothing on the console): one more boot, keeping the first failure
+        # visible. A timeout (124) is not retried, and a guest that fails twice fails the test.
         first = run
         shutil.rmtree(first.results_dir, ignore_errors=True)
         run = _boot_once(series, root, pytest_args, timeout)
@@ -110,6 +114,7 @@ def _boot_once(series: str, root: Path, pytest_args: Sequence[str], timeout: int
     if data.exists():
         run.results = json.loads(data.read_text())
     run.junit = _junit_counts(results / "junit.xml")
+    run.vng_status = proc.returncode
     if proc.returncode != 0 and status is None:
         run.console += f"\n[vng exited {proc.returncode}; 124 means the {timeout}s timeout hit]"
     return run
