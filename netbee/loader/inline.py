@@ -27,6 +27,11 @@ LINE_INFO = struct.Struct("=IIII")     # struct bpf_line_info: insn_off (in inst
 _CALLEE_SCRATCH = range(0, 6)         # r0-r5
 
 
+def _jump_uses_imm(ins: I.Insn) -> bool:
+    """gotol: BPF_JMP32 | BPF_JA carries its offset in imm."""
+    return ins.cls == I.BPF_JMP32 and (ins.opcode & 0xF0) == I.BPF_JA
+
+
 def _registers(ins: I.Insn) -> Tuple[int, ...]:
     """The registers an instruction of a spliceable body reads or writes."""
     cls, op = ins.cls, ins.opcode & 0xF0
@@ -55,7 +60,7 @@ def splice_blockers(body: bytes) -> Optional[str]:
             if op == I.BPF_CALL:
                 return f"instruction {i} is a call"
             if op != I.BPF_EXIT:
-                off = ins.imm if (cls == I.BPF_JMP32 and op == I.BPF_JA) else ins.off
+                off = ins.imm if _jump_uses_imm(ins) else ins.off
                 if not 0 <= i + off + 1 < n:
                     return f"instruction {i} jumps outside the body"
         if any(r not in _CALLEE_SCRATCH for r in _registers(ins)):
@@ -77,11 +82,6 @@ class Spliced:
 # address); the second half of an ld_imm64 has opcode 0, which is none of them
 _REFERRING = frozenset({op for op in range(256) if op & 0x07 in (I.BPF_JMP, I.BPF_JMP32)
                         and op & 0xF0 != I.BPF_EXIT} | {I.OP_LD_IMM64})
-
-
-def _jump_uses_imm(ins: I.Insn) -> bool:
-    """gotol: BPF_JMP32 | BPF_JA carries its offset in imm."""
-    return ins.cls == I.BPF_JMP32 and (ins.opcode & 0xF0) == I.BPF_JA
 
 
 def splice_last_function(insns: bytes, at: int, func_info: bytes = b"", line_info: bytes = b"") -> Spliced:
