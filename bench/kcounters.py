@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-from netbee.abi import NbCounter, count_events
+from netbee.abi import EVENT_COUNTERS, count_events
 from netbee.loader import syscall as sc
 from netbee.loader.maps import possible_cpus
 
@@ -79,7 +79,7 @@ class KernelCounters:
 
     def read(self) -> Dict[str, int]:
         """filtered, submitted, lost summed over CPUs and nesting levels, as the kernel holds them now."""
-        shared = {c: self._lookup_percpu("counters", int(c)) for c in NbCounter if c is not NbCounter.MAX}
+        shared = {c: self._lookup_percpu("counters", int(c)) for c in EVENT_COUNTERS}
         got = count_events(shared, self._lookup_percpu("scratch", 0))
         return {c.name.lower(): n for c, n in got.items()}
 

@@ -75,6 +75,9 @@ class NbCounter(IntEnum):
     MAX = 3
 
 
+EVENT_COUNTERS = tuple(c for c in NbCounter if c is not NbCounter.MAX)
+
+
 class RuleOp(IntEnum):
     """enum nb_rule_op."""
     TERM = 0
@@ -211,9 +214,7 @@ def count_events(shared: Dict[int, List[bytes]], scratch: List[bytes]) -> Dict[N
     out = {}
     head = SCRATCH_HEAD.sizeof()
     rows = [SCRATCH_HEAD.parse(v[:head]).count for v in scratch]
-    for c in NbCounter:
-        if c is NbCounter.MAX:
-            continue
+    for c in EVENT_COUNTERS:
         n = sum(int.from_bytes(v[:8], sys.byteorder) for v in shared.get(c, []))
         out[c] = n + sum(level[c] for cpu in rows for level in cpu)
     return out

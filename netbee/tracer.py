@@ -1029,9 +1029,9 @@ class Tracer:
 
     def counters(self) -> Counters:
         """Kernel per-CPU counters summed, plus what userspace received (per hook by display name)."""
-        from netbee.abi import NbCounter, count_events
+        from netbee.abi import EVENT_COUNTERS, NbCounter, count_events
 
-        got = {c: 0 for c in NbCounter if c is not NbCounter.MAX}
+        got = dict.fromkeys(EVENT_COUNTERS, 0)
         if self._coll is not None:
             cmap = self._coll.maps["counters"]
             shared = {c: cmap.lookup_percpu(int(c)) or [] for c in got}

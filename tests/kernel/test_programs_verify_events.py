@@ -106,7 +106,7 @@ class Rig:
         """[filtered, submitted, lost]: the `counters` map and every nesting level's counts in
         the `scratch` map, summed (abi.count_events)."""
         cm = self.coll.maps["counters"]
-        shared = {c: cm.lookup_percpu(int(c)) for c in abi.NbCounter if c is not abi.NbCounter.MAX}
+        shared = {c: cm.lookup_percpu(int(c)) for c in abi.EVENT_COUNTERS}
         got = abi.count_events(shared, self.coll.maps["scratch"].lookup_percpu(0))
         return [got[abi.NbCounter.FILTERED], got[abi.NbCounter.SUBMITTED], got[abi.NbCounter.LOST]]
 
