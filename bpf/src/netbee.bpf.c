@@ -45,6 +45,18 @@ __u32 self_pid = 0;
 const volatile enum nb_hook abi_hook_type = NB_HOOK_MAX;
 const volatile enum nb_counter abi_counter_type = NB_CNT_MAX;
 
+/*
+ * Since 6.4 every pointer the verifier loads through a trusted pointer (a tp_btf argument, a
+ * netfilter context's skb and hook state) makes it search the whole kernel BTF by name for the
+ * "__safe_trusted"/"__safe_rcu" variants of the type: ~1 ms per load each time it walks one,
+ * most of a first start's verification. An untrusted pointer yields untrusted pointers without
+ * that search. The code run is the same: the verifier turns bpf_rdonly_cast into a register move,
+ * and every load through a BTF pointer is exception-protected (BPF_PROBE_MEM) either way.
+ * On kernels without the kfunc (< 6.2, no search either) the loader writes that move itself.
+ */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+#define nb_untrusted(p, type) ((type *)bpf_rdonly_cast((p), bpf_core_type_id_kernel(type)))
+
 #include "nb_parse.h"
 #include "nb_filter.h"
 
@@ -960,25 +972,25 @@ int BPF_PROG(fx_nf_hook_slow, struct sk_buff *skb, const struct nf_hook_state *s
 SEC("tp_btf/netif_receive_skb")
 int BPF_PROG(tp_netif_receive_skb, struct sk_buff *skb)
 {
-	return nb_on_skb(ctx, skb, NB_HOOK_NETIF_RECEIVE_SKB, true);
+	return nb_on_skb(ctx, nb_untrusted(skb, struct sk_buff), NB_HOOK_NETIF_RECEIVE_SKB, true);
 }
 
 SEC("tp_btf/netif_rx")
 int BPF_PROG(tp_netif_rx, struct sk_buff *skb)
 {
-	return nb_on_skb(ctx, skb, NB_HOOK_NETIF_RX, true);
+	return nb_on_skb(ctx, nb_untrusted(skb, struct sk_buff), NB_HOOK_NETIF_RX, true);
 }
 
 SEC("tp_btf/net_dev_queue")
 int BPF_PROG(tp_net_dev_queue, struct sk_buff *skb)
 {
-	return nb_on_skb(ctx, skb, NB_HOOK_DEV_QUEUE_XMIT, true);
+	return nb_on_skb(ctx, nb_untrusted(skb, struct sk_buff), NB_HOOK_DEV_QUEUE_XMIT, true);
 }
 
 SEC("tp_btf/net_dev_start_xmit")
 int BPF_PROG(tp_net_dev_start_xmit, struct sk_buff *skb)
 {
-	return nb_on_skb(ctx, skb, NB_HOOK_NET_DEV_START_XMIT, true);
+	return nb_on_skb(ctx, nb_untrusted(skb, struct sk_buff), NB_HOOK_NET_DEV_START_XMIT, true);
 }
 
 /*
@@ -1011,7 +1023,7 @@ int BPF_PROG(tp_kfree_skb, struct sk_buff *skb, void *location, unsigned int rea
 				nb_flight_remove(st, i, NB_VERDICT_STOLEN);
 		}
 	}
-	return nb_on_drop(ctx, skb, reason, (__u64)location, true);
+	return nb_on_drop(ctx, nb_untrusted(skb, struct sk_buff), reason, (__u64)location, true);
 }
 
 /* A packet in flight that is consumed was taken by its hook (defragmentation, queue). */
@@ -1051,10 +1063,10 @@ static __always_inline void nb_nf_extra(struct nb_extra *x, const struct nf_hook
 SEC("netfilter")
 int nf_entry(struct bpf_nf_ctx *ctx)
 {
-	struct sk_buff *skb = ctx->skb;
+	struct sk_buff *skb = nb_untrusted(ctx->skb, struct sk_buff);
 	struct nb_extra x = {};
 
-	nb_nf_extra(&x, ctx->state);
+	nb_nf_extra(&x, nb_untrusted(ctx->state, struct nf_hook_state));
 	nb_flight_push(skb, NB_HOOK_NF_BRACKET, &x, true, false);
 	return 1;       /* NF_ACCEPT: observe, never decide */
 }

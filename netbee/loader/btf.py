@@ -622,7 +622,7 @@ def sanitize(btf: Btf, features) -> Btf:
     """A copy of `btf` the running kernel accepts, given the BTF `features` it
     supports (names from FEATURES). Unsupported kinds are rewritten in place
     as libbpf does, so every type id (used by func_info, line_info, maps and
-    CO-RE) keeps its meaning; at most one type is appended."""
+    CO-RE) keeps its meaning; at most three types are appended."""
     feats = set(features)
     unknown = feats - FEATURES
     if unknown:
@@ -630,12 +630,28 @@ def sanitize(btf: Btf, features) -> Btf:
     out = Btf.parse(btf.to_bytes(), base=btf.base)
     has = feats.__contains__
     placeholder = 0
+    ksym_var = 0
     first = len(btf.base) if btf.base is not None else 1
     for tid in range(first, len(out)):
         t = out.type(tid)
         k = t.kind
         new: Optional[BtfType] = None
-        if (k == BtfKind.VAR and not has("datasec")) or (k == BtfKind.DECL_TAG and not has("decl_tag")):
+        if k == BtfKind.FUNC and t.linkage == 2:
+            # an extern kernel function (__ksym): the call names the kernel's own function
+            # (kfunc.py), this type only has to be valid. No kernel takes extern linkage, and a
+            # FUNC needs named parameters, which clang does not write for a declaration.
+            new = Typedef(t.name, t.type)
+        elif k == BtfKind.DATASEC and t.name == ".ksyms":
+            # its entries are those functions, and a DATASEC may only list variables: one int
+            # variable stands for each (as libbpf does)
+            n = len(t.vars)
+            if not ksym_var:
+                ksym_var = out.add_type(Int("int", 4, INT_SIGNED, 0, 32))
+                if has("datasec"):
+                    ksym_var = out.add_type(Var("dummy_ksym", ksym_var, 1))
+            new = (Datasec(t.name, 4 * n, [VarSecInfo(ksym_var, 4 * i, 4) for i in range(n)]) if has("datasec")
+                   else Struct("_ksyms", 4 * n, [Member(f"ksym{i}", ksym_var, 32 * i) for i in range(n)]))
+        elif (k == BtfKind.VAR and not has("datasec")) or (k == BtfKind.DECL_TAG and not has("decl_tag")):
             # size 1: a bigger int could exceed a small variable and fail validation
             new = Int(t.name, 1, 0, 0, 8)
         elif k == BtfKind.DATASEC and not has("datasec"):

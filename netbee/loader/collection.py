@@ -129,6 +129,9 @@ class Collection(sc.Closeable):
                                       "object or kernel BTF is missing")
             fixups = core.relocate(pspec.name, pspec.core_relos, self.spec.btf, self.kernel_btf, cand_cache)
             poisoned = core.apply_fixups(insns, fixups)
+        if pspec.kfunc_calls:
+            from netbee.loader import kfunc
+            kfunc.resolve(pspec.name, insns, pspec.kfunc_calls, self.kernel_btf)
         attach_btf_id = 0
         if kind in BTF_TARGET_KINDS:
             if self.kernel_btf is None:

@@ -15,6 +15,7 @@ from netbee.loader import insn as I
 from netbee.loader.btf import Btf, BtfKind, Datasec, VarSecInfo
 from netbee.loader.btf_ext import BtfExt, CoreRelo, FuncInfo, LineInfos
 from netbee.loader.errors import BTFError, NetBeeError, ObjectFileError
+from netbee.loader.kfunc import KfuncCall
 from netbee.loader.map_spec import Globals, MapReloc, MapSpec, read_global, write_global  # noqa: F401 (re-exported)
 
 EM_BPF = 247
@@ -67,6 +68,7 @@ class ProgramSpec:
     # function whose body replace= swapped -> its first instruction; such functions come last,
     # after every other subprogram, so another body can take the place of this one (prepared.py)
     replaced_at: Dict[str, int] = field(default_factory=dict)
+    kfunc_calls: List[KfuncCall] = field(default_factory=list)   # resolved per kernel (kfunc.py)
 
     @property
     def insn_count(self) -> int:
@@ -389,6 +391,7 @@ class _Parser:
             per_sec.setdefault(shndx, []).append((value // 8, size // 8, name, bind))
         self.funcs: Dict[int, List[_Func]] = {}
         self._special: Dict[int, List[int]] = {}
+        self._ksym_funcs: Optional[Set[str]] = None
         self._ext_keys: Dict[Tuple[int, str], Tuple[List[int], bool]] = {}
         for idx, entries in per_sec.items():
             entries.sort()
@@ -451,6 +454,19 @@ class _Parser:
                     skip = i + 1
             cached = self._special[sec] = out
         return cached
+
+    def ksym_funcs(self) -> Set[str]:
+        """Names of the extern functions the object's BTF lists in its .ksyms DATASEC."""
+        if self._ksym_funcs is None:
+            btf, names = self.spec.btf, set()
+            if btf is not None:
+                for sec in btf.find(".ksyms", BtfKind.DATASEC):
+                    for v in btf.type(sec).vars:
+                        t = btf.type(v.type)
+                        if t.kind == BtfKind.FUNC and t.linkage == 2:
+                            names.add(t.name)
+            self._ksym_funcs = names
+        return self._ksym_funcs
 
     def _func_at(self, sec: int, insn: int) -> Optional[_Func]:
         for f in self.funcs.get(sec, ()):
@@ -600,6 +616,9 @@ class _Linker:
             return
         where = f"{self._where(f, i)} (relocation against {rel.sym_name or 'section'!r})"
         if ins.is_call and rel.type == R_BPF_64_32:
+            if rel.sym_shndx == 0:
+                self._kfunc_call(pos, rel, where)
+                return
             if ins.src != I.BPF_PSEUDO_CALL:
                 raise self.p.fail(f"{where}: relocated call is not a BPF-to-BPF call")
             self._check_code_sym(rel, where)
@@ -638,6 +657,16 @@ class _Linker:
             self.spec.map_relocs.append(MapReloc(pos, data, I.BPF_PSEUDO_MAP_VALUE, offset))
             return
         raise self.p.fail(f"{where}: relocation into section {self.p.sections[shndx].name!r} is not supported")
+
+    def _kfunc_call(self, pos: int, rel: _Reloc, where: str) -> None:
+        """A call to an undefined symbol: a kernel function declared `extern ... __ksym`, which
+        the object's BTF lists as an extern FUNC. Its target is the kernel's (kfunc.resolve)."""
+        if rel.sym_name not in self.p.ksym_funcs():
+            raise self.p.fail(f"{where}: call to a function defined nowhere in the object and not "
+                              "declared a kernel function (extern ... __ksym)")
+        I.set_src(self.insns, pos, I.BPF_PSEUDO_KFUNC_CALL)
+        I.set_imm(self.insns, pos, 0)
+        self.spec.kfunc_calls.append(KfuncCall(pos, rel.sym_name))
 
     def _check_code_sym(self, rel: _Reloc, where: str) -> None:
         if rel.sym_shndx not in self.p.code or rel.sym_type not in ("STT_FUNC", "STT_SECTION", "STT_NOTYPE"):
