@@ -49,12 +49,14 @@ const volatile enum nb_counter abi_counter_type = NB_CNT_MAX;
  * Since 6.4 every pointer the verifier loads through a trusted pointer (a tp_btf argument, a
  * netfilter context's skb and hook state) makes it search the whole kernel BTF by name for the
  * "__safe_trusted"/"__safe_rcu" variants of the type: ~1 ms per load each time it walks one,
- * most of a first start's verification. An untrusted pointer yields untrusted pointers without
- * that search. The code run is the same: the verifier turns bpf_rdonly_cast into a register move,
- * and every load through a BTF pointer is exception-protected (BPF_PROBE_MEM) either way.
- * On kernels without the kfunc (< 6.2, no search either) the loader writes that move itself.
+ * most of a first start's verification. Through an untrusted pointer it does not search. So the
+ * pointer fields (skb->dev, skb->sk, the hook state's devices and net) are read through
+ * nb_untrusted, every other field through the trusted pointer: a load through an untrusted
+ * pointer is exception-protected (BPF_PROBE_MEM: a range check more), a trusted one is plain.
+ * The verifier turns bpf_rdonly_cast into a register move; on kernels without the kfunc
+ * (< 6.2, no search either) the loader writes that move itself.
  */
-extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __attribute__((const));
 #define nb_untrusted(p, type) ((type *)bpf_rdonly_cast((p), bpf_core_type_id_kernel(type)))
 
 #include "nb_parse.h"
@@ -186,7 +188,23 @@ struct nb_extra {
 	__u8 stack;             /* capture a call stack (if cfg.want_stack) */
 	__u8 direct;            /* skb is a BTF pointer: plain loads (see NB_RD) */
 	struct sock *sk;
+	/* direct && !sk: skb->dev and skb->sk, read at the program's entry (nb_skb_links) */
+	struct net_device *skb_dev;
+	struct sock *skb_sk;
 };
+
+/*
+ * The skb's pointer fields, for programs whose skb is a BTF pointer: read once, at the
+ * program's entry through nb_untrusted (see there), where the verifier walks them once and
+ * the kfunc call clobbers no live register.
+ */
+static __always_inline void nb_skb_links(struct nb_extra *x, struct sk_buff *skb)
+{
+	struct sk_buff *u = nb_untrusted(skb, struct sk_buff);
+
+	x->skb_dev = u->dev;
+	x->skb_sk = u->sk;
+}
 
 
 /* Where the packet is: its interface and network namespace, what the filter may look at. */
@@ -204,16 +222,15 @@ struct nb_sock {
 
 /*
  * Direct (BTF pointer) programs load the pointer fields of each group here
- * in one straight line before any branch: recent kernels look each such
- * load up by name in the whole kernel BTF (the trusted-pointer rules), so a
- * load the verifier walks on many paths costs milliseconds of start-up. A
- * NULL link simply reads as 0 (the JIT guards these loads). Probe reads
- * (kprobe) have no such cost and follow the links only where they exist.
+ * in one straight line before any branch: fewer paths for the verifier to
+ * walk. A NULL link simply reads as 0 (the JIT guards these loads, all
+ * through untrusted pointers). Probe reads (kprobe) follow the links only
+ * where they exist.
  */
 static __always_inline void nb_sock_of(struct nb_sock *f, struct sk_buff *skb, const struct nb_extra *x)
 {
 	if (x->direct && !x->sk) {
-		struct sock *sk = skb->sk;
+		struct sock *sk = x->skb_sk;
 
 		/* RCU pointers (skb->sk, the net): the verifier wants NULL checks */
 		f->present = sk != NULL;
@@ -254,7 +271,7 @@ static __always_inline void nb_owner_of(struct nb_owner *o, struct sk_buff *skb,
 	if (o->ifindex && o->netns)
 		return;
 	if (x->direct && !x->sk) {
-		struct net_device *dev = skb->dev;
+		struct net_device *dev = x->skb_dev;
 		struct net *net = dev->nd_net.net;
 
 		ifindex = dev->ifindex;
@@ -562,6 +579,10 @@ static __always_inline int nb_on_skb(void *ctx, struct sk_buff *skb, __u32 hook,
 {
 	struct nb_extra x = { .direct = direct };
 
+	if (!skb)
+		return 0;
+	if (direct)
+		nb_skb_links(&x, skb);
 	return nb_handle(ctx, skb, hook, &x);
 }
 
@@ -580,6 +601,10 @@ static __always_inline int nb_on_drop(void *ctx, struct sk_buff *skb, __u32 reas
 		.location = location, .drop_reason = reason, .flags = NB_F_DROP, .stack = 1, .direct = direct,
 	};
 
+	if (!skb)
+		return 0;
+	if (direct)
+		nb_skb_links(&x, skb);
 	return nb_handle(ctx, skb, NB_HOOK_KFREE_SKB, &x);
 }
 
@@ -972,25 +997,25 @@ int BPF_PROG(fx_nf_hook_slow, struct sk_buff *skb, const struct nf_hook_state *s
 SEC("tp_btf/netif_receive_skb")
 int BPF_PROG(tp_netif_receive_skb, struct sk_buff *skb)
 {
-	return nb_on_skb(ctx, nb_untrusted(skb, struct sk_buff), NB_HOOK_NETIF_RECEIVE_SKB, true);
+	return nb_on_skb(ctx, skb, NB_HOOK_NETIF_RECEIVE_SKB, true);
 }
 
 SEC("tp_btf/netif_rx")
 int BPF_PROG(tp_netif_rx, struct sk_buff *skb)
 {
-	return nb_on_skb(ctx, nb_untrusted(skb, struct sk_buff), NB_HOOK_NETIF_RX, true);
+	return nb_on_skb(ctx, skb, NB_HOOK_NETIF_RX, true);
 }
 
 SEC("tp_btf/net_dev_queue")
 int BPF_PROG(tp_net_dev_queue, struct sk_buff *skb)
 {
-	return nb_on_skb(ctx, nb_untrusted(skb, struct sk_buff), NB_HOOK_DEV_QUEUE_XMIT, true);
+	return nb_on_skb(ctx, skb, NB_HOOK_DEV_QUEUE_XMIT, true);
 }
 
 SEC("tp_btf/net_dev_start_xmit")
 int BPF_PROG(tp_net_dev_start_xmit, struct sk_buff *skb)
 {
-	return nb_on_skb(ctx, nb_untrusted(skb, struct sk_buff), NB_HOOK_NET_DEV_START_XMIT, true);
+	return nb_on_skb(ctx, skb, NB_HOOK_NET_DEV_START_XMIT, true);
 }
 
 /*
@@ -1023,7 +1048,7 @@ int BPF_PROG(tp_kfree_skb, struct sk_buff *skb, void *location, unsigned int rea
 				nb_flight_remove(st, i, NB_VERDICT_STOLEN);
 		}
 	}
-	return nb_on_drop(ctx, nb_untrusted(skb, struct sk_buff), reason, (__u64)location, true);
+	return nb_on_drop(ctx, skb, reason, (__u64)location, true);
 }
 
 /* A packet in flight that is consumed was taken by its hook (defragmentation, queue). */
@@ -1047,11 +1072,12 @@ static __always_inline void nb_nf_extra(struct nb_extra *x, const struct nf_hook
 {
 	/* pointer loads in a straight line, before any branch (see nb_sock_of); a NULL device
 	 * reads as ifindex 0 */
-	struct net_device *in = state->in, *out = state->out;
+	const struct nf_hook_state *u = nb_untrusted(state, struct nf_hook_state);
+	struct net_device *in = u->in, *out = u->out;
 	__u32 in_ifindex = in->ifindex, out_ifindex = out->ifindex;
 	__u8 pf = state->pf;
 
-	x->netns = state->net->ns.inum;
+	x->netns = u->net->ns.inum;
 	x->flags = NB_F_NF;
 	x->direct = 1;
 	x->nf_hook = state->hook;
@@ -1063,10 +1089,11 @@ static __always_inline void nb_nf_extra(struct nb_extra *x, const struct nf_hook
 SEC("netfilter")
 int nf_entry(struct bpf_nf_ctx *ctx)
 {
-	struct sk_buff *skb = nb_untrusted(ctx->skb, struct sk_buff);
+	struct sk_buff *skb = ctx->skb;
 	struct nb_extra x = {};
 
-	nb_nf_extra(&x, nb_untrusted(ctx->state, struct nf_hook_state));
+	nb_skb_links(&x, skb);
+	nb_nf_extra(&x, ctx->state);
 	nb_flight_push(skb, NB_HOOK_NF_BRACKET, &x, true, false);
 	return 1;       /* NF_ACCEPT: observe, never decide */
 }
