@@ -188,7 +188,7 @@ struct nb_extra {
 	__u8 stack;             /* capture a call stack (if cfg.want_stack) */
 	__u8 direct;            /* skb is a BTF pointer: plain loads (see NB_RD) */
 	struct sock *sk;
-	/* direct && !sk: skb->dev and skb->sk, read at the program's entry (nb_skb_links) */
+	/* direct: skb->dev and skb->sk, read at the program's entry (nb_skb_links) */
 	struct net_device *skb_dev;
 	struct sock *skb_sk;
 };
@@ -591,6 +591,10 @@ static __always_inline int nb_on_skb_sk(void *ctx, struct sk_buff *skb, struct s
 {
 	struct nb_extra x = { .sk = sk, .direct = direct };
 
+	if (!skb)
+		return 0;
+	if (direct)
+		nb_skb_links(&x, skb);   /* for a NULL sk */
 	return nb_handle(ctx, skb, hook, &x);
 }
 
