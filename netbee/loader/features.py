@@ -157,7 +157,6 @@ def _member_offset(kbtf: "object", struct_name: str, member: str) -> Optional[in
 def direct_packet_reads() -> Probe:
     """A tp_btf program may read packet bytes with plain loads through skb->head (the kernel types a
     pointer-to-bytes field of a BTF pointer as read-only untrusted memory: 6.18 does, 6.12 not)."""
-    from netbee.loader.btf import BtfKind
     from netbee.loader.programs import resolve_attach_btf_id
     ok, why = tp_btf()
     if not ok:
@@ -170,13 +169,8 @@ def direct_packet_reads() -> Probe:
         btf_id = resolve_attach_btf_id(kbtf, "tp_btf", "netif_receive_skb")
     except NetBeeError as e:
         return False, _errtext(e)
-    insns = struct.pack("<BBhi", 0x79, 0x11, 0, 0)            # r1 = *(u64 *)(r1 + 0): the skb
-    cast, skb = kbtf.find("bpf_rdonly_cast", BtfKind.FUNC), kbtf.find("sk_buff", BtfKind.STRUCT)
-    if cast and skb:
-        # through an untrusted skb, as the tracer's programs read it (netbee.bpf.c, nb_untrusted)
-        insns += (_mov(2, skb[0]) + struct.pack("<BBhi", 0x85, 0x20, 0, cast[0])   # r0 = cast(r1, id)
-                  + struct.pack("<BBhi", 0xBF, 0x01, 0, 0))                        # r1 = r0
-    insns += (struct.pack("<BBhi", 0x79, 0x11, head, 0)       # r1 = skb->head
+    insns = (struct.pack("<BBhi", 0x79, 0x11, 0, 0)           # r1 = *(u64 *)(r1 + 0): the skb
+             + struct.pack("<BBhi", 0x79, 0x11, head, 0)      # r1 = skb->head
              + struct.pack("<BBhi", 0x71, 0x10, 14, 0)        # r0 = *(u8 *)(r1 + 14)
              + _RET0)
     try:
