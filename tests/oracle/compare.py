@@ -178,11 +178,17 @@ def run_libbpf(harness: pathlib.Path, obj: pathlib.Path, target_path: pathlib.Pa
 
 def compare_linked(obj_spec, prog: str, target: Btf, theirs: bytes) -> Comparison:
     """Whole-program comparison through netbee's own ELF loader (elf.py's ObjectSpec links
-    subprograms and rebases CO-RE records as libbpf does): only map fd immediates may differ."""
+    subprograms and rebases CO-RE records as libbpf does): only map fd immediates may differ,
+    and kfunc calls' BTF ids: libbpf resolves those in the running kernel's BTF whatever the
+    target (btf_custom_path is for CO-RE only), so kfunc.resolve against that BTF must agree."""
+    from netbee.loader import kfunc
+
     spec = obj_spec.programs[prog]
     insns = bytearray(spec.insns)
     fixups = core.relocate(prog, spec.core_relos, obj_spec.btf, target)
     core.apply_fixups(insns, fixups)
+    if spec.kfunc_calls:
+        kfunc.resolve(prog, insns, spec.kfunc_calls, Btf.load_kernel())
     res = Comparison(fixups=len(fixups))
     fd_slots = {r.insn_index for r in spec.map_relocs}
     if len(insns) != len(theirs):
