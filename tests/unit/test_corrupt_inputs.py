@@ -149,3 +149,42 @@ def test_valid_inputs_still_parse():
     _exercise_btf(Btf.parse(KINDS))
     BtfExt.parse(BASIC_EXT, Btf.parse(BASIC_BTF))
     assert ObjectSpec.from_bytes(OBJ).programs
+
+
+def _section_header(name: str) -> tuple:
+    """(file offset of the section header, its sh_offset) of the basic object's section `name`."""
+    with open(ROOT / "tests/bpf/elf_basic.bpf.o", "rb") as f:
+        elf = ELFFile(f)
+        for idx, sec in enumerate(elf.iter_sections()):
+            if sec.name == name:
+                return _SHOFF + idx * elf["e_shentsize"], sec["sh_offset"]
+    raise AssertionError(f"elf_basic.bpf.o has no {name}")
+
+
+def _patched(at: int, value: int, size: int) -> bytes:
+    b = bytearray(OBJ)
+    b[at:at + size] = value.to_bytes(size, "little")
+    return bytes(b)
+
+
+def _refused(data: bytes, words: str) -> None:
+    with pytest.raises(ObjectFileError, match=words):
+        ObjectSpec.from_bytes(data, what="corrupt.o")
+
+
+# Symbol and relocation tables are decoded in bulk (struct), not through pyelftools: each check
+# the bulk reader makes is exercised here by name (Elf64_Shdr: sh_link at 40, sh_size at 32).
+def test_symbol_name_outside_the_string_table():
+    _, symtab = _section_header(".symtab")
+    _refused(_patched(symtab + 24, 0x7FFFFFFF, 4), "name lies outside its string table")
+
+
+def test_relocation_table_of_partial_entries():
+    hdr, _ = _section_header(".rel.text")
+    size = int.from_bytes(OBJ[hdr + 32:hdr + 40], "little")
+    _refused(_patched(hdr + 32, size - 3, 8), "not a whole number of relocations")
+
+
+def test_relocation_against_a_missing_symbol():
+    _, rel = _section_header(".rel.text")
+    _refused(_patched(rel + 12, 0xFFFFFF, 4), "names symbol 16777215, which does not exist")
