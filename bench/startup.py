@@ -16,12 +16,16 @@ attached probe fire within a few ms. Each round launches the tools in turn,
 the same way (from the init netns, on all CPUs or with --pin taskset to CPU 1; netbee gets --netns),
 and the medians are compared.
 
-    python3 -m bench.startup [--rounds N]
+    python3 -m bench.startup [--rounds N] [--tools LIST] [--tree NAME=DIR ...]
+
+--tree adds tool `cold@NAME`: the netbee of another checkout with --no-cache, measured in the same
+rounds as this checkout's (e.g. the commit before a change to the fresh load, side by side).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import subprocess
 import sys
 import time
@@ -61,7 +65,15 @@ def main(argv: List[str] | None = None) -> int:
                     help="comma list of: netbee, netbee-new, netbee-reboot, netbee-cold, bt1, bt5")
     ap.add_argument("--pin", action="store_true",
                     help=f"pin the tools (and this script) to CPU {OTHER_CPU}; default: all CPUs, as a user runs them")
+    ap.add_argument("--tree", action="append", default=[], metavar="NAME=DIR",
+                    help="add tool cold@NAME: the netbee of checkout DIR with --no-cache (repeatable)")
     args = ap.parse_args(argv)
+    trees = {}
+    for spec in args.tree:
+        name, sep, tree = spec.partition("=")
+        if not sep or not name or not os.path.isdir(os.path.join(tree, "netbee")):
+            ap.error(f"--tree {spec!r}: want NAME=DIR with a netbee checkout in DIR")
+        trees[name] = os.path.abspath(tree)
     if args.pin:
         # The benchmark's own threads (pipe readers) stay off the sender's CPU.
         os.sched_setaffinity(0, {OTHER_CPU})
@@ -90,7 +102,10 @@ def main(argv: List[str] | None = None) -> int:
                 "bt5": ("bpftrace, netbee's 5 tracepoints",
                         pin(tracers.bpftrace_argv("startup_all.bt")), "event"),
             }
-            wanted = args.tools.split(",")
+            for name, tree in trees.items():
+                tools[f"cold@{name}"] = (f"netbee --no-cache of {name} ({tree})", pin(tracers.installed_netbee_argv(
+                    ["--netns", pair.tx, "--json", "--no-cache"], root=pathlib.Path(tree))), "tracing")
+            wanted = args.tools.split(",") + [f"cold@{name}" for name in trees]
             unknown = set(wanted) - set(tools)
             if unknown:
                 ap.error(f"unknown tools: {sorted(unknown)}")
@@ -141,7 +156,8 @@ def main(argv: List[str] | None = None) -> int:
             trickle.wait()
 
     report.header("1. Startup and exit", ["python3", "-m", "bench.startup", "--rounds", str(args.rounds)]
-                  + (["--pin"] if args.pin else []))
+                  + (["--tools", args.tools] if args.tools != ap.get_default("tools") else [])
+                  + [f"--tree={t}" for t in args.tree] + (["--pin"] if args.pin else []))
     rows = []
     for name, s in samples.items():
         fe = f"{report.median(s['first_event']):.3f}" if s.get("first_event") else "-"
@@ -154,6 +170,12 @@ def main(argv: List[str] | None = None) -> int:
     where = f"pinned to CPU {OTHER_CPU}" if args.pin else "unpinned (all CPUs)"
     print(f"\nRounds: {args.rounds}; tools {where}. Python interpreter start+exit alone: {py:.3f} s.")
     names = {key: tools[key][0] for key in wanted}
+    if "netbee-cold" in names:
+        cold = report.median(samples[names["netbee-cold"]]["ready"])
+        for name in trees:
+            other = report.median(samples[names[f"cold@{name}"]]["ready"])
+            print(f"netbee --no-cache ready {cold:.3f} s; {name}'s {other:.3f} s: this checkout's / {name}'s = "
+                  f"{cold / other:.2f}x")
     if "netbee" not in names or "bt1" not in names:
         print("(targets need both netbee and bt1)\n")
         return 0

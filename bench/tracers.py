@@ -26,36 +26,44 @@ def netbee_argv(args: Sequence[str]) -> List[str]:
 
 INSTALL_DIR = pathlib.Path("/tmp/netbee-bench-install")
 SYSTEM_PYTHON = "/usr/bin/python3"
-_installed = False
+_installed: set = set()
 
 
-def installed_netbee_argv(args: Sequence[str]) -> List[str]:
+def installed_netbee_argv(args: Sequence[str], root: pathlib.Path = ROOT) -> List[str]:
     """netbee as a user's `pip install .` runs it: the system interpreter (Debian's python3), the
     packages in one directory with their bytecode compiled, a console script that imports
     netbee.cli. This checkout's development venv is not what users run: its editable install
     adds ~30 ms to every interpreter start (an import hook), and pyenv's site adds certifi's .pth.
-    Built once per benchmark process from this checkout."""
-    global _installed
-    if not _installed:
+    Built once per benchmark process from this checkout (or from the checkout `root`, for a
+    comparison of two commits side by side)."""
+    where = _install_dir(root)
+    if root not in _installed:
         import shutil
 
         import construct
         import elftools
-        shutil.rmtree(INSTALL_DIR, ignore_errors=True)
-        INSTALL_DIR.mkdir(parents=True)
-        shutil.copytree(ROOT / "netbee", INSTALL_DIR / "netbee", symlinks=False,
+        shutil.rmtree(where, ignore_errors=True)
+        where.mkdir(parents=True)
+        shutil.copytree(root / "netbee", where / "netbee", symlinks=False,
                         ignore=shutil.ignore_patterns("__pycache__"))
         for mod in (construct, elftools):
             src = pathlib.Path(mod.__file__).parent
-            shutil.copytree(src, INSTALL_DIR / src.name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(src, where / src.name, ignore=shutil.ignore_patterns("__pycache__"))
         python = SYSTEM_PYTHON if os.path.exists(SYSTEM_PYTHON) else sys.executable
-        (INSTALL_DIR / "netbee-console").write_text(
+        (where / "netbee-console").write_text(
             f"#!{python}\nimport sys\nfrom netbee.cli import main\nsys.exit(main())\n")
-        (INSTALL_DIR / "netbee-console").chmod(0o755)
-        subprocess.run([python, "-m", "compileall", "-q", str(INSTALL_DIR)], check=True,
+        (where / "netbee-console").chmod(0o755)
+        subprocess.run([python, "-m", "compileall", "-q", str(where)], check=True,
                        stdout=subprocess.DEVNULL)
-        _installed = True
-    return [str(INSTALL_DIR / "netbee-console")] + list(args)
+        _installed.add(root)
+    return [str(where / "netbee-console")] + list(args)
+
+
+def _install_dir(root: pathlib.Path) -> pathlib.Path:
+    if root == ROOT:
+        return INSTALL_DIR
+    import hashlib
+    return INSTALL_DIR.with_name(INSTALL_DIR.name + "-" + hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12])
 
 
 def installed_python_argv(args: Sequence[str]) -> List[str]:

@@ -13,11 +13,14 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Callable, Dict, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, Iterator, Sequence
 
 from netbee import netns as _netns
 from netbee.loader.errors import AttachError, NetBeeError, NotSupportedError, SyscallError
 from netbee.resolvers.kallsyms import SymbolNames
+
+if TYPE_CHECKING:
+    from netbee.loader.background_parse import BackgroundParse
 
 BACKENDS = ("fentry", "kprobe", "tracepoint")
 PF_INET = 2
@@ -278,6 +281,22 @@ def plan_hooks(backend: str, kbtf, kallsyms: "SymbolNames | None") -> tuple[list
     return plan, skipped
 
 
+def _candidate_programs(backend: str) -> set[str]:
+    """Every program plan_hooks() may choose for the backend, on any kernel."""
+    from netbee import hooks
+
+    return {t.program for hook in hooks.hooks_for(backend) for alt in hook.alternatives(backend) for t in alt}
+
+
+def _replacements(body: bytes | None) -> dict[str, bytes] | None:
+    """ObjectSpec's replace= for the filter compiled to BPF (None: the object's own filter)."""
+    if body is None:
+        return None
+    from netbee import filter_codegen
+
+    return {filter_codegen.FUNCTION: body}
+
+
 def _check_ringbuf_size(n: int) -> None:
     import mmap
 
@@ -345,6 +364,7 @@ class Tracer:
         self._per_hook: dict[str, int] = {}
         self._closed = False
         self._cache = None                     # the locked progcache.Entry, released by close()
+        self._parse_ahead: BackgroundParse | None = None   # the object read in a child, during start()
         self._fresh_facts: dict = {}
         self.cache_status = "off"              # what the program cache did (shown by -v)
         self.prepared_status = "off"           # what the prepared cache did, on a fresh load
@@ -416,6 +436,23 @@ class Tracer:
                 timings[name] = timings.get(name, 0.0) + (now - last)
             last = now
 
+        if self.opts.cache is None and self.opts.prepared_cache is None:
+            # Nothing cached to reuse: the object is parsed whatever happens, so a child reads it
+            # meanwhile, from now on (netbee/loader/background_parse.py). (With the caches, a miss
+            # is known only after the feature probes: parsed here then, as most of the overlap
+            # would be lost and the child would cost the starts that hit.)
+            from netbee.loader.background_parse import BackgroundParse
+            self._parse_ahead = BackgroundParse(self._object_path())
+            lap("object_fork")
+        try:
+            return self._start_timed(timings, lap, t0, cpu0, times0)
+        finally:
+            if self._parse_ahead is not None:
+                self._parse_ahead.close()
+                self._parse_ahead = None
+
+    def _start_timed(self, timings: dict[str, float], lap: Callable[[str | None], None], t0: float, cpu0: float,
+               times0: os.times_result) -> StartReport:
         from netbee.filter import field_mask
 
         cfg = self._config_bytes()
@@ -492,6 +529,7 @@ class Tracer:
             # the function keeps its own filter)
             from netbee import filter_codegen
             body = filter_codegen.compile_rules(self.opts.rules or [])
+        parse = self._parse_ahead   # (start() lets it go)
         held = None
         if self.opts.prepared_cache is None and self.opts.btf_path is None and self.opts.backend != "tracepoint":
             # No cached ids for the backend probe: it and the plan share one parse (~80 ms each).
@@ -501,6 +539,10 @@ class Tracer:
             except NetBeeError:
                 pass   # the plan reports it
         backend = self._choose_backend()
+        if parse is not None:
+            # every program the backend may plan: the child links them while the plan is made
+            # (on any kernel the plan keeps most of them), and the plan's are kept
+            parse.request(_candidate_programs(backend), _replacements(body))
         lap("features")
         slot = self._prepared_slot(backend)
         lap("prepared_lookup")
@@ -511,7 +553,8 @@ class Tracer:
                 kbtf = None
                 lap("prepared_read")
             else:
-                spec, kbtf, plan, skipped = self._plan_and_parse(backend, body, lap)
+                spec, kbtf, plan, skipped = self._plan_and_parse(backend, body, lap, parse)
+                parse = None   # (its answer is taken: a second pass parses here)
                 held = None
                 drops = None
                 from netbee.loader import features
@@ -570,8 +613,10 @@ class Tracer:
         lap("release_sources")
         return coll, backend, loaded_plan, skipped + load_skipped
 
-    def _plan_and_parse(self, backend: str, body: bytes | None, lap: Callable[[str], None]):
-        """The slow way: kernel BTF, hook plan, ELF object. (spec, kernel BTF, plan, skipped)"""
+    def _plan_and_parse(self, backend: str, body: bytes | None, lap: Callable[[str], None],
+                        parse: "BackgroundParse | None" = None):
+        """The slow way: kernel BTF, hook plan, ELF object. (spec, kernel BTF, plan, skipped)
+        parse: the object being read ahead in a child (_load_fresh), or None to parse it here."""
         from netbee.loader.btf import Btf
         from netbee.loader.elf import ObjectSpec
 
@@ -585,26 +630,31 @@ class Tracer:
         lap("btf_index_and_plan")
         # Only the planned programs are linked (~10 of the object's ~50).
         wanted = {p.prog for p in plan}
-        replace = None
-        if body is not None:
-            from netbee import filter_codegen
-            replace = {filter_codegen.FUNCTION: body}
-        spec = ObjectSpec.from_path(self.opts.object_path or default_object_path(), programs=wanted,
-                                    replace=replace)
+        if parse is not None:
+            spec = parse.result()
+            for name in set(spec.programs) - wanted:
+                del spec.programs[name]
+        else:
+            spec = ObjectSpec.from_path(self._object_path(), programs=wanted, replace=_replacements(body))
         missing = sorted(wanted - set(spec.programs))
         if missing:
             raise NetBeeError(f"the BPF object lacks program(s) {', '.join(missing)}: object and netbee/hooks.py disagree")
+        # (with a child parsing the object, what is left here: waiting for it, if it was slower
+        # than the steps above, and reading its answer)
         lap("object_parse")
         return spec, kbtf, plan, skipped
+
+    def _object_path(self) -> str:
+        return self.opts.object_path or default_object_path()
 
     # -- prepared cache (netbee/prepcache.py) ------------------------------------------------------
     def _prepared_slot(self, backend: str):
         """(cache, key, key text) of the prepared cache for this object, kernel and backend."""
-        from netbee import __version__, prepcache, progcache
-
         cache = self.opts.prepared_cache
         if cache is None:
             return None
+        from netbee import __version__, prepcache, progcache
+
         try:
             parts = {"netbee": __version__, "code": progcache.code_identity(), "object": self._object_identity(),
                      "kernel": prepcache.kernel_identity(self.opts.btf_path),
@@ -752,13 +802,13 @@ class Tracer:
     # -- program cache (netbee/progcache.py) -------------------------------------------------------
     def _cache_entry(self, cfg: bytes, fields: int):
         """This command's cache entry, locked; None when not caching or another netbee has it."""
-        from netbee import progcache
-        from netbee.loader import pinning
-
         cache = self.opts.cache
         if cache is None:
             self.cache_status = "off"
             return None
+        from netbee import progcache
+        from netbee.loader import pinning
+
         try:
             pinning.ensure_bpffs(cache.bpffs_root)
             entry = cache.acquire(*progcache.make_key(self._cache_key_parts(cfg, fields)))
@@ -1086,11 +1136,11 @@ class Tracer:
     def _kernel_facts(self):
         """(key, key text, facts) of the prepared cache's facts about the running kernel, or None
         without a prepared cache (or for a BTF file that is not the running kernel's)."""
-        from netbee import prepcache, progcache
-
         cache = self.opts.prepared_cache
         if cache is None or self.opts.btf_path is not None:
             return None
+        from netbee import prepcache, progcache
+
         try:
             key, text = progcache.make_key({"kernel facts": prepcache.kernel_identity()})
             return key, text, cache.load_facts(key, text)

@@ -2,15 +2,17 @@
 
 Pure: reads bytes, returns editable specs; nothing here touches the kernel. Every
 malformed input ends as ObjectFileError (or BTFError for a bad .BTF), converted
-at one boundary in ObjectSpec.from_bytes.
+at one boundary (_malformed). An object can be read first and linked later
+(UnlinkedObject), when which programs are wanted is not known yet.
 """
 from __future__ import annotations
 
 import io
 import struct
 from bisect import bisect_left
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace as dc_replace
-from typing import Dict, Iterable, List, Mapping, Optional, Set, Tuple
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Set, Tuple
 
 from netbee.loader import insn as I
 from netbee.loader.btf import Btf, BtfKind, Datasec, VarSecInfo
@@ -150,20 +152,7 @@ class ObjectSpec:
         only if something else calls it. The body must be self-contained: no BPF-to-BPF call,
         no function address, no map reference (nothing would relocate them). Names the object
         lacks are skipped: `.replaced` holds those that were found."""
-        parser = None
-        try:
-            parser = _Parser(bytes(data), what, None if programs is None else set(programs),
-                             dict(replace or {}))
-            return parser.parse()
-        except NetBeeError:
-            raise
-        except RecursionError as e:
-            raise ObjectFileError(f"{what}: malformed object (nesting too deep)") from e
-        except Exception as e:  # the one boundary for pyelftools/construct/struct failures
-            raise ObjectFileError(f"{what}: malformed ELF object: {type(e).__name__}: {e}") from e
-        finally:
-            if parser is not None:
-                parser.release()
+        return UnlinkedObject(data, what).link(programs, replace)
 
     def set_global(self, name: str, value: bytes) -> None:
         """Write a global variable's initial value (e.g. a `const volatile` config) before load."""
@@ -173,15 +162,66 @@ class ObjectSpec:
         return read_global(self.maps, self.globals, name)
 
 
+class UnlinkedObject:
+    """An object file read (sections, symbols, BTF, maps, functions, relocations) but not yet
+    linked into programs: which programs a caller wants may be known only later (the tracer
+    learns it from the kernel's BTF meanwhile). link() once."""
+
+    def __init__(self, data: bytes, what: str = "BPF object") -> None:
+        self.what = what
+        self._parser: Optional[_Parser] = None
+        with _malformed(what):
+            self._parser = _Parser(bytes(data), what)
+            try:
+                self._parser.read()
+            except BaseException:
+                self._parser.release()
+                raise
+
+    @classmethod
+    def from_path(cls, path: str) -> "UnlinkedObject":
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise ObjectFileError(f"cannot read BPF object {path}: {e.strerror or e}") from e
+        return cls(data, what=str(path))
+
+    def link(self, programs: Optional[Iterable[str]] = None,
+             replace: Optional[Mapping[str, bytes]] = None) -> ObjectSpec:
+        """The ObjectSpec with these programs linked (ObjectSpec.from_bytes says what the
+        arguments mean)."""
+        parser, self._parser = self._parser, None
+        if parser is None:
+            raise ValueError("UnlinkedObject.link() called twice")
+        try:
+            with _malformed(self.what):
+                return parser.link(None if programs is None else set(programs), dict(replace or {}))
+        finally:
+            parser.release()
+
+
+@contextmanager
+def _malformed(what: str) -> Iterator[None]:
+    """The one boundary where pyelftools/construct/struct failures become ObjectFileError."""
+    try:
+        yield
+    except NetBeeError:
+        raise
+    except RecursionError as e:
+        raise ObjectFileError(f"{what}: malformed object (nesting too deep)") from e
+    except Exception as e:
+        raise ObjectFileError(f"{what}: malformed ELF object: {type(e).__name__}: {e}") from e
+
+
 class _Parser:
-    def __init__(self, data: bytes, what: str, only: Optional[Set[str]] = None,
-                 replace: Optional[Dict[str, bytes]] = None) -> None:
+    def __init__(self, data: bytes, what: str) -> None:
         from elftools.elf.elffile import ELFFile
 
         self.data = data
         self.what = what
-        self.only = only
-        self.replace = replace or {}
+        self.only: Optional[Set[str]] = None
+        self.replace: Dict[str, bytes] = {}
         if data[:4] != b"\x7fELF":
             raise ObjectFileError(f"{what}: not an ELF file")
         self.elf = ELFFile(io.BytesIO(data))
@@ -197,7 +237,8 @@ class _Parser:
         return ObjectFileError(f"{self.what}: {msg}")
 
     # ------------------------------------------------------------------ top level
-    def parse(self) -> ObjectSpec:
+    def read(self) -> None:
+        """Everything that does not depend on which programs are wanted."""
         elf = self.elf
         if elf.elfclass != 64 or not elf.little_endian:
             raise self.fail("only 64-bit little-endian BPF objects are supported")
@@ -226,8 +267,12 @@ class _Parser:
         self._read_global_data()
         self._read_functions()
         self._read_relocations()
+
+    def link(self, only: Optional[Set[str]], replace: Dict[str, bytes]) -> ObjectSpec:
+        self.only, self.replace = only, replace
+        self._check_replacements()
         self._link_programs()
-        return spec
+        return self.spec
 
     def _check_sections(self) -> None:
         self.sections = []
@@ -428,7 +473,6 @@ class _Parser:
                 is_prog = sec_name != ".text" and bind in ("STB_GLOBAL", "STB_WEAK")
                 out.append(_Func(name, idx, start, end, is_prog))
             self.funcs[idx] = out
-        self._check_replacements()
 
     def _check_replacements(self) -> None:
         if not self.replace:

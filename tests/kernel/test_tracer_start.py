@@ -14,7 +14,7 @@ import weakref
 import pytest
 
 from netbee.loader import btf as btf_mod
-from netbee.loader import collection, elf
+from netbee.loader import background_parse, collection, elf
 from netbee.tracer import TraceOptions, Tracer
 from tests import netlab
 
@@ -48,10 +48,20 @@ def test_start_lets_go_of_the_object_and_the_kernel_btf(ns, monkeypatch):
         held.append(weakref.ref(spec))
         return spec
 
+    result = background_parse.BackgroundParse.result
+
+    def parsed_ahead(self):
+        spec = result(self)
+        held.append(weakref.ref(spec))
+        return spec
+
     monkeypatch.setattr(btf_mod.Btf, "load_kernel", classmethod(loading_kernel))
     monkeypatch.setattr(elf.ObjectSpec, "from_path", classmethod(parsing))
+    monkeypatch.setattr(background_parse.BackgroundParse, "result", parsed_ahead)
     with Tracer(_opts(ns)) as tr:   # auto: the feature probes look at the kernel BTF too
         tr.start()
+        # the kernel BTF and the object (without the caches, read ahead in a child: what this
+        # process holds is the child's answer)
         assert len(held) >= 2
         # no gc.collect(): freed by reference counting, before the ring buffer is mapped
         alive = [r() for r in held if r() is not None]
@@ -110,3 +120,19 @@ def test_heap_is_trimmed_after_the_release_and_before_the_ring_is_mapped(ns, mon
     with Tracer(_opts(ns, "tracepoint")) as tr:
         tr.start()
     assert order == ["trim", "ring"], order
+
+
+def test_without_caches_the_object_is_read_ahead_in_a_child(ns, monkeypatch):
+    forks: list = []
+    init = background_parse.BackgroundParse.__init__
+
+    def recording(self, path):
+        init(self, path)
+        forks.append(self)
+
+    monkeypatch.setattr(background_parse.BackgroundParse, "__init__", recording)
+    with Tracer(_opts(ns, "tracepoint")) as tr:
+        rep = tr.start()
+        assert [p.forked for p in forks] == [True]
+        assert forks[0]._pid == 0 and forks[0]._answer_fd < 0   # reaped and closed by start()
+        assert "object_fork" in rep.timings and rep.attached

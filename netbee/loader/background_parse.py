@@ -1,0 +1,185 @@
+"""Read the BPF object in a forked child while this process probes the kernel and reads its BTF.
+
+A start without cached programs spends ~30 ms of pure Python on the ELF object and ~60-80 ms
+on the kernel's BTF, the feature probes and the hook plan. Only the last step of the object's
+parse, linking the planned programs, needs the plan; Python runs one thing at a time. So a
+child forked early (while the process is small: few pages to copy on write) reads the object
+on the other CPU and waits for the list of programs; it links them when told and sends the
+ObjectSpec back pickled (~0.8 MB, ~3 ms to read and unpickle).
+
+Nothing here is needed for correctness: when the child cannot be forked, dies, hangs or sends
+something unreadable, the object is parsed here, in this process, and a malformed object fails
+the same way as without the child (its error is sent back as raised).
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import pickle
+import select
+import time
+from typing import TYPE_CHECKING, Iterable, Mapping, Optional, Set
+
+from netbee.loader.errors import NetBeeError
+
+if TYPE_CHECKING:
+    from netbee.loader.elf import ObjectSpec
+
+# (netbee.loader.elf is imported where used: the child imports it, and pyelftools, while the
+# parent does its own first steps)
+
+# Room for the whole answer in the pipe (Linux >= 2.6.35): the child writes it at once and
+# exits, the parent reads it in one go instead of 64 KiB at a time.
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+PIPE_BYTES = 1 << 20   # the default /proc/sys/fs/pipe-max-size
+
+# What the child may take, once told what to link, before the parent gives up on it and parses
+# the object itself: far more than a parse takes (~30 ms), little enough that a wedged child
+# never stalls a start for long.
+CHILD_TIMEOUT = 5.0
+
+
+class BackgroundParse:
+    """ObjectSpec.from_path(path, programs, replace), read ahead in a forked child; the programs
+    and replacements are given later, to request()."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._pid = 0
+        self._request_fd = self._answer_fd = -1
+        self._wanted: Optional[Set[str]] = None
+        self._replace: dict = {}
+        self.forked = False   # whether a child took the work: for tests and timings
+        try:
+            req_r, req_w = os.pipe()
+        except OSError:
+            return
+        try:
+            ans_r, ans_w = os.pipe()
+        except OSError:
+            os.close(req_r)
+            os.close(req_w)
+            return
+        try:
+            fcntl.fcntl(ans_w, _F_SETPIPE_SZ, PIPE_BYTES)
+        except OSError:
+            pass   # a smaller pipe only means more, smaller reads
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (req_r, req_w, ans_r, ans_w):
+                os.close(fd)
+            return
+        if pid == 0:   # the child: never returns
+            os.close(req_w)
+            os.close(ans_r)
+            self._child(req_r, ans_w)
+        os.close(req_r)
+        os.close(ans_w)
+        self._pid, self._request_fd, self._answer_fd, self.forked = pid, req_w, ans_r, True
+
+    # -- the child ------------------------------------------------------------------------------
+    def _child(self, request_fd: int, answer_fd: int) -> None:
+        status = 1
+        try:
+            from netbee.loader.elf import UnlinkedObject
+            try:
+                obj: object = UnlinkedObject.from_path(self.path)
+            except NetBeeError as e:
+                obj = e
+            request = _read_all(request_fd)
+            if request:   # nothing: the parent no longer wants it
+                programs, replace = pickle.loads(request)
+                try:
+                    if isinstance(obj, NetBeeError):
+                        raise obj
+                    answer: object = ("spec", obj.link(programs, replace))
+                except NetBeeError as e:
+                    answer = ("error", e)
+                data = memoryview(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
+                while data:
+                    data = data[os.write(answer_fd, data):]
+            status = 0
+        finally:
+            # No atexit handlers, no flushing of buffers inherited from the parent, no unwinding
+            # into the caller's code (a Ctrl-C in the child included): only this exit.
+            os._exit(status)
+
+    # -- the parent -----------------------------------------------------------------------------
+    def request(self, programs: Optional[Iterable[str]] = None,
+                replace: Optional[Mapping[str, bytes]] = None) -> None:
+        """Which programs to link, and which function bodies to replace (ObjectSpec.from_bytes)."""
+        self._wanted = None if programs is None else set(programs)
+        self._replace = dict(replace or {})
+        if self._request_fd < 0:
+            return
+        data = memoryview(pickle.dumps((self._wanted, self._replace), protocol=pickle.HIGHEST_PROTOCOL))
+        try:
+            while data:
+                data = data[os.write(self._request_fd, data):]
+        except OSError:
+            self.close()   # the child is gone: result() parses here
+            return
+        os.close(self._request_fd)
+        self._request_fd = -1
+
+    def result(self) -> ObjectSpec:
+        """The parsed object: the child's, or parsed here if the child failed to deliver it."""
+        from netbee.loader.elf import ObjectSpec
+
+        got = self._collect() if self._answer_fd >= 0 and self._request_fd < 0 else None
+        self.close()
+        if got is None:
+            return ObjectSpec.from_path(self.path, programs=self._wanted, replace=self._replace)
+        kind, value = got
+        if kind == "error":
+            raise value
+        return value
+
+    def _collect(self):
+        from netbee.loader.elf import ObjectSpec
+
+        chunks = []
+        deadline = time.monotonic() + CHILD_TIMEOUT
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._answer_fd], [], [], left)[0]:
+                return None
+            chunk = os.read(self._answer_fd, PIPE_BYTES)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        try:
+            got = pickle.loads(b"".join(chunks))
+        except Exception:   # a child that died mid-write: parse here instead
+            return None
+        if (isinstance(got, tuple) and len(got) == 2
+                and (got[0] == "spec" and isinstance(got[1], ObjectSpec)
+                     or got[0] == "error" and isinstance(got[1], NetBeeError))):
+            return got
+        return None
+
+    def close(self) -> None:
+        """Let the child go (idempotent): it exits at once if it was not told what to link."""
+        for attr in ("_request_fd", "_answer_fd"):
+            fd = getattr(self, attr)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, attr, -1)
+        if self._pid:
+            pid, self._pid = self._pid, 0
+            try:
+                if os.waitpid(pid, os.WNOHANG) == (0, 0):
+                    os.kill(pid, 9)
+                    os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass   # reaped already (a SIGCHLD handler of the caller's)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)

@@ -1,0 +1,131 @@
+"""The object read ahead in a forked child (netbee/loader/background_parse.py): the same spec
+as a parse here, the same errors, and a parse here whenever the child fails to deliver."""
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from pathlib import Path
+
+import pytest
+
+from netbee import filter_codegen
+from netbee.filter import compile_filter
+from netbee.loader import background_parse, elf
+from netbee.loader.background_parse import BackgroundParse
+from netbee.loader.elf import ObjectSpec
+from netbee.loader.errors import ObjectFileError
+
+ROOT = Path(__file__).resolve().parents[2]
+NETBEE = str(ROOT / "bpf/prebuilt/netbee.bpf.o")
+PROGRAMS = {"nf_entry", "tp_netif_receive_skb", "tp_kfree_skb", "kp_ip_rcv"}
+
+
+def _replace() -> dict:
+    return {filter_codegen.FUNCTION: filter_codegen.compile_rules(compile_filter("host 10.0.0.7 and tcp port 80"))}
+
+
+def _same(a: ObjectSpec, b: ObjectSpec) -> None:
+    assert sorted(a.programs) == sorted(b.programs)
+    for name, p in a.programs.items():
+        q = b.programs[name]
+        assert bytes(p.insns) == bytes(q.insns), name
+        assert (p.map_relocs, p.func_info, p.core_relos, p.kfunc_calls, p.replaced_at, p.subprograms) == \
+               (q.map_relocs, q.func_info, q.core_relos, q.kfunc_calls, q.replaced_at, q.subprograms), name
+        assert list(p.line_info) == list(q.line_info), name
+    assert a.maps == b.maps and a.globals == b.globals and a.replaced == b.replaced
+    assert a.btf.to_bytes() == b.btf.to_bytes()
+
+
+def _no_child_left(parse: BackgroundParse, pid: int) -> None:
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def test_the_child_parses_what_a_parse_here_gives():
+    parse = BackgroundParse(NETBEE)
+    pid = parse._pid
+    assert parse.forked and pid
+    parse.request(PROGRAMS, _replace())
+    got = parse.result()
+    _same(got, ObjectSpec.from_path(NETBEE, programs=PROGRAMS, replace=_replace()))
+    assert got.replaced == {filter_codegen.FUNCTION}
+    _no_child_left(parse, pid)
+
+
+def test_a_malformed_object_fails_as_it_would_here(tmp_path):
+    bad = tmp_path / "bad.o"
+    data = bytearray(Path(NETBEE).read_bytes())
+    data[0x3C:0x3E] = (0xFFFF).to_bytes(2, "little")   # e_shstrndx: no such section
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ObjectFileError) as here:
+        ObjectSpec.from_path(str(bad), programs=PROGRAMS)
+    parse = BackgroundParse(str(bad))
+    assert parse.forked
+    parse.request(PROGRAMS)
+    with pytest.raises(ObjectFileError) as there:
+        parse.result()
+    assert str(there.value) == str(here.value)
+
+
+def test_a_missing_object_is_named(tmp_path):
+    parse = BackgroundParse(str(tmp_path / "absent.o"))
+    parse.request(PROGRAMS)
+    with pytest.raises(ObjectFileError, match="cannot read BPF object .*absent.o"):
+        parse.result()
+
+
+def test_a_child_that_dies_is_replaced_by_a_parse_here():
+    parse = BackgroundParse(NETBEE)
+    os.kill(parse._pid, 9)
+    parse.request(PROGRAMS)
+    _same(parse.result(), ObjectSpec.from_path(NETBEE, programs=PROGRAMS))
+
+
+def test_a_child_that_hangs_is_given_up(monkeypatch):
+    monkeypatch.setattr(background_parse, "CHILD_TIMEOUT", 0.3)
+
+    def hang(cls, path):
+        time.sleep(60)
+
+    with monkeypatch.context() as m:
+        m.setattr(elf.UnlinkedObject, "from_path", classmethod(hang))   # the child's copy hangs
+        parse = BackgroundParse(NETBEE)
+    pid = parse._pid
+    parse.request(PROGRAMS)
+    t0 = time.monotonic()
+    _same(parse.result(), ObjectSpec.from_path(NETBEE, programs=PROGRAMS))
+    assert time.monotonic() - t0 < 5
+    _no_child_left(parse, pid)
+
+
+def test_an_answer_that_is_not_a_spec_is_not_trusted(monkeypatch):
+    with monkeypatch.context() as m:
+        m.setattr(elf.UnlinkedObject, "link", lambda self, programs, replace: "not a spec")
+        parse = BackgroundParse(NETBEE)
+    parse.request(PROGRAMS)
+    _same(parse.result(), ObjectSpec.from_path(NETBEE, programs=PROGRAMS))
+
+
+def test_no_fork_means_a_parse_here(monkeypatch):
+    def refuse():
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", refuse)
+    parse = BackgroundParse(NETBEE)
+    assert not parse.forked
+    parse.request(PROGRAMS)
+    _same(parse.result(), ObjectSpec.from_path(NETBEE, programs=PROGRAMS))
+
+
+def test_a_parse_not_wanted_after_all_leaves_no_child():
+    parse = BackgroundParse(NETBEE)
+    pid = parse._pid
+    parse.close()
+    parse.close()
+    _no_child_left(parse, pid)
+
+
+def test_the_spec_survives_pickling():
+    spec = ObjectSpec.from_path(NETBEE, programs=PROGRAMS)
+    _same(pickle.loads(pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)), spec)
