@@ -129,3 +129,43 @@ def test_a_parse_not_wanted_after_all_leaves_no_child():
 def test_the_spec_survives_pickling():
     spec = ObjectSpec.from_path(NETBEE, programs=PROGRAMS)
     _same(pickle.loads(pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)), spec)
+
+
+def _allowed_cpus(pid: int) -> set:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Cpus_allowed_list:"):
+                out = set()
+                for part in line.split(":", 1)[1].strip().split(","):
+                    lo, _, hi = part.partition("-")
+                    out.update(range(int(lo), int(hi or lo) + 1))
+                return out
+    raise AssertionError("no Cpus_allowed_list")
+
+
+def test_the_child_works_off_the_parents_cpu():
+    mine = os.sched_getaffinity(0)
+    parse = BackgroundParse(NETBEE)
+    try:
+        if len(mine) < 2:
+            assert not parse.forked   # (test_one_cpu_means_a_parse_here)
+            return
+        deadline = time.monotonic() + 2
+        while _allowed_cpus(parse._pid) == mine and time.monotonic() < deadline:
+            time.sleep(0.01)
+        theirs = _allowed_cpus(parse._pid)
+        assert theirs < mine and len(theirs) == len(mine) - 1
+    finally:
+        parse.close()
+
+
+def test_one_cpu_means_a_parse_here():
+    mine = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(mine)})
+    try:
+        parse = BackgroundParse(NETBEE)
+    finally:
+        os.sched_setaffinity(0, mine)
+    assert not parse.forked
+    parse.request(PROGRAMS)
+    _same(parse.result(), ObjectSpec.from_path(NETBEE, programs=PROGRAMS))
