@@ -529,6 +529,12 @@ class Tracer:
             # the function keeps its own filter)
             from netbee import filter_codegen
             body = filter_codegen.compile_rules(self.opts.rules or [])
+        if self._parse_ahead is None and self.opts.prepared_cache is not None and not self._prepared_may_hit():
+            # The first run on this kernel (or of this netbee or object): the object will be
+            # parsed, so a child reads it while the features are probed, as without the caches.
+            from netbee.loader.background_parse import BackgroundParse
+            self._parse_ahead = BackgroundParse(self._object_path())
+            lap("object_fork")
         parse = self._parse_ahead   # (start() lets it go)
         held = None
         if self.opts.prepared_cache is None and self.opts.btf_path is None and self.opts.backend != "tracepoint":
@@ -665,6 +671,19 @@ class Tracer:
         except OSError:
             return None   # no kernel BTF: the slow way says so properly
         return (cache, *progcache.make_key(parts))
+
+    def _prepared_may_hit(self) -> bool:
+        """Whether the prepared cache has an entry for this start under any backend it may
+        choose (the choice is made later, after the feature probes)."""
+        backends = BACKENDS if self.opts.backend == "auto" else (self.opts.backend,)
+        for backend in backends:
+            slot = self._prepared_slot(backend)
+            if slot is None:
+                return True   # cannot tell: no child
+            cache, key, _text = slot
+            if os.path.exists(cache.path(key)):
+                return True
+        return False
 
     def _read_prepared(self, slot, body: bytes | None):
         """(prepared object with this filter's body, plan, skipped, drop reasons, whether packet

@@ -80,6 +80,17 @@ def test_a_new_filter_loads_the_relocated_code_with_its_own_filter(cache):
         assert fresh.drop_reason_values == hit_drops and hit_drops
 
 
+def test_the_object_is_read_ahead_in_a_child_only_when_nothing_prepared_fits(cache):
+    # the first run on a kernel parses the object, read ahead in a child as without the caches;
+    # a run that finds an entry (a new filter, a reboot) starts no child
+    with Tracer(_opts(cache, PORT_A)) as a:
+        rep = a.start()
+        assert a.prepared_status == "miss, stored" and "object_fork" in rep.timings
+    with Tracer(_opts(cache, PORT_B)) as b:
+        rep = b.start()
+        assert b.prepared_status == "hit" and "object_fork" not in rep.timings
+
+
 def test_the_interpreter_and_the_generated_filter_have_their_own_entries(cache):
     for interp in (False, True):
         with Tracer(_opts(cache, PORT_A, filter_interpreter=interp)) as tr:
