@@ -58,6 +58,11 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def per_round_ratios(mine: List[float], theirs: List[float]) -> List[float]:
+    """mine[r] / theirs[r] for every round both have."""
+    return [a / b for a, b in zip(mine, theirs) if b > 0]
+
+
 def main(argv: List[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7)
@@ -173,31 +178,36 @@ def main(argv: List[str] | None = None) -> int:
     if "netbee-cold" in names:
         cold = report.median(samples[names["netbee-cold"]]["ready"])
         for name in trees:
-            other = report.median(samples[names[f"cold@{name}"]]["ready"])
-            print(f"netbee --no-cache ready {cold:.3f} s; {name}'s {other:.3f} s: this checkout's / {name}'s = "
-                  f"{cold / other:.2f}x")
+            theirs = samples[names[f"cold@{name}"]]["ready"]
+            ratios = per_round_ratios(samples[names["netbee-cold"]]["ready"], theirs)
+            print(f"netbee --no-cache ready {cold:.3f} s; {name}'s {report.median(theirs):.3f} s: this checkout's / "
+                  f"{name}'s = {report.median(ratios):.2f}x (median of the rounds' ratios, {report.spread(ratios)})")
     if "netbee" not in names or "bt1" not in names:
         print("(targets need both netbee and bt1)\n")
         return 0
-    nb, one = report.median(samples[names["netbee"]]["ready"]), report.median(samples[names["bt1"]]["ready"])
+    bt1 = samples[names["bt1"]]["ready"]
     nb_exit = report.median(samples[names["netbee"]]["exit"])
-    print(f"netbee ready / bpftrace 1-tracepoint ready = {nb / one:.2f}x (target <= {TARGET_RATIO}x): "
-          f"{report.verdict(nb / one <= TARGET_RATIO)}")
-    if "netbee-new" in names:
-        new = report.median(samples[names["netbee-new"]]["ready"])
-        print(f"netbee with a new filter (first run of a command after the first trace of the boot) ready {new:.3f} s = "
-              f"{new / one:.2f}x bpftrace 1 tracepoint (target <= {TARGET_RATIO}x): "
-              f"{report.verdict(new / one <= TARGET_RATIO)}; <= {TARGET_READY_S} s: {report.verdict(new <= TARGET_READY_S)}")
-    if "netbee-reboot" in names:
-        rb = report.median(samples[names["netbee-reboot"]]["ready"])
-        print(f"netbee after a reboot (first run of the boot on a kernel netbee has run on) ready {rb:.3f} s = "
-              f"{rb / one:.2f}x bpftrace 1 tracepoint (target <= {TARGET_RATIO}x): "
-              f"{report.verdict(rb / one <= TARGET_RATIO)}; <= {TARGET_READY_S} s: {report.verdict(rb <= TARGET_READY_S)}")
-    if "netbee-cold" in names:
-        cold = report.median(samples[names["netbee-cold"]]["ready"])
-        print(f"netbee --no-cache (first run on a new kernel) ready {cold:.3f} s = {cold / one:.2f}x bpftrace "
-              f"1 tracepoint (target <= {TARGET_RATIO}x): {report.verdict(cold / one <= TARGET_RATIO)}; "
-              f"<= {TARGET_READY_S} s: {report.verdict(cold <= TARGET_READY_S)}")
+
+    def against_bpftrace(key: str) -> tuple:
+        """(median ready s, median of the per-round ratios to bpftrace, their text): each round runs
+        the tools back to back, so a ratio within a round is not moved by the machine's drift
+        between rounds (the ratio of the medians is printed beside it)."""
+        mine = samples[names[key]]["ready"]
+        ratios = per_round_ratios(mine, bt1)
+        r = report.median(ratios)
+        text = (f"{r:.2f}x bpftrace 1 tracepoint (median of {len(ratios)} rounds' ratios, "
+                f"{report.spread(ratios)}; ratio of the medians {report.median(mine) / report.median(bt1):.2f}x)")
+        return report.median(mine), r, text
+
+    nb, ratio, text = against_bpftrace("netbee")
+    print(f"netbee ready = {text} (target <= {TARGET_RATIO}x): {report.verdict(ratio <= TARGET_RATIO)}")
+    for key, what in (("netbee-new", "with a new filter (first run of a command after the first trace of the boot)"),
+                      ("netbee-reboot", "after a reboot (first run of the boot on a kernel netbee has run on)"),
+                      ("netbee-cold", "--no-cache (first run on a new kernel)")):
+        if key in names:
+            ready, ratio, text = against_bpftrace(key)
+            print(f"netbee {what} ready {ready:.3f} s = {text} (target <= {TARGET_RATIO}x): "
+                  f"{report.verdict(ratio <= TARGET_RATIO)}; <= {TARGET_READY_S} s: {report.verdict(ready <= TARGET_READY_S)}")
     print(f"netbee ready {nb:.3f} s (target <= {TARGET_READY_S} s): {report.verdict(nb <= TARGET_READY_S)}")
     print(f"netbee CPU time to ready {report.median(samples[names['netbee']]['cpu']):.3f} s "
           f"(bpftrace 1 tracepoint: {report.median(samples[names['bt1']]['cpu']):.3f} s; with two CPUs the "

@@ -82,3 +82,11 @@ def test_replay_ring_image_gives_back_the_records() -> None:
     assert got == recs
     reader.rewind()
     assert reader.read(limit=100) == recs
+
+
+def test_startup_ratios_pair_the_rounds() -> None:
+    from bench.startup import per_round_ratios
+
+    # a machine twice as slow in round 2 moves both tools: the per-round ratio does not move
+    assert per_round_ratios([0.10, 0.20, 0.12], [0.10, 0.20, 0.10]) == [1.0, 1.0, pytest.approx(1.2)]
+    assert per_round_ratios([0.1, 0.2], [0.1]) == [1.0]

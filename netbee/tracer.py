@@ -442,7 +442,7 @@ class Tracer:
             # is known only after the feature probes: parsed here then, as most of the overlap
             # would be lost and the child would cost the starts that hit.)
             from netbee.loader.background_parse import BackgroundParse
-            self._parse_ahead = BackgroundParse(self._object_path())
+            self._parse_ahead = BackgroundParse(self._object_path(), self.opts.btf_path)
             lap("object_fork")
         try:
             return self._start_timed(timings, lap, t0, cpu0, times0)
@@ -533,7 +533,7 @@ class Tracer:
             # The first run on this kernel (or of this netbee or object): the object will be
             # parsed, so a child reads it while the features are probed, as without the caches.
             from netbee.loader.background_parse import BackgroundParse
-            self._parse_ahead = BackgroundParse(self._object_path())
+            self._parse_ahead = BackgroundParse(self._object_path(), self.opts.btf_path)
             lap("object_fork")
         parse = self._parse_ahead   # (start() lets it go)
         held = None
@@ -640,6 +640,9 @@ class Tracer:
             spec = parse.result()
             for name in set(spec.programs) - wanted:
                 del spec.programs[name]
+            if parse.kernel_strings is not None:
+                # the child's searches of the kernel's strings for CO-RE, made meanwhile
+                kbtf.use_known_positions(*parse.kernel_strings)
         else:
             spec = ObjectSpec.from_path(self._object_path(), programs=wanted, replace=_replacements(body))
         missing = sorted(wanted - set(spec.programs))

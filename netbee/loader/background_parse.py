@@ -5,7 +5,9 @@ on the kernel's BTF, the feature probes and the hook plan. Only the last step of
 parse, linking the planned programs, needs the plan; Python runs one thing at a time. So a
 child forked early (while the process is small: few pages to copy on write) reads the object
 on the other CPU and waits for the list of programs; it links them when told and sends the
-ObjectSpec back pickled (~0.8 MB, ~3 ms to read and unpickle).
+ObjectSpec back pickled (~0.8 MB, ~3 ms to read and unpickle). While it waits it also searches
+the kernel BTF's string table for the names the object's CO-RE relocations will look up
+(Btf.search_kernel_strings): the parent takes those answers for the same unchanged file.
 
 Nothing here is needed for correctness: when the child cannot be forked, dies, hangs or sends
 something unreadable, the object is parsed here, in this process, and a malformed object fails
@@ -18,7 +20,7 @@ import os
 import pickle
 import select
 import time
-from typing import TYPE_CHECKING, Iterable, Mapping, Optional, Set
+from typing import TYPE_CHECKING, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from netbee.loader.errors import NetBeeError
 
@@ -43,8 +45,13 @@ class BackgroundParse:
     """ObjectSpec.from_path(path, programs, replace), read ahead in a forked child; the programs
     and replacements are given later, to request()."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, kernel_btf: Optional[str] = None) -> None:
+        """kernel_btf: the BTF file the caller will relocate against (None: the running
+        kernel's); the child searches its strings for the object's look-ups meanwhile."""
         self.path = path
+        self.kernel_btf = kernel_btf
+        # (load_kernel's file key, {pattern: offsets}) from the child, for Btf.use_known_positions
+        self.kernel_strings: Optional[Tuple[tuple, Dict[bytes, List[int]]]] = None
         self._pid = 0
         self._request_fd = self._answer_fd = -1
         self._wanted: Optional[Set[str]] = None
@@ -92,9 +99,15 @@ class BackgroundParse:
                 os.sched_setaffinity(0, cpus)
             except OSError:
                 pass
+            from netbee.loader.btf import KERNEL_BTF_PATH, Btf
             from netbee.loader.elf import UnlinkedObject
+            found = None
             try:
                 obj: object = UnlinkedObject.from_path(self.path)
+                # The string searches the parent's CO-RE would make (~1 ms each in the kernel's
+                # 2.3 MB table), while it is busy with the kernel's types
+                found = Btf.search_kernel_strings(self.kernel_btf or KERNEL_BTF_PATH,
+                                                  Btf.lookup_patterns(*obj.kernel_lookups()))
             except NetBeeError as e:
                 obj = e
             request = _read_all(request_fd)
@@ -103,9 +116,9 @@ class BackgroundParse:
                 try:
                     if isinstance(obj, NetBeeError):
                         raise obj
-                    answer: object = ("spec", obj.link(programs, replace))
+                    answer: object = ("spec", obj.link(programs, replace), found)
                 except NetBeeError as e:
-                    answer = ("error", e)
+                    answer = ("error", e, None)
                 data = memoryview(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
                 while data:
                     data = data[os.write(answer_fd, data):]
@@ -141,7 +154,7 @@ class BackgroundParse:
         self.close()
         if got is None:
             return ObjectSpec.from_path(self.path, programs=self._wanted, replace=self._replace)
-        kind, value = got
+        kind, value, self.kernel_strings = got
         if kind == "error":
             raise value
         return value
@@ -163,9 +176,10 @@ class BackgroundParse:
             got = pickle.loads(b"".join(chunks))
         except Exception:   # a child that died mid-write: parse here instead
             return None
-        if (isinstance(got, tuple) and len(got) == 2
+        if (isinstance(got, tuple) and len(got) == 3
                 and (got[0] == "spec" and isinstance(got[1], ObjectSpec)
-                     or got[0] == "error" and isinstance(got[1], NetBeeError))):
+                     or got[0] == "error" and isinstance(got[1], NetBeeError))
+                and (got[2] is None or _is_kernel_strings(got[2]))):
             return got
         return None
 
@@ -184,6 +198,13 @@ class BackgroundParse:
                     os.waitpid(pid, 0)
             except ChildProcessError:
                 pass   # reaped already (a SIGCHLD handler of the caller's)
+
+
+def _is_kernel_strings(found: object) -> bool:
+    return (isinstance(found, tuple) and len(found) == 2 and isinstance(found[0], tuple)
+            and isinstance(found[1], dict)
+            and all(isinstance(k, bytes) and isinstance(v, list) and all(isinstance(o, int) for o in v)
+                    for k, v in found[1].items()))
 
 
 def _other_cpus() -> Set[int]:

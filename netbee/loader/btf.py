@@ -14,7 +14,7 @@ import sys
 import weakref
 from array import array
 from collections.abc import Sequence
-from typing import BinaryIO, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import BinaryIO, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 from netbee.loader.btf_types import (INT_BOOL, INT_CHAR, INT_SIGNED, MODIFIERS, Array, BtfKind,  # noqa: F401
                                      BtfType, Const, Datasec, DeclTag, Enum, Enum64, EnumValue,
@@ -22,7 +22,7 @@ from netbee.loader.btf_types import (INT_BOOL, INT_CHAR, INT_SIGNED, MODIFIERS, 
                                      Struct, Typedef, TypeTag, Union, Var, VarSecInfo, Void,
                                      Volatile)
 from netbee.loader.btf_encode import StringTable, encode_type
-from netbee.loader.btf_index import NameIndex
+from netbee.loader.btf_index import NameIndex, string_positions
 from netbee.loader.errors import BTFError
 
 BTF_MAGIC = 0xEB9F
@@ -209,6 +209,30 @@ class Btf:
         if self._first_id + len(offsets) > _MAX_TYPES:
             raise BTFError("too many BTF types")
         return offsets
+
+    @classmethod
+    def search_kernel_strings(cls, path: str, patterns: Iterable[bytes]) -> Optional[Tuple[tuple, Dict[bytes, List[int]]]]:
+        """(file key as load_kernel makes it, positions of each pattern in the file's string
+        table), reading the header and the strings only: for a process that searches ahead of
+        the one that parses the types (use_known_positions). None for an ELF file or a BTF
+        whose strings do not follow its types."""
+        try:
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+                head = f.read(HEADER_SIZE)
+                if len(head) < HEADER_SIZE or head[:4] == b"\x7fELF":
+                    return None
+                _swap, hdr_len, type_off, type_len, str_off, str_len = _header(head)
+                if type_off + type_len > str_off:
+                    return None
+                f.seek(hdr_len + str_off)
+                strings = f.read(str_len)
+        except (OSError, BTFError):
+            return None
+        if len(strings) != str_len:
+            return None
+        return key, {p: string_positions(strings, 0, p) for p in patterns}
 
     @classmethod
     def kernel_enum_values(cls, enum_name: str, path: Optional[str] = None) -> Dict[str, int]:
@@ -406,6 +430,19 @@ class Btf:
             if kind is None or self.type(tid).kind == kind:
                 ids.append(tid)
         return ids
+
+    @staticmethod
+    def lookup_patterns(names: Iterable[str], prefixes: Iterable[str]) -> List[bytes]:
+        """What find(name) and ids_with_prefix(prefix) search the string table for."""
+        return [n.encode() + b"\0" for n in names if n] + [p.encode() for p in prefixes if p]
+
+    def use_known_positions(self, file_key: tuple, found: Mapping[bytes, Sequence[int]]) -> bool:
+        """Take search_kernel_strings() answers for this kernel BTF's look-ups, if they were
+        made in the same unchanged file (load_kernel's key). Whether they were taken."""
+        if self.base is not None or self._file_key is None or tuple(file_key) != self._file_key:
+            return False
+        self._idx().know_positions(found)
+        return True
 
     def ids_with_prefix(self, prefix: str) -> List[int]:
         """Ids of the types whose name starts with `prefix` (CO-RE: "sk_buff___" finds every

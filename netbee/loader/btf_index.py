@@ -17,7 +17,7 @@ from array import array
 from bisect import bisect_left, bisect_right
 from itertools import compress, repeat
 from operator import and_, lshift, or_, rshift
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 
 _ID_BITS = 24                 # btf.py refuses more than 2**24 types
@@ -28,7 +28,7 @@ class NameIndex:
     """Raw type ids by name offset for one parsed type section (immutable, shareable)."""
 
     __slots__ = ("strings", "str_base", "words", "offsets", "first_id", "_keys", "_ids", "_memo",
-                 "__weakref__")
+                 "_known", "__weakref__")
 
     def __init__(self, strings: bytes, str_base: int, words: "array[int]", offsets: Sequence[int],
                  first_id: int) -> None:
@@ -40,6 +40,7 @@ class NameIndex:
         self._keys: Optional["array[int]"] = None   # name_off of every named type, ascending
         self._ids: Optional["array[int]"] = None    # the matching local type numbers
         self._memo: Dict[bytes, Tuple[int, ...]] = {}
+        self._known: Dict[bytes, Tuple[int, ...]] = {}   # positions() answered elsewhere (know_positions)
 
     def _sorted(self) -> Tuple["array[int]", "array[int]"]:
         if self._keys is None:
@@ -58,13 +59,16 @@ class NameIndex:
 
     def positions(self, pattern: bytes) -> List[int]:
         """Absolute string offsets at which this table holds `pattern`."""
-        s, base = self.strings, self.str_base
-        out: List[int] = []
-        pos = s.find(pattern)
-        while pos >= 0:
-            out.append(base + pos)
-            pos = s.find(pattern, pos + 1)
-        return out
+        known = self._known.get(pattern)
+        if known is not None:
+            return list(known)
+        return string_positions(self.strings, self.str_base, pattern)
+
+    def know_positions(self, found: Mapping[bytes, Sequence[int]]) -> None:
+        """positions() answers found by another process in the same string table (a child that
+        read the same unchanged file: netbee/loader/background_parse.py), taken as they are."""
+        for pattern, offsets in found.items():
+            self._known[bytes(pattern)] = tuple(offsets)
 
     def ids_named_at(self, name_offs: Iterable[int]) -> List[int]:
         """Raw type ids whose name_off is one of `name_offs`, ascending."""
@@ -91,3 +95,13 @@ class NameIndex:
     def remember(self, key: bytes, ids: Sequence[int]) -> Tuple[int, ...]:
         t = self._memo[key] = tuple(ids)
         return t
+
+
+def string_positions(strings: bytes, str_base: int, pattern: bytes) -> List[int]:
+    """Absolute offsets (the table starting at str_base) at which `strings` holds `pattern`."""
+    out: List[int] = []
+    pos = strings.find(pattern)
+    while pos >= 0:
+        out.append(str_base + pos)
+        pos = strings.find(pattern, pos + 1)
+    return out

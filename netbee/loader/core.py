@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from netbee.loader.btf_ext import CoreReloKind
 from netbee.loader.core_spec import ENUMVAL_KINDS, FIELD_KINDS, Spec, Value, compute, match_spec, parse_spec
 from netbee.loader.core_types import U64, CoreFail, essential_name, kind_compat, type_at
-from netbee.loader.errors import CoreRelocationError
+from netbee.loader.errors import BTFError, CoreRelocationError
 
 if TYPE_CHECKING:
     from netbee.loader.btf import Btf
     from netbee.loader.btf_ext import CoreRelo
 
-__all__ = ["Fixup", "relocate", "apply_fixups", "find_candidates", "essential_name",
+__all__ = ["Fixup", "relocate", "apply_fixups", "find_candidates", "candidate_lookups", "essential_name",
            "POISON_HELPER_ID", "U64"]
 
 POISON_HELPER_ID = 0xBAD2310  # libbpf's "bad relo" sentinel: "invalid func unknown#195896080"
@@ -60,6 +60,22 @@ class Fixup:
 
 # ---------------------------------------------------------------------------------------------
 # candidates and the driver
+
+def candidate_lookups(local_btf: "Btf", relos: Iterable[CoreRelo]) -> Tuple[Set[str], Set[str]]:
+    """(names, prefixes) find_candidates() will ask a target BTF for, relocating these relos:
+    for a search of the target's strings ahead of time (Btf.search_kernel_strings)."""
+    names: Set[str] = set()
+    for r in relos:
+        if r.kind == CoreReloKind.TYPE_ID_LOCAL:
+            continue
+        try:
+            name = type_at(local_btf, r.type_id).name
+        except (BTFError, CoreFail):
+            continue   # relocate() reports it
+        if name:
+            names.add(essential_name(name))
+    return names, {n + "___" for n in names}
+
 
 def find_candidates(local_btf: "Btf", local_id: int, target_btf: "Btf") -> List[int]:
     """Target type ids with the local type's essential name and a compatible kind, ascending.

@@ -187,6 +187,24 @@ class UnlinkedObject:
             raise ObjectFileError(f"cannot read BPF object {path}: {e.strerror or e}") from e
         return cls(data, what=str(path))
 
+    def kernel_lookups(self) -> Tuple[Set[str], Set[str]]:
+        """(names, prefixes) the kernel's BTF will be searched for when any of this object's
+        programs is prepared for a kernel: CO-RE candidates (core.candidate_lookups) and the
+        kernel functions it calls (kfunc.resolve)."""
+        from netbee.loader.core import candidate_lookups
+
+        parser = self._parser
+        if parser is None:
+            raise ValueError("UnlinkedObject.kernel_lookups() after link()")
+        spec = parser.spec
+        names: Set[str] = set(parser.ksym_funcs())
+        prefixes: Set[str] = set()
+        if spec.btf is not None and spec.btf_ext is not None:
+            relos = [r for per_section in spec.btf_ext.core_relos.values() for r in per_section]
+            core_names, prefixes = candidate_lookups(spec.btf, relos)
+            names |= core_names
+        return names, prefixes
+
     def link(self, programs: Optional[Iterable[str]] = None,
              replace: Optional[Mapping[str, bytes]] = None) -> ObjectSpec:
         """The ObjectSpec with these programs linked (ObjectSpec.from_bytes says what the

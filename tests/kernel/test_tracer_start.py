@@ -14,7 +14,7 @@ import weakref
 import pytest
 
 from netbee.loader import btf as btf_mod
-from netbee.loader import background_parse, collection, elf
+from netbee.loader import background_parse, btf_index, collection, elf
 from netbee.tracer import TraceOptions, Tracer
 from tests import netlab
 
@@ -126,13 +126,24 @@ def test_without_caches_the_object_is_read_ahead_in_a_child(ns, monkeypatch):
     forks: list = []
     init = background_parse.BackgroundParse.__init__
 
-    def recording(self, path):
-        init(self, path)
+    def recording(self, path, kernel_btf=None):
+        init(self, path, kernel_btf)
         forks.append(self)
+
+    searched: list = []
+    search = btf_index.string_positions
+
+    def searching(strings, base, pattern):
+        searched.append(pattern)
+        return search(strings, base, pattern)
 
     monkeypatch.setattr(background_parse.BackgroundParse, "__init__", recording)
     with Tracer(_opts(ns, "tracepoint")) as tr:
+        monkeypatch.setattr(btf_index, "string_positions", searching)   # (the child's searches are its own)
         rep = tr.start()
         assert [p.forked for p in forks] == [True]
         assert forks[0]._pid == 0 and forks[0]._answer_fd < 0   # reaped and closed by start()
         assert "object_fork" in rep.timings and rep.attached
+        # CO-RE's and the kfuncs' searches of the kernel's strings were the child's
+        known = set(forks[0].kernel_strings[1])
+        assert known and not known & set(searched)

@@ -13,6 +13,7 @@ from netbee import filter_codegen
 from netbee.filter import compile_filter
 from netbee.loader import background_parse, elf
 from netbee.loader.background_parse import BackgroundParse
+from netbee.loader.btf import KERNEL_BTF_PATH, Btf
 from netbee.loader.elf import ObjectSpec
 from netbee.loader.errors import ObjectFileError
 
@@ -51,6 +52,10 @@ def test_the_child_parses_what_a_parse_here_gives():
     _same(got, ObjectSpec.from_path(NETBEE, programs=PROGRAMS, replace=_replace()))
     assert got.replaced == {filter_codegen.FUNCTION}
     _no_child_left(parse, pid)
+    # and the kernel's strings searched for the object's look-ups, as a search here finds them
+    names, prefixes = elf.UnlinkedObject.from_path(NETBEE).kernel_lookups()
+    assert parse.kernel_strings == Btf.search_kernel_strings(KERNEL_BTF_PATH, Btf.lookup_patterns(names, prefixes))
+    assert parse.kernel_strings[1][b"sk_buff\0"]
 
 
 def test_a_malformed_object_fails_as_it_would_here(tmp_path):
@@ -65,7 +70,7 @@ def test_a_malformed_object_fails_as_it_would_here(tmp_path):
     parse.request(PROGRAMS)
     with pytest.raises(ObjectFileError) as there:
         parse.result()
-    assert str(there.value) == str(here.value)
+    assert str(there.value) == str(here.value) and parse.kernel_strings is None
 
 
 def test_a_missing_object_is_named(tmp_path):
