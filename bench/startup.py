@@ -214,36 +214,6 @@ def main(argv: List[str] | None = None) -> int:
         print(f"netbee Ctrl-C to exit {nb_exit:.3f} s (target <= {TARGET_EXIT_S} s): "
               f"{report.verdict(nb_exit <= TARGET_EXIT_S)}\n")
     return 0
-    bt1 = samples[names["bt1"]]["ready"]
-    nb_exit = report.median(samples[names["netbee"]]["exit"])
-
-    def against_bpftrace(key: str) -> tuple:
-        """(median ready s, median of the per-round ratios to bpftrace, their text): each round runs
-        the tools back to back, so a ratio within a round is not moved by the machine's drift
-        between rounds (the ratio of the medians is printed beside it)."""
-        mine = samples[names[key]]["ready"]
-        ratios = per_round_ratios(mine, bt1)
-        r = report.median(ratios)
-        text = (f"{r:.2f}x bpftrace 1 tracepoint (median of {len(ratios)} rounds' ratios, "
-                f"{report.spread(ratios)}; ratio of the medians {report.median(mine) / report.median(bt1):.2f}x)")
-        return report.median(mine), r, text
-
-    nb, ratio, text = against_bpftrace("netbee")
-    print(f"netbee ready = {text} (target <= {TARGET_RATIO}x): {report.verdict(ratio <= TARGET_RATIO)}")
-    for key, what in (("netbee-new", "with a new filter (first run of a command after the first trace of the boot)"),
-                      ("netbee-reboot", "after a reboot (first run of the boot on a kernel netbee has run on)"),
-                      ("netbee-cold", "--no-cache (first run on a new kernel)")):
-        if key in names:
-            ready, ratio, text = against_bpftrace(key)
-            print(f"netbee {what} ready {ready:.3f} s = {text} (target <= {TARGET_RATIO}x): "
-                  f"{report.verdict(ratio <= TARGET_RATIO)}; <= {TARGET_READY_S} s: {report.verdict(ready <= TARGET_READY_S)}")
-    print(f"netbee ready {nb:.3f} s (target <= {TARGET_READY_S} s): {report.verdict(nb <= TARGET_READY_S)}")
-    print(f"netbee CPU time to ready {report.median(samples[names['netbee']]['cpu']):.3f} s "
-          f"(bpftrace 1 tracepoint: {report.median(samples[names['bt1']]['cpu']):.3f} s; with two CPUs the "
-          "program loads overlap, so netbee's wall time can be below its CPU time)")
-    print(f"netbee Ctrl-C to exit {nb_exit:.3f} s (target <= {TARGET_EXIT_S} s): "
-          f"{report.verdict(nb_exit <= TARGET_EXIT_S)}\n")
-    return 0
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from netbee.loader import btf_index
-from netbee.loader.btf import KERNEL_BTF_PATH, Btf, BtfKind
+from netbee.loader.btf import Btf, BtfKind
 from netbee.loader.core import candidate_lookups
 from netbee.loader.elf import ObjectSpec, UnlinkedObject
 
@@ -18,13 +18,8 @@ NETBEE = str(ROOT / "bpf/prebuilt/netbee.bpf.o")
 
 
 @pytest.fixture(scope="module")
-def vmlinux(tmp_path_factory) -> str:
-    # a copy: a load_kernel key of its own, so the loads below really parse
-    if not Path(KERNEL_BTF_PATH).exists():
-        pytest.fail(f"{KERNEL_BTF_PATH} missing: these tests need the running kernel's BTF")
-    dst = tmp_path_factory.mktemp("btf") / "vmlinux"
-    shutil.copyfile(KERNEL_BTF_PATH, dst)
-    return str(dst)
+def vmlinux(vmlinux_copy) -> str:
+    return str(vmlinux_copy)
 
 
 def test_the_objects_look_ups_are_its_core_roots_and_kfuncs():

@@ -6,13 +6,11 @@ of the machine; each is set between the measured old and new behaviour.
 """
 from __future__ import annotations
 
-import shutil
 import tracemalloc
-from pathlib import Path
 
 import pytest
 
-from netbee.loader.btf import KERNEL_BTF_PATH, Btf
+from netbee.loader.btf import Btf
 from netbee.loader.errors import BTFError
 
 
@@ -25,16 +23,6 @@ def _traced_peak(fn):
         return out, tracemalloc.get_traced_memory()[1] - base
     finally:
         tracemalloc.stop()
-
-
-@pytest.fixture(scope="module")
-def vmlinux_copy(tmp_path_factory) -> Path:
-    # A copy: its own load_kernel cache key, so the load below really reads and parses.
-    if not Path(KERNEL_BTF_PATH).exists():
-        pytest.fail(f"{KERNEL_BTF_PATH} missing: these tests need the running kernel's BTF")
-    dst = tmp_path_factory.mktemp("btf") / "vmlinux"
-    shutil.copyfile(KERNEL_BTF_PATH, dst)
-    return dst
 
 
 def test_load_kernel_holds_the_file_once(vmlinux_copy):
