@@ -451,8 +451,8 @@ class Tracer:
                 self._parse_ahead.close()
                 self._parse_ahead = None
 
-    def _start_timed(self, timings: dict[str, float], lap: Callable[[str | None], None], t0: float, cpu0: float,
-               times0: os.times_result) -> StartReport:
+    def _start_timed(self, timings: dict[str, float], lap: Callable[[str | None], None], t0: float,
+                     cpu0: float, times0: os.times_result) -> StartReport:
         from netbee.filter import field_mask
 
         cfg = self._config_bytes()
@@ -864,7 +864,7 @@ class Tracer:
 
         if self.opts.object_path is None and progcache.archive_identity() is not None:
             return ["packaged in the archive"]  # extracted afresh each run: code identity covers it
-        obj = os.path.abspath(self.opts.object_path or default_object_path())
+        obj = os.path.abspath(self._object_path())
         st = os.stat(obj)
         return [obj, st.st_size, st.st_mtime_ns, st.st_ino]
 
