@@ -130,12 +130,7 @@ class ObjectSpec:
     @classmethod
     def from_path(cls, path: str, programs: Optional[Iterable[str]] = None,
                   replace: Optional[Mapping[str, bytes]] = None) -> "ObjectSpec":
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise ObjectFileError(f"cannot read BPF object {path}: {e.strerror or e}") from e
-        return cls.from_bytes(data, what=str(path), programs=programs, replace=replace)
+        return UnlinkedObject.from_path(path).link(programs, replace)
 
     @classmethod
     def from_bytes(cls, data: bytes, what: str = "BPF object",
