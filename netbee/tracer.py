@@ -281,13 +281,6 @@ def plan_hooks(backend: str, kbtf, kallsyms: "SymbolNames | None") -> tuple[list
     return plan, skipped
 
 
-def _candidate_programs(backend: str) -> set[str]:
-    """Every program plan_hooks() may choose for the backend, on any kernel."""
-    from netbee import hooks
-
-    return {t.program for hook in hooks.hooks_for(backend) for alt in hook.alternatives(backend) for t in alt}
-
-
 def _replacements(body: bytes | None) -> dict[str, bytes] | None:
     """ObjectSpec's replace= for the filter compiled to BPF (None: the object's own filter)."""
     if body is None:
@@ -548,7 +541,8 @@ class Tracer:
         if parse is not None:
             # every program the backend may plan: the child links them while the plan is made
             # (on any kernel the plan keeps most of them), and the plan's are kept
-            parse.request(_candidate_programs(backend), _replacements(body))
+            from netbee import hooks
+            parse.request(hooks.programs_for(backend), _replacements(body))
         lap("features")
         slot = self._prepared_slot(backend)
         lap("prepared_lookup")
