@@ -232,7 +232,7 @@ static __always_inline void nb_sock_of(struct nb_sock *f, struct sk_buff *skb, c
 	if (x->direct && !x->sk) {
 		struct sock *sk = x->skb_sk;
 
-		/* RCU pointers (skb->sk, the net): the verifier wants NULL checks */
+		/* no socket on a received packet, and maybe no net yet: both may be NULL */
 		f->present = sk != NULL;
 		f->netns = 0;
 		f->state = 0;
@@ -526,7 +526,7 @@ static __always_inline void nb_slot_count(const struct nb_slot *slot, __u32 whic
  * bpf_ringbuf_reserve cannot take: they are built whole in the slot and
  * copied by bpf_ringbuf_output.
  */
-static __always_inline int nb_handle(void *ctx, struct sk_buff *skb, __u32 hook, const struct nb_extra *x)
+static __always_inline int nb_handle(void *ctx, struct sk_buff *skb, __u32 hook, struct nb_extra *x)
 {
 	struct nb_stage st;
 	struct nb_slot slot;
@@ -536,6 +536,8 @@ static __always_inline int nb_handle(void *ctx, struct sk_buff *skb, __u32 hook,
 
 	if (!skb)
 		return 0;
+	if (x->direct)
+		nb_skb_links(x, skb);   /* at the program's entry: nothing else is live yet */
 	r = nb_slot_take(&slot);
 	if (!r)
 		return 0;
@@ -579,10 +581,6 @@ static __always_inline int nb_on_skb(void *ctx, struct sk_buff *skb, __u32 hook,
 {
 	struct nb_extra x = { .direct = direct };
 
-	if (!skb)
-		return 0;
-	if (direct)
-		nb_skb_links(&x, skb);
 	return nb_handle(ctx, skb, hook, &x);
 }
 
@@ -591,10 +589,6 @@ static __always_inline int nb_on_skb_sk(void *ctx, struct sk_buff *skb, struct s
 {
 	struct nb_extra x = { .sk = sk, .direct = direct };
 
-	if (!skb)
-		return 0;
-	if (direct)
-		nb_skb_links(&x, skb);   /* for a NULL sk */
 	return nb_handle(ctx, skb, hook, &x);
 }
 
@@ -605,10 +599,6 @@ static __always_inline int nb_on_drop(void *ctx, struct sk_buff *skb, __u32 reas
 		.location = location, .drop_reason = reason, .flags = NB_F_DROP, .stack = 1, .direct = direct,
 	};
 
-	if (!skb)
-		return 0;
-	if (direct)
-		nb_skb_links(&x, skb);
 	return nb_handle(ctx, skb, NB_HOOK_KFREE_SKB, &x);
 }
 
