@@ -9,6 +9,7 @@ callers of one process that load the same unchanged file.
 """
 from __future__ import annotations
 
+import mmap
 import os
 import sys
 import weakref
@@ -119,8 +120,8 @@ class Btf:
     # ------------------------------------------------------------------ parsing
     @classmethod
     def parse(cls, data: bytes, base: Optional["Btf"] = None) -> "Btf":
-        """Parse raw BTF (the .BTF section or /sys/kernel/btf/* contents)."""
-        data = bytes(data)
+        """Parse raw BTF (the .BTF section or /sys/kernel/btf/* contents); the types and the
+        strings are copied out of `data` (any bytes-like object), which is not kept."""
         if len(data) < HEADER_SIZE:
             raise BTFError(f"BTF too short: {len(data)} bytes, header needs {HEADER_SIZE}")
         swap, hdr_len, type_off, type_len, str_off, str_len = _header(data)
@@ -129,10 +130,11 @@ class Btf:
         body = len(data) - hdr_len
         if type_off + type_len > body or str_off + str_len > body:
             raise BTFError(f"BTF sections exceed the data ({len(data)} bytes): truncated?")
-        view = memoryview(data)
-        words = array("I")
-        words.frombytes(view[hdr_len + type_off:hdr_len + type_off + type_len])   # one copy, not two
-        return cls._from_sections(data[hdr_len + str_off:hdr_len + str_off + str_len], words, swap, base)
+        with memoryview(data) as view:
+            words = array("I")
+            words.frombytes(view[hdr_len + type_off:hdr_len + type_off + type_len])   # one copy, not two
+            strings = bytes(view[hdr_len + str_off:hdr_len + str_off + str_len])
+        return cls._from_sections(strings, words, swap, base)
 
     @classmethod
     def _read(cls, head: bytes, f: BinaryIO) -> "Btf":
@@ -262,12 +264,17 @@ class Btf:
                     return btf
                 if defer and key in _PARSED_OK:
                     return cls._deferred(path, key)
-                head = f.read(HEADER_SIZE)
-                if head[:4] == b"\x7fELF":
-                    data = btf_section_from_elf(head + f.read(), path)
-                    btf = cls.parse(data)
+                mapped = _map_kernel_btf(f, path)
+                if mapped is not None:
+                    with mapped:
+                        btf = cls.parse(mapped)
                 else:
-                    btf = cls._read(head, f)
+                    head = f.read(HEADER_SIZE)
+                    if head[:4] == b"\x7fELF":
+                        data = btf_section_from_elf(head + f.read(), path)
+                        btf = cls.parse(data)
+                    else:
+                        btf = cls._read(head, f)
         except OSError as e:
             raise BTFError(f"cannot read kernel BTF from {path}: {e.strerror or e}") from e
         except BTFError as e:
@@ -617,6 +624,19 @@ class Btf:
         hdr = array("I", [HEADER_SIZE, 0, len(types), len(types), len(strings)]).tobytes()
         magic = BTF_MAGIC.to_bytes(2, sys.byteorder)
         return magic + bytes([1, 0]) + hdr + types + strings
+
+
+def _map_kernel_btf(f: BinaryIO, path: str) -> "Optional[mmap.mmap]":
+    """A kernel's own BTF (/sys/kernel/btf/*) mapped read-only, or None: another file, or a
+    kernel before 6.16. Mapped, its 5.5 MB are copied at once instead of read 4 KiB at a time
+    (~2-4 ms less), and its pages, the kernel's, do not count in this process's memory (those of
+    an ordinary file would: it is read into its arrays instead, to hold it once)."""
+    if not os.path.abspath(path).startswith("/sys/kernel/btf/"):
+        return None
+    try:
+        return mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+    except (OSError, ValueError):
+        return None
 
 
 def _header(data: bytes) -> Tuple[bool, int, int, int, int, int]:

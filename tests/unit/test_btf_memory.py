@@ -90,3 +90,38 @@ def test_an_edited_kernel_btf_answers_from_its_own_types(vmlinux_copy):
     tid = btf.find("skb_drop_reason")[0]
     btf.replace(tid, Enum("skb_drop_reason", 4, False, [EnumValue("ONLY", 7)]))
     assert btf.enum_values("skb_drop_reason") == {"ONLY": 7}
+
+
+def test_the_running_kernels_btf_mapped_or_read_is_the_same(monkeypatch):
+    from netbee.loader import btf as btf_module
+    from netbee.loader.btf import KERNEL_BTF_PATH
+
+    with open(KERNEL_BTF_PATH, "rb") as f:
+        raw = f.read()
+    real = btf_module.mmap.mmap
+    maps = []
+
+    def mapping(*a, **kw):
+        maps.append(a)
+        return real(*a, **kw)
+
+    def refusing(*a, **kw):
+        maps.append(a)
+        raise OSError(19, "No such device")   # what a kernel before 6.16 answers
+
+    got = []
+    for mmap_call in (mapping, refusing):
+        monkeypatch.setattr(btf_module.mmap, "mmap", mmap_call)
+        monkeypatch.setattr(btf_module, "_PARSED", {})     # parse afresh
+        monkeypatch.setattr(btf_module, "_PARSED_OK", set())
+        got.append(Btf.load_kernel())
+    # (this kernel may be older than 6.16: then both loads were read)
+    assert len(maps) == 2, "load_kernel did not try to map the running kernel's BTF"
+    want = Btf.parse(raw)
+    for btf in got:
+        assert len(btf) == len(want) and btf.to_bytes() == want.to_bytes()
+        assert btf.find("sk_buff") == want.find("sk_buff") and btf.find("sk_buff")
+    # an ordinary file is read, never mapped (its pages would count twice at the peak)
+    with open(__file__, "rb") as f:
+        assert btf_module._map_kernel_btf(f, __file__) is None
+    assert len(maps) == 2

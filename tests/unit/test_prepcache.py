@@ -154,3 +154,25 @@ def test_kernel_facts_live_beside_the_entries_and_go_with_clear(cache, monkeypat
         cache.store(k, k, {})
     assert sorted(cache.keys()) == ["a", "b", "c"] and sorted(cache.keys("facts")) == ["kB", "kC"]
     assert cache.clear() == 3 and cache.keys() == [] and cache.keys("facts") == []
+
+
+def _refuse_mmap(monkeypatch, module) -> list:
+    refused = []
+
+    def refuse(*a, **kw):
+        refused.append(a)
+        raise OSError(22, "Invalid argument")
+    monkeypatch.setattr(module.mmap, "mmap", refuse)
+    return refused
+
+
+def test_file_identity_mapped_or_read_is_the_same(tmp_path, monkeypatch):
+    p = tmp_path / "btf"
+    p.write_bytes(bytes(range(256)) * 9000)
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    paths = [str(p), str(empty)] + ([prepcache.KERNEL_BTF] if os.path.exists(prepcache.KERNEL_BTF) else [])
+    mapped = [prepcache.file_identity(x) for x in paths]
+    refused = _refuse_mmap(monkeypatch, prepcache)
+    assert [prepcache.file_identity(x) for x in paths] == mapped and len(refused) == len(paths)
+    assert mapped[0][0] == 256 * 9000 and mapped[1] == [0, "00000000"]

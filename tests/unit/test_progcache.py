@@ -135,3 +135,18 @@ def test_fs_type_at(path, fstype):
 
 def test_pin_names_have_no_dots():
     assert pinning.pin_name(".rodata") == "_rodata" and pinning.pin_name("events") == "events"
+
+
+def test_code_identity_is_read_once_per_process(monkeypatch):
+    monkeypatch.setattr(progcache, "_code_identity", None)
+    scans = []
+    real = os.scandir
+
+    def counting(path):
+        scans.append(path)
+        return real(path)
+    monkeypatch.setattr(os, "scandir", counting)
+    one = progcache.code_identity()
+    assert len(scans) == 2 and any(name == "tracer.py" for name, _size, _mtime in one)
+    one.append("edited by a caller")
+    assert progcache.code_identity() == one[:-1] and len(scans) == 2
