@@ -182,32 +182,37 @@ class Btf:
     def _scan(self, w: "array[int]") -> "array[int]":
         """Record the start of every type; validates kinds and lengths. A type's length depends
         on its info word only, and vmlinux's 126,000 types have a few thousand distinct ones:
-        one dict look-up per type instead of the arithmetic (34 -> 19 ms)."""
+        one dict look-up per type instead of the arithmetic, and the walk's end found by the
+        IndexError of reading past the last word rather than by a comparison per type
+        (34 -> 19 -> 13 ms)."""
         offsets: "array[int]" = array("I")
         append = offsets.append
         steps: Dict[int, int] = {}
-        step_of = steps.get
-        n = len(w)
         i = 0
-        try:
-            while i < n:
-                append(i)
-                info = w[i + 1]
-                step = step_of(info)
-                if step is None:
-                    kind = (info >> 24) & 0x1F
-                    fixed = _FIXED_WORDS[kind]
-                    if fixed is None:
-                        raise BTFError(f"BTF type {self._first_id + len(offsets) - 1} has unknown kind {kind}")
-                    step = steps[info] = fixed + _VLEN_WORDS[kind] * (info & 0xFFFF)
-                i += step
-        except IndexError:
-            i = n + 1   # the info word itself is missing
-        if i != n:
-            which = self._first_id + len(offsets) - 1
-            if offsets[-1] + 3 > n:
-                raise BTFError(f"BTF type {which} is truncated")
-            raise BTFError(f"BTF type {which} runs past the type section")
+        if w:
+            try:
+                while True:
+                    append(i)
+                    try:
+                        i += steps[w[i + 1]]
+                    except KeyError:
+                        info = w[i + 1]
+                        kind = (info >> 24) & 0x1F
+                        fixed = _FIXED_WORDS[kind]
+                        if fixed is None:
+                            raise BTFError(f"BTF type {self._first_id + len(offsets) - 1} has unknown kind {kind}")
+                        i += steps.setdefault(info, fixed + _VLEN_WORDS[kind] * (info & 0xFFFF))
+            except IndexError:
+                # w[i + 1] does not exist: i is the end of the last type, or a type is cut short
+                end = offsets.pop()
+                n = len(w)
+                if end < n:
+                    raise BTFError(f"BTF type {self._first_id + len(offsets)} is truncated") from None
+                if end > n:
+                    which = self._first_id + len(offsets) - 1
+                    if offsets[-1] + 3 > n:
+                        raise BTFError(f"BTF type {which} is truncated") from None
+                    raise BTFError(f"BTF type {which} runs past the type section") from None
         if self._first_id + len(offsets) > _MAX_TYPES:
             raise BTFError("too many BTF types")
         return offsets

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import struct
 import time
 from pathlib import Path
 
@@ -354,3 +355,33 @@ def test_ids_with_prefix_and_find_see_edits_and_split_btf():
             assert b.find(name) == [i for i, n in b.names() if n == name]
     with pytest.raises(ValueError):
         base.ids_with_prefix("")
+
+
+def _with_types(words: list) -> bytes:
+    """A raw BTF blob whose type section is `words` (u32) and whose strings are one empty one."""
+    types = struct.pack(f"<{len(words)}I", *words)
+    strings = b"\0"
+    return struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings)) + types + strings
+
+
+INT_WORDS = [0, 1 << 24, 4, 32]                   # int, 4 bytes, 32 bits
+STRUCT_2 = [0, (4 << 24) | 2, 8, 0, 1, 0, 0, 1, 32]   # struct of two int members
+
+
+@pytest.mark.parametrize("words, want", [
+    (INT_WORDS + STRUCT_2, None),
+    ([], None),
+    (INT_WORDS + [0], "BTF type 2 is truncated"),                   # no info word
+    (INT_WORDS + [0, 2 << 24], "BTF type 2 is truncated"),          # a pointer without its type
+    (INT_WORDS + STRUCT_2[:-3], "BTF type 2 runs past the type section"),   # one member missing
+    (INT_WORDS + [0, 31 << 24, 0], "BTF type 2 has unknown kind 31"),
+])
+def test_the_type_walk_checks_every_length(words, want):
+    if want is None:
+        btf = Btf.parse(_with_types(words))
+        assert len(btf) == 1 + (2 if words else 0)
+        if words:
+            assert btf.type(2).name == "" and [m.bit_offset for m in btf.type(2).members] == [0, 32]
+        return
+    with pytest.raises(BTFError, match=want + "$"):
+        Btf.parse(_with_types(words))
