@@ -19,20 +19,19 @@ tries (netbee.loader.features): a first run after a reboot then needs no kernel 
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import zlib
 from typing import Any, Dict, List, Optional
 
 from netbee.cachefiles import dead_temporaries, remove_quietly
+from netbee.loader.kernel_btf_file import KERNEL_BTF_PATH, map_kernel_btf
 
 FORMAT = 1
 MAX_ENTRIES = 4
 MAX_FACTS = 8          # kernels whose facts are kept (a few hundred bytes each)
 ENTRY, FACTS = "json", "facts"   # file name extensions
 DIR = "/var/cache/netbee/prepared"
-KERNEL_BTF_DIR = "/sys/kernel/btf/"
-KERNEL_BTF = KERNEL_BTF_DIR + "vmlinux"
+KERNEL_BTF = KERNEL_BTF_PATH
 MEMO_DIR = "/run/netbee"   # emptied by a reboot
 
 
@@ -41,15 +40,10 @@ def file_identity(path: str) -> List[Any]:
     rebuilt kernel of the same release only its content tells."""
     crc, size = 0, 0
     with open(path, "rb") as f:
-        if os.path.abspath(path).startswith(KERNEL_BTF_DIR):
-            try:
-                # Linux >= 6.16 maps a kernel's BTF read-only: no 4 KiB read at a time (sysfs),
-                # 1.3 ms instead of 4-5 ms, and its pages do not count in this process's memory
-                # (an ordinary file's would, all at once: a vmlinux may be hundreds of MB).
-                with mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ) as m:
-                    return [len(m), f"{zlib.crc32(m):08x}"]
-            except (OSError, ValueError):
-                pass   # an older kernel: read it
+        mapped = map_kernel_btf(f, path)
+        if mapped is not None:
+            with mapped:
+                return [len(mapped), f"{zlib.crc32(mapped):08x}"]
         while True:
             chunk = f.read(1 << 20)
             if not chunk:

@@ -9,7 +9,6 @@ callers of one process that load the same unchanged file.
 """
 from __future__ import annotations
 
-import mmap
 import os
 import sys
 import weakref
@@ -25,10 +24,10 @@ from netbee.loader.btf_types import (INT_BOOL, INT_CHAR, INT_SIGNED, MODIFIERS, 
 from netbee.loader.btf_encode import StringTable, encode_type
 from netbee.loader.btf_index import NameIndex, string_positions
 from netbee.loader.errors import BTFError
+from netbee.loader.kernel_btf_file import KERNEL_BTF_PATH, map_kernel_btf  # noqa: F401 (re-exported)
 
 BTF_MAGIC = 0xEB9F
 HEADER_SIZE = 24
-KERNEL_BTF_PATH = "/sys/kernel/btf/vmlinux"
 
 # load_kernel: (path, dev, inode, size, mtime) -> the parsed raw types, while some Btf uses them.
 # features.py and the tracer each load the kernel BTF; the second load costs a stat.
@@ -269,7 +268,7 @@ class Btf:
                     return btf
                 if defer and key in _PARSED_OK:
                     return cls._deferred(path, key)
-                mapped = _map_kernel_btf(f, path)
+                mapped = map_kernel_btf(f, path)
                 if mapped is not None:
                     with mapped:
                         btf = cls.parse(mapped)
@@ -629,19 +628,6 @@ class Btf:
         hdr = array("I", [HEADER_SIZE, 0, len(types), len(types), len(strings)]).tobytes()
         magic = BTF_MAGIC.to_bytes(2, sys.byteorder)
         return magic + bytes([1, 0]) + hdr + types + strings
-
-
-def _map_kernel_btf(f: BinaryIO, path: str) -> "Optional[mmap.mmap]":
-    """A kernel's own BTF (/sys/kernel/btf/*) mapped read-only, or None: another file, or a
-    kernel before 6.16. Mapped, its 5.5 MB are copied at once instead of read 4 KiB at a time
-    (~2-4 ms less), and its pages, the kernel's, do not count in this process's memory (those of
-    an ordinary file would: it is read into its arrays instead, to hold it once)."""
-    if not os.path.abspath(path).startswith("/sys/kernel/btf/"):
-        return None
-    try:
-        return mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
-    except (OSError, ValueError):
-        return None
 
 
 def _header(data: bytes) -> Tuple[bool, int, int, int, int, int]:

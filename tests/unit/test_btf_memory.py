@@ -94,12 +94,14 @@ def test_an_edited_kernel_btf_answers_from_its_own_types(vmlinux_copy):
 
 
 def test_the_running_kernels_btf_mapped_or_read_is_the_same(monkeypatch):
+    import mmap
+
     from netbee.loader import btf as btf_module
-    from netbee.loader.btf import KERNEL_BTF_PATH
+    from netbee.loader.kernel_btf_file import KERNEL_BTF_PATH, map_kernel_btf
 
     with open(KERNEL_BTF_PATH, "rb") as f:
         raw = f.read()
-    real = btf_module.mmap.mmap
+    real = mmap.mmap
     maps = []
 
     def mapping(*a, **kw):
@@ -112,7 +114,7 @@ def test_the_running_kernels_btf_mapped_or_read_is_the_same(monkeypatch):
 
     got = []
     for mmap_call in (mapping, refusing):
-        monkeypatch.setattr(btf_module.mmap, "mmap", mmap_call)
+        monkeypatch.setattr(mmap, "mmap", mmap_call)
         monkeypatch.setattr(btf_module, "_PARSED", {})     # parse afresh
         monkeypatch.setattr(btf_module, "_PARSED_OK", set())
         got.append(Btf.load_kernel())
@@ -124,5 +126,5 @@ def test_the_running_kernels_btf_mapped_or_read_is_the_same(monkeypatch):
         assert btf.find("sk_buff") == want.find("sk_buff") and btf.find("sk_buff")
     # an ordinary file is read, never mapped (its pages would count twice at the peak)
     with open(__file__, "rb") as f:
-        assert btf_module._map_kernel_btf(f, __file__) is None
+        assert map_kernel_btf(f, __file__) is None
     assert len(maps) == 2

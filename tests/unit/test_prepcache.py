@@ -2,6 +2,7 @@
 checks, eviction, and swapping a replaced function's body."""
 from __future__ import annotations
 
+import mmap
 import os
 
 import pytest
@@ -156,13 +157,13 @@ def test_kernel_facts_live_beside_the_entries_and_go_with_clear(cache, monkeypat
     assert cache.clear() == 3 and cache.keys() == [] and cache.keys("facts") == []
 
 
-def _refuse_mmap(monkeypatch, module) -> list:
+def _refuse_mmap(monkeypatch) -> list:
     refused = []
 
     def refuse(*a, **kw):
         refused.append(a)
         raise OSError(22, "Invalid argument")
-    monkeypatch.setattr(module.mmap, "mmap", refuse)
+    monkeypatch.setattr(mmap, "mmap", refuse)
     return refused
 
 
@@ -171,7 +172,7 @@ def test_file_identity_mapped_or_read_is_the_same(tmp_path, monkeypatch):
     p.write_bytes(bytes(range(256)) * 9000)
     plain = prepcache.file_identity(str(p))
     assert plain[0] == 256 * 9000
-    refused = _refuse_mmap(monkeypatch, prepcache)
+    refused = _refuse_mmap(monkeypatch)
     assert prepcache.file_identity(str(p)) == plain and not refused   # an ordinary file is read
     if not os.path.exists(prepcache.KERNEL_BTF):
         pytest.fail(f"{prepcache.KERNEL_BTF} missing: this test needs a kernel with BTF")
