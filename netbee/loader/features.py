@@ -156,11 +156,11 @@ def _member_offset(kbtf: "object", struct_name: str, member: str) -> Optional[in
 @_cached
 def direct_packet_reads() -> Probe:
     """A tp_btf program may read packet bytes with plain loads through skb->head (the kernel types a
-    pointer-to-bytes field of a BTF pointer as read-only untrusted memory: 6.18 does, 6.12 not)."""
+    pointer-to-bytes field of a BTF pointer as read-only untrusted memory: 6.18 does, 6.12 not).
+    The verifier answers at load; nothing is attached (tp_btf() attaches to sched_switch, and
+    turning a tracepoint on patches the kernel's text: 0.3-20 ms on a first start). A kernel
+    without tp_btf programs refuses this load too."""
     from netbee.loader.programs import resolve_attach_btf_id
-    ok, why = tp_btf()
-    if not ok:
-        return False, "tp_btf programs unavailable"
     try:
         kbtf = _kernel_btf()
         head = _member_offset(kbtf, "sk_buff", "head")

@@ -65,3 +65,21 @@ def test_memlock_failure_message_is_clear(monkeypatch) -> None:
     with pytest.raises(NotSupportedError) as ei:
         F.ensure_memlock()
     assert "RLIMIT_MEMLOCK" in str(ei.value) and "ulimit -l" in str(ei.value)
+
+
+def test_direct_packet_reads_is_the_verifiers_answer_without_attaching(monkeypatch) -> None:
+    # the kernel's answer, with tp_btf's attach probe and every attach forbidden: a load decides
+    from netbee.loader import links
+
+    def no_attach(*a, **kw):
+        raise AssertionError("the probe attached something")
+    F.direct_packet_reads.cache_clear()
+    F.tp_btf.cache_clear()
+    monkeypatch.setattr(links, "attach", no_attach)
+    monkeypatch.setattr(F, "tp_btf", no_attach)
+    ok, why = F.direct_packet_reads()
+    assert why and (ok is True or why.startswith("refused: ")), why
+    # and the same answer once attaching is allowed again
+    monkeypatch.undo()
+    F.direct_packet_reads.cache_clear()
+    assert F.direct_packet_reads() == (ok, why)
