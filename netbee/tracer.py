@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Iterable, Iterator, Sequence
 
 from netbee import netns as _netns
 from netbee.loader.errors import AttachError, NetBeeError, NotSupportedError, SyscallError
+from netbee.prebuilt import default_object_path
 from netbee.resolvers.kallsyms import SymbolNames
 
 if TYPE_CHECKING:
@@ -253,6 +254,15 @@ def _resolve_target(t, backend: str, kbtf, kallsyms: "SymbolNames | None") -> tu
     return None, "no candidate on this kernel: " + ", ".join(tried)
 
 
+def _btf_names(t) -> list[str]:
+    """The kernel BTF names _resolve_target may look up for target t."""
+    if t.kind == "tp_btf":
+        return ["btf_trace_" + t.symbols[0]]
+    if t.kind in ("fentry", "fexit"):
+        return list(t.symbols)
+    return []
+
+
 def plan_hooks(backend: str, kbtf, kallsyms: "SymbolNames | None") -> tuple[list[_Planned], list[tuple[str, str]]]:
     """For each hook the backend can observe, the first alternative whose every target resolves.
 
@@ -263,6 +273,9 @@ def plan_hooks(backend: str, kbtf, kallsyms: "SymbolNames | None") -> tuple[list
 
     plan: list[_Planned] = []
     skipped: list[tuple[str, str]] = []
+    # every BTF name the plan may ask for, found in one pass over the kernel's types
+    kbtf.prefetch(n for hook in hooks.hooks_for(backend) for alt in hook.alternatives(backend)
+                  for t in alt for n in _btf_names(t))
     for hook in hooks.hooks_for(backend):
         reasons = []
         for alt in hook.alternatives(backend):
@@ -344,7 +357,10 @@ class _NsLinks:
 class Tracer:
     """Load, attach, read. Every fd and link is released by close(), also after a failed start()."""
 
-    def __init__(self, opts: TraceOptions | None = None) -> None:
+    def __init__(self, opts: TraceOptions | None = None, parse_ahead: BackgroundParse | None = None) -> None:
+        """parse_ahead: the object already being read in a child (netbee.cli starts one before
+        it imports this module, for a start that will parse the object whatever happens);
+        used if it reads the object and BTF this start needs, and let go by start()."""
         self.opts = opts or TraceOptions()
         self.report: StartReport | None = None
         self._coll = None
@@ -358,6 +374,7 @@ class Tracer:
         self._closed = False
         self._cache = None                     # the locked progcache.Entry, released by close()
         self._parse_ahead: BackgroundParse | None = None   # the object read in a child, during start()
+        self._given_ahead = parse_ahead
         self._fresh_facts: dict = {}
         self.cache_status = "off"              # what the program cache did (shown by -v)
         self.prepared_status = "off"           # what the prepared cache did, on a fresh load
@@ -394,6 +411,9 @@ class Tracer:
         if self._cache is not None:
             self._cache.release()
             self._cache = None
+        if self._given_ahead is not None:   # (a start never made)
+            self._given_ahead.close()
+            self._given_ahead = None
 
     @staticmethod
     def _close_links(links: list) -> None:
@@ -434,9 +454,16 @@ class Tracer:
             # meanwhile, from now on (netbee/loader/background_parse.py). (With the caches, a miss
             # is known only after the feature probes: parsed here then, as most of the overlap
             # would be lost and the child would cost the starts that hit.)
-            from netbee.loader.background_parse import BackgroundParse
-            self._parse_ahead = BackgroundParse(self._object_path(), self.opts.btf_path)
+            given = self._given_ahead
+            if given is not None and given.reads(self._object_path(), self.opts.btf_path):
+                self._parse_ahead = given
+            else:
+                from netbee.loader.background_parse import BackgroundParse
+                self._parse_ahead = BackgroundParse(self._object_path(), self.opts.btf_path)
             lap("object_fork")
+        if self._given_ahead is not None and self._given_ahead is not self._parse_ahead:
+            self._given_ahead.close()   # not what this start reads
+        self._given_ahead = None
         try:
             return self._start_timed(timings, lap, t0, cpu0, times0)
         finally:
@@ -1186,17 +1213,3 @@ def _module_names() -> list[str]:
 
 def _reason(e: BaseException) -> str:
     return getattr(e, "reason", None) or str(e)
-
-
-def default_object_path() -> str:
-    """The prebuilt object: $NETBEE_BPF_OBJECT (development), bpf/prebuilt/ in a source tree,
-    netbee/bpf/ when installed."""
-    env = os.environ.get("NETBEE_BPF_OBJECT")
-    if env:
-        return env
-    here = os.path.dirname(os.path.abspath(__file__))
-    for cand in (os.path.join(here, "bpf", "netbee.bpf.o"),
-                 os.path.join(os.path.dirname(here), "bpf", "prebuilt", "netbee.bpf.o")):
-        if os.path.exists(cand):
-            return cand
-    raise NetBeeError("prebuilt BPF object netbee.bpf.o not found (run scripts/build_bpf.sh)")

@@ -88,6 +88,11 @@ class BackgroundParse:
         os.close(ans_w)
         self._pid, self._request_fd, self._answer_fd, self.forked = pid, req_w, ans_r, True
 
+    def reads(self, path: str, kernel_btf: Optional[str]) -> bool:
+        """Whether this reads the object at `path` for relocation against `kernel_btf`."""
+        return (os.path.abspath(path) == os.path.abspath(self.path)
+                and (kernel_btf and os.path.abspath(kernel_btf)) == (self.kernel_btf and os.path.abspath(self.kernel_btf)))
+
     # -- the child ------------------------------------------------------------------------------
     def _child(self, request_fd: int, answer_fd: int, cpus: Set[int]) -> None:
         status = 1

@@ -22,7 +22,7 @@ from netbee.loader.btf_types import (INT_BOOL, INT_CHAR, INT_SIGNED, MODIFIERS, 
                                      Struct, Typedef, TypeTag, Union, Var, VarSecInfo, Void,
                                      Volatile)
 from netbee.loader.btf_encode import StringTable, encode_type
-from netbee.loader.btf_index import NameIndex, string_positions
+from netbee.loader.btf_index import NameIndex, string_positions_many
 from netbee.loader.errors import BTFError
 from netbee.loader.kernel_btf_file import KERNEL_BTF_PATH, map_kernel_btf  # noqa: F401 (re-exported)
 
@@ -238,7 +238,7 @@ class Btf:
             return None
         if len(strings) != str_len:
             return None
-        return key, {p: string_positions(strings, 0, p) for p in patterns}
+        return key, string_positions_many(strings, 0, patterns)
 
     @classmethod
     def kernel_enum_values(cls, enum_name: str, path: Optional[str] = None) -> Dict[str, int]:
@@ -441,6 +441,15 @@ class Btf:
             if kind is None or self.type(tid).kind == kind:
                 ids.append(tid)
         return ids
+
+    def prefetch(self, names: Iterable[str], prefixes: Iterable[str] = ()) -> None:
+        """Announce find(name) and ids_with_prefix(prefix) calls to come: their types are then
+        found together, in one pass over the types' names (btf_index.NameIndex.prefetch)."""
+        if self.base is not None:
+            self.base.prefetch(names, prefixes)
+        idx = self._idx()
+        found = idx.positions_many(self.lookup_patterns(names, prefixes))
+        idx.prefetch(off for offs in found.values() for off in offs)
 
     @staticmethod
     def lookup_patterns(names: Iterable[str], prefixes: Iterable[str]) -> List[bytes]:

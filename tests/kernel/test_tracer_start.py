@@ -147,3 +147,38 @@ def test_without_caches_the_object_is_read_ahead_in_a_child(ns, monkeypatch):
         # CO-RE's and the kfuncs' searches of the kernel's strings were the child's
         known = set(forks[0].kernel_strings[1])
         assert known and not known & set(searched)
+
+
+def test_a_child_started_by_the_caller_is_used_once_and_let_go(ns, monkeypatch):
+    """netbee --no-cache forks the object's reader before it imports the tracer: start() takes
+    that child's answer instead of forking another, and lets it go; a reader of another file
+    is let go unused."""
+    from netbee.prebuilt import default_object_path
+
+    forks: list = []
+    init = background_parse.BackgroundParse.__init__
+
+    def recording(self, path, kernel_btf=None):
+        init(self, path, kernel_btf)
+        forks.append(self)
+
+    monkeypatch.setattr(background_parse.BackgroundParse, "__init__", recording)
+    given = background_parse.BackgroundParse(default_object_path())
+    assert given.forked
+    with Tracer(_opts(ns, "tracepoint"), parse_ahead=given) as tr:
+        assert tr.start().attached
+        assert forks == [given] and given.kernel_strings is not None   # its answer was taken
+        assert given._pid == 0 and given._answer_fd < 0
+
+    other = background_parse.BackgroundParse(default_object_path(), "/sys/kernel/btf/../btf/vmlinux")
+    assert other.reads(default_object_path(), "/sys/kernel/btf/vmlinux")   # the same file
+    unused = background_parse.BackgroundParse(default_object_path(), "/tmp/some/other/btf")
+    forks.clear()
+    with Tracer(_opts(ns, "tracepoint"), parse_ahead=unused) as tr:
+        assert tr.start().attached
+        assert len(forks) == 1 and forks[0] is not unused
+        assert unused._pid == 0 and unused._answer_fd < 0
+    other.close()
+    unused_never_started = background_parse.BackgroundParse(default_object_path())
+    Tracer(_opts(ns, "tracepoint"), parse_ahead=unused_never_started).close()
+    assert unused_never_started._pid == 0

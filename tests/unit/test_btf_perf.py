@@ -60,29 +60,33 @@ def test_load_and_first_find_within_budget():
 
 
 def test_later_finds_are_cheap():
-    """After the first find, 40 new names cost ~0.03 s here (a string-table search each; the
-    code this replaced built a dict of every name: 0.10-0.14 s) and repeated names are
+    """The first find and 40 new names, one at a time, cost ~0.09 s here: a string-table search
+    each (~1 ms), the name column's searches up to its budget, then the sort of the index
+    (netbee/loader/btf_index.py). Announced together (prefetch, as the plan and CO-RE do) the
+    column is passed once: ~0.08 s, the string searches being most of it. Repeated names are
     memo hits (~0.4 us each)."""
     _vmlinux()
     state = {}
 
-    def setup():
+    def new_names(announce: bool):
         btf = _fresh_kernel_btf()
-        btf.find("int")
-        state["btf"] = btf
-
-    def new_names():
-        setup()
-        btf = state["btf"]
         t0 = time.process_time()
+        if announce:
+            btf.prefetch(["int"] + NAMES)
+        btf.find("int")
         for n in NAMES:
             btf.find(n)
-        state["new"] = min(state.get("new", 1e9), time.process_time() - t0)
+        key = "announced" if announce else "one by one"
+        state[key] = min(state.get(key, 1e9), time.process_time() - t0)
+        state["btf"] = btf
 
     for _ in range(3):
-        new_names()
-    assert state["new"] <= 0.075, f"{len(NAMES)} first-time finds took {state['new']:.3f} s of CPU"
+        new_names(False)
+        new_names(True)
+    for key in ("one by one", "announced"):
+        assert state[key] <= 0.15, f"{key}: {len(NAMES) + 1} first-time finds took {state[key]:.3f} s of CPU"
     btf = state["btf"]
+    assert btf._idx()._packed is None, "names announced together sorted the index"
     dt = _best(lambda: [btf.find(n) for _ in range(50) for n in NAMES])
     assert dt <= 0.03, f"{50 * len(NAMES)} repeated finds took {dt:.3f} s of CPU"
 

@@ -114,8 +114,9 @@ class FakeTracer:
         """The CLI starts the background load once its `tracing` line is out."""
         self.background_started = True
 
-    def __init__(self, opts):
+    def __init__(self, opts, parse_ahead=None):
         self.opts = opts
+        self.parse_ahead = parse_ahead
         self.closed = False
         self.batches = [list(b) for b in FakeTracer.batches]
         self.reads = []
@@ -180,6 +181,22 @@ def test_json_run_with_count_and_lifecycle_lines(fake, capsys):
     assert t.closed and t.opts.backend == "tracepoint" and t.opts.want_stack
     assert t.opts.ringbuf_bytes == 1 << 20 and [(r.op, r.field) for r in t.opts.rules] == [(0, 1), (4, 0), (0, 2)]
     assert t.background_started and t.opts.any_filter_programs == (t.opts.cache is not None)
+
+
+def test_no_cache_reads_the_object_ahead_and_lets_the_child_go(fake, capsys):
+    """--no-cache parses the object whatever happens: the command forks the child that reads
+    it before importing the tracer, hands it over, and reaps it at the end."""
+    from netbee.loader.background_parse import BackgroundParse
+    from netbee.prebuilt import default_object_path
+
+    rc, _, _ = run_main(["--json", "-c", "1", "--no-cache"], capsys)
+    assert rc == 0
+    ahead = fake.instances[0].parse_ahead
+    assert isinstance(ahead, BackgroundParse) and ahead.forked
+    assert ahead.reads(default_object_path(), None) and not ahead.reads(default_object_path(), "/tmp/other")
+    assert ahead._pid == 0 and ahead._answer_fd < 0   # reaped, pipes closed
+    rc, _, _ = run_main(["--json", "-c", "1"], capsys)
+    assert rc == 0 and fake.instances[1].parse_ahead is None   # the caches decide later
 
 
 def test_table_run_until_sigterm(fake, capsys):
