@@ -44,8 +44,8 @@ VARIANT_MAIN = """
 import dataclasses, sys
 import netbee.tracer as tracer
 init = tracer.Tracer.__init__
-def with_option(self, opts=None):
-    init(self, dataclasses.replace(opts or tracer.TraceOptions(), OPTION=True))
+def with_option(self, opts=None, **kw):
+    init(self, dataclasses.replace(opts or tracer.TraceOptions(), OPTION=True), **kw)
     print("filter: OPTION", file=sys.stderr, flush=True)
 tracer.Tracer.__init__ = with_option
 from netbee.cli import main
