@@ -11,6 +11,7 @@ for the ObjectSpec: then no kernel BTF is needed and nothing is relocated again.
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional
@@ -185,8 +186,12 @@ class Collection(sc.Closeable):
         threads = [threading.Thread(target=work, name=f"netbee-load-{i}", daemon=True) for i in range(workers)]
         for t in threads:
             t.start()
+        # Longest first: the last program to start is then a short one, and no worker is left
+        # verifying a long one alone at the end (instruction count stands in for the
+        # verifier's work).
+        order = sorted(wanted, key=lambda n: -len(self.spec.programs[n].insns))
         try:
-            for name in wanted:
+            for name in order:
                 try:
                     p = self._prepare_program(self.spec.programs[name], overrides.get(name, {}), cand_cache)
                 except Exception as e:
@@ -197,6 +202,10 @@ class Collection(sc.Closeable):
                 with cv:
                     queue.append(job)
                     cv.notify()
+                # Let a woken worker take the GIL now and enter bpf(2) (which releases it):
+                # otherwise it waits for this thread's switch interval (5 ms), and every
+                # program was prepared before the first one reached the verifier.
+                time.sleep(0)
         except BaseException:
             with cv:
                 queue.clear()            # Ctrl-C: what has not started never starts
@@ -207,9 +216,13 @@ class Collection(sc.Closeable):
                 cv.notify_all()
             for t in threads:
                 t.join()
-            # what did load is kept, also on Ctrl-C, so close() frees it
+            # what did load is kept, also on Ctrl-C, so close() frees it, in the requested order
             first: Optional[BaseException] = None
-            for name, _p, prog, err in jobs:
+            by_name = {job[0]: job for job in jobs}
+            for name in wanted:
+                if name not in by_name:
+                    continue
+                _name, _p, prog, err = by_name[name]
                 if prog is not None:
                     self.programs[name] = prog
                 if err is not None and first is None:

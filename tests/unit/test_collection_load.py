@@ -27,8 +27,9 @@ class FakeProgram:
         self.closed = True
 
 
-def _spec(names):
-    progs = {n: SimpleNamespace(name=n) for n in names}
+def _spec(names, sizes=None):
+    """Programs of equal length unless sizes (name -> instruction count) says otherwise."""
+    progs = {n: SimpleNamespace(name=n, insns=b"\0" * 8 * (sizes or {}).get(n, 1)) for n in names}
     return SimpleNamespace(programs=progs, btf=None, maps={}, license="GPL")
 
 
@@ -82,6 +83,12 @@ def test_two_programs_are_in_the_verifier_at_the_same_time(fake):
     assert list(coll.programs) == ["a", "b", "c", "d"]
     threads = {p.thread for p in coll.programs.values()}
     assert len(threads) == 2 and all(t.startswith("netbee-load") for t in threads), threads
+
+
+def test_the_longest_programs_go_to_the_verifier_first_and_land_in_request_order(fake):
+    coll = fake(_spec(["a", "b", "c", "d"], {"a": 10, "b": 400, "c": 3000, "d": 400}))
+    assert fake.prepared == ["c", "b", "d", "a"]
+    assert list(coll.programs) == ["a", "b", "c", "d"]
 
 
 def test_first_failure_in_program_order_is_raised_and_the_rest_closed(fake):
