@@ -11,12 +11,12 @@ import sys
 from array import array
 from bisect import bisect_left
 from collections.abc import Sequence
-from dataclasses import dataclass
 from enum import IntEnum
 from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 from netbee.loader.btf import Btf
 from netbee.loader.errors import BTFError
+from netbee.loader.record import Record
 
 BTF_EXT_MAGIC = 0xEB9F
 _MIN_HEADER = 24          # magic..line_info_len
@@ -40,21 +40,27 @@ class CoreReloKind(IntEnum):
     TYPE_MATCHES = 12
 
 
-@dataclass
-class FuncInfo:
-    insn_off: int    # bytes
-    type_id: int
+class FuncInfo(Record):
+    __slots__ = ("insn_off", "type_id")
+
+    def __init__(self, insn_off: int, type_id: int) -> None:
+        self.insn_off = insn_off   # bytes
+        self.type_id = type_id
 
 
-@dataclass
-class LineInfo:
-    insn_off: int    # bytes
-    file_name: str
-    line_text: str
-    line: int
-    col: int
-    file_name_off: int = 0   # string offsets in the object's BTF, reused at load time
-    line_off: int = 0
+class LineInfo(Record):
+    __slots__ = ("insn_off", "file_name", "line_text", "line", "col", "file_name_off", "line_off")
+
+    def __init__(self, insn_off: int,
+                 file_name: str, line_text: str, line: int, col: int, file_name_off: int = 0,
+                 line_off: int = 0) -> None:
+        self.insn_off = insn_off   # bytes
+        self.file_name = file_name
+        self.line_text = line_text
+        self.line = line
+        self.col = col
+        self.file_name_off = file_name_off   # string offsets in the object's BTF, reused at load time
+        self.line_off = line_off
 
 
 class LineInfos(Sequence):
@@ -151,19 +157,24 @@ class LineInfos(Sequence):
         return w.tobytes()
 
 
-@dataclass
-class CoreRelo:
-    insn_off: int    # bytes
-    type_id: int
-    access_str: str
-    kind: CoreReloKind
+class CoreRelo(Record):
+    __slots__ = ("insn_off", "type_id", "access_str", "kind")
+
+    def __init__(self, insn_off: int, type_id: int, access_str: str, kind: CoreReloKind) -> None:
+        self.insn_off = insn_off   # bytes
+        self.type_id = type_id
+        self.access_str = access_str
+        self.kind = kind
 
 
-@dataclass
-class BtfExt:
-    func_info: Dict[str, List[FuncInfo]]
-    line_info: Dict[str, LineInfos]
-    core_relos: Dict[str, List[CoreRelo]]
+class BtfExt(Record):
+    __slots__ = ("func_info", "line_info", "core_relos")
+
+    def __init__(self, func_info: Dict[str, List[FuncInfo]],
+                 line_info: Dict[str, LineInfos], core_relos: Dict[str, List[CoreRelo]]) -> None:
+        self.func_info = func_info
+        self.line_info = line_info
+        self.core_relos = core_relos
 
     @classmethod
     def parse(cls, data: bytes, btf: Btf) -> "BtfExt":

@@ -4,12 +4,13 @@ The kernel's BTF has ~126,000 types and a 2.3 MB string table, and a start asks 
 dozen names.  A Python dict of every name costs ~100 ms to build.  Instead a name's string
 offsets are found by searching the string table (C speed, ~0.5 ms), then the types carrying
 them in a column of every type's name offset (built in ~6 ms): one offset by bytes.find over
-the column as 4 big-endian bytes per type (~0.4 ms), several ("net\\0" ends 70 strings) by one
+the column as 4 big-endian bytes per type (~0.4 ms), several ("net\\0" ends ~170 strings) by one
 pass testing each entry against their set (~4 ms).  Big-endian because bytes.find checks a
 pattern's last byte first: the low byte of an offset is nearly random, where the high byte of
 every little-endian entry is zero (the search would stop at every entry).  Past the cost of a
 sort (a caller asking for hundreds of names, or ranges of offsets) the name offsets are sorted
-once instead (~25 ms) and bisected.  Each answer is memoized, so asking again is a dict hit.  Searching for `name\\0` anywhere in the table, not only at string starts, keeps look-ups
+once instead (~25 ms) and bisected.  Each answer is memoized, so asking again is a dict hit.
+Searching for `name\\0` anywhere in the table, not only at string starts, keeps look-ups
 exact for name offsets that point into the middle of a longer string (our encoder shares
 suffixes, "bar" inside "foobar").
 

@@ -4,15 +4,15 @@ Plain data with no behaviour: btf.py parses and encodes these, core.py and the
 loader read them. Importing them from netbee.loader.btf works too.
 
 Written out rather than made by @dataclass: both processes of a start import this module, and
-decorating its 24 classes took ~7.5 ms of each (generated methods compiled one by one, and a
-signature computed for every docstring). The fields are __slots__: equality and repr compare
-and show them in order, as a dataclass's do.
+decorating its 24 classes took ~7.5 ms of each (netbee/loader/record.py).
 """
 from __future__ import annotations
 
 import typing
 from enum import IntEnum
-from typing import Any, ClassVar, List, Optional
+from typing import ClassVar, List, Optional
+
+from netbee.loader.record import Record
 
 INT_SIGNED = 1
 INT_CHAR = 2
@@ -42,22 +42,7 @@ class BtfKind(IntEnum):
     ENUM64 = 19
 
 
-class _Record:
-    """Equality, repr and pickling by the fields named in __slots__ (a subclass's, in order)."""
-
-    __slots__ = ()
-    __hash__ = None   # mutable, as a dataclass's instances
-
-    def __eq__(self, other: Any) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return all(getattr(self, f) == getattr(other, f) for f in self.__slots__)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(" + ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__) + ")"
-
-
-class Void(_Record):
+class Void(Record):
     __slots__ = ("name",)
     kind: ClassVar[BtfKind] = BtfKind.UNKN
 
@@ -65,7 +50,7 @@ class Void(_Record):
         self.name = name
 
 
-class Int(_Record):
+class Int(Record):
     __slots__ = ("name", "size", "encoding", "bits_offset", "nr_bits")
     kind: ClassVar[BtfKind] = BtfKind.INT
 
@@ -73,7 +58,7 @@ class Int(_Record):
         self.name, self.size, self.encoding, self.bits_offset, self.nr_bits = name, size, encoding, bits_offset, nr_bits
 
 
-class Ptr(_Record):
+class Ptr(Record):
     __slots__ = ("type", "name")
     kind: ClassVar[BtfKind] = BtfKind.PTR
 
@@ -81,7 +66,7 @@ class Ptr(_Record):
         self.type, self.name = type, name
 
 
-class Array(_Record):
+class Array(Record):
     __slots__ = ("type", "index_type", "nelems", "name")
     kind: ClassVar[BtfKind] = BtfKind.ARRAY
 
@@ -89,14 +74,14 @@ class Array(_Record):
         self.type, self.index_type, self.nelems, self.name = type, index_type, nelems, name
 
 
-class Member(_Record):
+class Member(Record):
     __slots__ = ("name", "type", "bit_offset", "bitfield_size")
 
     def __init__(self, name: str, type: int, bit_offset: int, bitfield_size: int = 0) -> None:
         self.name, self.type, self.bit_offset, self.bitfield_size = name, type, bit_offset, bitfield_size
 
 
-class Struct(_Record):
+class Struct(Record):
     __slots__ = ("name", "size", "members")
     kind: ClassVar[BtfKind] = BtfKind.STRUCT
 
@@ -105,7 +90,7 @@ class Struct(_Record):
         self.members = [] if members is None else members
 
 
-class Union(_Record):
+class Union(Record):
     __slots__ = ("name", "size", "members")
     kind: ClassVar[BtfKind] = BtfKind.UNION
 
@@ -114,14 +99,14 @@ class Union(_Record):
         self.members = [] if members is None else members
 
 
-class EnumValue(_Record):
+class EnumValue(Record):
     __slots__ = ("name", "value")
 
     def __init__(self, name: str, value: int) -> None:
         self.name, self.value = name, value
 
 
-class Enum(_Record):
+class Enum(Record):
     __slots__ = ("name", "size", "signed", "values")
     kind: ClassVar[BtfKind] = BtfKind.ENUM
 
@@ -130,7 +115,7 @@ class Enum(_Record):
         self.values = [] if values is None else values
 
 
-class Enum64(_Record):
+class Enum64(Record):
     __slots__ = ("name", "size", "signed", "values")
     kind: ClassVar[BtfKind] = BtfKind.ENUM64
 
@@ -139,7 +124,7 @@ class Enum64(_Record):
         self.values = [] if values is None else values
 
 
-class Fwd(_Record):
+class Fwd(Record):
     __slots__ = ("name", "is_union")
     kind: ClassVar[BtfKind] = BtfKind.FWD
 
@@ -147,7 +132,7 @@ class Fwd(_Record):
         self.name, self.is_union = name, is_union
 
 
-class Typedef(_Record):
+class Typedef(Record):
     __slots__ = ("name", "type")
     kind: ClassVar[BtfKind] = BtfKind.TYPEDEF
 
@@ -155,7 +140,7 @@ class Typedef(_Record):
         self.name, self.type = name, type
 
 
-class Volatile(_Record):
+class Volatile(Record):
     __slots__ = ("type", "name")
     kind: ClassVar[BtfKind] = BtfKind.VOLATILE
 
@@ -163,7 +148,7 @@ class Volatile(_Record):
         self.type, self.name = type, name
 
 
-class Const(_Record):
+class Const(Record):
     __slots__ = ("type", "name")
     kind: ClassVar[BtfKind] = BtfKind.CONST
 
@@ -171,7 +156,7 @@ class Const(_Record):
         self.type, self.name = type, name
 
 
-class Restrict(_Record):
+class Restrict(Record):
     __slots__ = ("type", "name")
     kind: ClassVar[BtfKind] = BtfKind.RESTRICT
 
@@ -179,7 +164,7 @@ class Restrict(_Record):
         self.type, self.name = type, name
 
 
-class TypeTag(_Record):
+class TypeTag(Record):
     __slots__ = ("name", "type", "kflag")
     kind: ClassVar[BtfKind] = BtfKind.TYPE_TAG
 
@@ -188,7 +173,7 @@ class TypeTag(_Record):
         self.kflag = kflag   # newer kernels: an attribute rather than a tag
 
 
-class Func(_Record):
+class Func(Record):
     __slots__ = ("name", "type", "linkage")
     kind: ClassVar[BtfKind] = BtfKind.FUNC
 
@@ -197,14 +182,14 @@ class Func(_Record):
         self.linkage = linkage   # 0 static, 1 global, 2 extern
 
 
-class Param(_Record):
+class Param(Record):
     __slots__ = ("name", "type")
 
     def __init__(self, name: str, type: int) -> None:
         self.name, self.type = name, type
 
 
-class FuncProto(_Record):
+class FuncProto(Record):
     __slots__ = ("ret_type", "params", "name")
     kind: ClassVar[BtfKind] = BtfKind.FUNC_PROTO
 
@@ -213,7 +198,7 @@ class FuncProto(_Record):
         self.params = [] if params is None else params
 
 
-class Var(_Record):
+class Var(Record):
     __slots__ = ("name", "type", "linkage")
     kind: ClassVar[BtfKind] = BtfKind.VAR
 
@@ -221,14 +206,14 @@ class Var(_Record):
         self.name, self.type, self.linkage = name, type, linkage
 
 
-class VarSecInfo(_Record):
+class VarSecInfo(Record):
     __slots__ = ("type", "offset", "size")
 
     def __init__(self, type: int, offset: int, size: int) -> None:
         self.type, self.offset, self.size = type, offset, size
 
 
-class Datasec(_Record):
+class Datasec(Record):
     __slots__ = ("name", "size", "vars")
     kind: ClassVar[BtfKind] = BtfKind.DATASEC
 
@@ -237,7 +222,7 @@ class Datasec(_Record):
         self.vars = [] if vars is None else vars
 
 
-class Float(_Record):
+class Float(Record):
     __slots__ = ("name", "size")
     kind: ClassVar[BtfKind] = BtfKind.FLOAT
 
@@ -245,7 +230,7 @@ class Float(_Record):
         self.name, self.size = name, size
 
 
-class DeclTag(_Record):
+class DeclTag(Record):
     __slots__ = ("name", "type", "component_idx", "kflag")
     kind: ClassVar[BtfKind] = BtfKind.DECL_TAG
 

@@ -9,13 +9,13 @@ whose relocation cannot be satisfied so that only reachable uses fail in the ver
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from netbee.loader.btf_ext import CoreReloKind
 from netbee.loader.core_spec import ENUMVAL_KINDS, FIELD_KINDS, Spec, Value, compute, match_spec, parse_spec
 from netbee.loader.core_types import U64, CoreFail, essential_name, kind_compat, type_at
 from netbee.loader.errors import BTFError, CoreRelocationError
+from netbee.loader.record import Record
 
 if TYPE_CHECKING:
     from netbee.loader.btf import Btf
@@ -35,23 +35,28 @@ _BYTES_TO_SIZE = {v: k for k, v in _SIZE_TO_BYTES.items()}
 _INSN = struct.Struct("<BBhi")
 
 
-@dataclass
-class Fixup:
+class Fixup(Record):
     """The outcome of one CO-RE relocation (bpf_core_relo_res plus context for messages)."""
+    __slots__ = ("insn_index", "kind", "local_value", "target_value", "poison", "reason", "program",
+                 "type_name", "access", "validate", "local_size", "target_size", "bad_size_change")
 
-    insn_index: int
-    kind: CoreReloKind
-    local_value: int
-    target_value: int
-    poison: bool
-    reason: str
-    program: str = ""
-    type_name: str = ""
-    access: str = ""
-    validate: bool = True  # check that the instruction holds local_value before patching
-    local_size: int = 0  # memory access size for FIELD_BYTE_OFFSET (0 = not a sized field)
-    target_size: int = 0
-    bad_size_change: bool = False  # a load/store of this field cannot be resized safely
+    def __init__(self, insn_index: int,
+                 kind: CoreReloKind, local_value: int, target_value: int, poison: bool, reason: str,
+                 program: str = "", type_name: str = "", access: str = "", validate: bool = True,
+                 local_size: int = 0, target_size: int = 0, bad_size_change: bool = False) -> None:
+        self.insn_index = insn_index
+        self.kind = kind
+        self.local_value = local_value
+        self.target_value = target_value
+        self.poison = poison
+        self.reason = reason
+        self.program = program
+        self.type_name = type_name
+        self.access = access
+        self.validate = validate   # check that the instruction holds local_value before patching
+        self.local_size = local_size   # memory access size for FIELD_BYTE_OFFSET (0 = not a sized field)
+        self.target_size = target_size
+        self.bad_size_change = bad_size_change   # a load/store of this field cannot be resized safely
 
     def where(self) -> str:
         return (f"program {self.program!r} insn #{self.insn_index}: CO-RE relocation {self.kind.name} "

@@ -4,7 +4,6 @@ bpf_core_calc_*_relo in libbpf's relo_core.c)."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from netbee.loader.btf import BtfKind
@@ -13,6 +12,7 @@ from netbee.loader.core_types import (ANY_ENUM, COMPOSITE, U64, CoreFail, enum_v
                                       essential_name, fields_are_compat, is_signed_int,
                                       resolve_size, skip_mods, type_at, types_are_compat,
                                       types_match, vlen)
+from netbee.loader.record import Record
 
 if TYPE_CHECKING:
     from netbee.loader.btf import Btf
@@ -30,21 +30,27 @@ ENUMVAL_KINDS = frozenset({CoreReloKind.ENUMVAL_EXISTS, CoreReloKind.ENUMVAL_VAL
 _ACCESS_RE = re.compile(r"\d+(?::\d+)*")
 
 
-@dataclass
-class Accessor:
-    type_id: int
-    idx: int
-    name: Optional[str]
+class Accessor(Record):
+    __slots__ = ("type_id", "idx", "name")
+
+    def __init__(self, type_id: int, idx: int, name: Optional[str]) -> None:
+        self.type_id = type_id
+        self.idx = idx
+        self.name = name
 
 
-@dataclass
-class Spec:
-    btf: "Btf"
-    root_id: int
-    kind: CoreReloKind
-    raw: List[int] = field(default_factory=list)
-    acc: List[Accessor] = field(default_factory=list)
-    bit_offset: int = 0
+class Spec(Record):
+    __slots__ = ("btf", "root_id", "kind", "raw", "acc", "bit_offset")
+
+    def __init__(self, btf: "Btf",
+                 root_id: int, kind: CoreReloKind, raw: Optional[List[int]] = None,
+                 acc: Optional[List[Accessor]] = None, bit_offset: int = 0) -> None:
+        self.btf = btf
+        self.root_id = root_id
+        self.kind = kind
+        self.raw = [] if raw is None else raw
+        self.acc = [] if acc is None else acc
+        self.bit_offset = bit_offset
 
     def describe(self) -> str:
         parts = []
@@ -184,13 +190,16 @@ def match_spec(local: Spec, tbtf: "Btf", tid: int) -> Optional[Spec]:
 # values
 
 
-@dataclass
-class Value:
-    value: int = 0
-    size: int = 0  # memory size of the accessed field, for FIELD_BYTE_OFFSET only
-    type_id: int = 0
-    validate: bool = True
-    poison: bool = False
+class Value(Record):
+    __slots__ = ("value", "size", "type_id", "validate", "poison")
+
+    def __init__(self, value: int = 0,
+                 size: int = 0, type_id: int = 0, validate: bool = True, poison: bool = False) -> None:
+        self.value = value
+        self.size = size   # memory size of the accessed field, for FIELD_BYTE_OFFSET only
+        self.type_id = type_id
+        self.validate = validate
+        self.poison = poison
 
 
 def _elem_size(btf: "Btf", type_id: int) -> int:

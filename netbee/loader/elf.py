@@ -11,7 +11,6 @@ import io
 import struct
 from bisect import bisect_left
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace as dc_replace
 from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Set, Tuple
 
 from netbee.loader import insn as I
@@ -20,6 +19,7 @@ from netbee.loader.btf_ext import BtfExt, CoreRelo, FuncInfo, LineInfos
 from netbee.loader.errors import BTFError, NetBeeError, ObjectFileError
 from netbee.loader.kfunc import KfuncCall
 from netbee.loader.map_spec import Globals, MapReloc, MapSpec, read_global, write_global  # noqa: F401 (re-exported)
+from netbee.loader.record import Record
 
 EM_BPF = 247
 SHF_EXECINSTR = 0x4
@@ -64,45 +64,57 @@ _MAP_INT_FIELDS = ("type", "max_entries", "map_flags", "key_size", "value_size",
                    "pinning", "map_extra")
 
 
-@dataclass
-class ProgramSpec:
-    name: str
-    section: str
-    kind: str
-    attach_target: str
-    insns: bytearray
-    map_relocs: List[MapReloc] = field(default_factory=list)
-    func_info: List[FuncInfo] = field(default_factory=list)    # insn_off: bytes from program start
-    line_info: LineInfos = field(default_factory=LineInfos)    # raw records, decoded on read
-    core_relos: List[CoreRelo] = field(default_factory=list)
-    license: str = ""
-    subprograms: List[str] = field(default_factory=list)       # appended, in order
-    # function whose body replace= swapped -> its first instruction; such functions come last,
-    # after every other subprogram, so another body can take the place of this one (prepared.py)
-    replaced_at: Dict[str, int] = field(default_factory=dict)
-    kfunc_calls: List[KfuncCall] = field(default_factory=list)   # resolved per kernel (kfunc.py)
+class ProgramSpec(Record):
+    __slots__ = ("name", "section", "kind", "attach_target", "insns", "map_relocs", "func_info", "line_info",
+                 "core_relos", "license", "subprograms", "replaced_at", "kfunc_calls")
+
+    def __init__(self, name: str,
+                 section: str, kind: str, attach_target: str, insns: bytearray,
+                 map_relocs: Optional[List[MapReloc]] = None, func_info: Optional[List[FuncInfo]] = None,
+                 line_info: Optional[LineInfos] = None, core_relos: Optional[List[CoreRelo]] = None,
+                 license: str = "", subprograms: Optional[List[str]] = None,
+                 replaced_at: Optional[Dict[str, int]] = None, kfunc_calls: Optional[List[KfuncCall]] = None) -> None:
+        self.name = name
+        self.section = section
+        self.kind = kind
+        self.attach_target = attach_target
+        self.insns = insns
+        self.map_relocs = [] if map_relocs is None else map_relocs
+        self.func_info = [] if func_info is None else func_info   # insn_off: bytes from program start
+        self.line_info = LineInfos() if line_info is None else line_info   # raw records, decoded on read
+        self.core_relos = [] if core_relos is None else core_relos
+        self.license = license
+        self.subprograms = [] if subprograms is None else subprograms   # appended, in order
+        # function whose body replace= swapped -> its first instruction; such functions come last,
+        # after every other subprogram, so another body can take the place of this one (prepared.py)
+        self.replaced_at = {} if replaced_at is None else replaced_at
+        self.kfunc_calls = [] if kfunc_calls is None else kfunc_calls   # resolved per kernel (kfunc.py)
 
     @property
     def insn_count(self) -> int:
         return len(self.insns) // I.INSN_SIZE
 
 
-@dataclass
-class _Func:
-    name: str
-    sec: int
-    start: int      # instruction index within the section
-    end: int
-    is_program: bool
+class _Func(Record):
+    __slots__ = ("name", "sec", "start", "end", "is_program")
+
+    def __init__(self, name: str, sec: int, start: int, end: int, is_program: bool) -> None:
+        self.name = name
+        self.sec = sec
+        self.start = start   # instruction index within the section
+        self.end = end
+        self.is_program = is_program
 
 
-@dataclass
-class _Reloc:
-    type: int
-    sym_name: str
-    sym_type: str
-    sym_shndx: int
-    sym_value: int
+class _Reloc(Record):
+    __slots__ = ("type", "sym_name", "sym_type", "sym_shndx", "sym_value")
+
+    def __init__(self, type: int, sym_name: str, sym_type: str, sym_shndx: int, sym_value: int) -> None:
+        self.type = type
+        self.sym_name = sym_name
+        self.sym_type = sym_type
+        self.sym_shndx = sym_shndx
+        self.sym_value = sym_value
 
 
 def section_kind(section: str) -> Optional[Tuple[str, str]]:
@@ -684,7 +696,7 @@ class _Linker:
                 # no record at the start: the next one of the function stands there instead
                 rest = lines.between(lo, f.end * 8)[0:1]
                 if len(rest):
-                    first = [dc_replace(rest[0], insn_off=base * 8)]
+                    first = [rest[0].replace(insn_off=base * 8)]
             self.spec.line_info.extend(first)
 
     def _fix(self, f: _Func, base: int, i: int, rel: Optional[_Reloc]) -> None:

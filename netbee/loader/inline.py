@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import bisect
 import struct
-from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from netbee.loader import insn as I
+from netbee.loader.record import Record
 
 FUNC_INFO = struct.Struct("=II")       # struct bpf_func_info: insn_off (in instructions), type_id
 LINE_INFO = struct.Struct("=IIII")     # struct bpf_line_info: insn_off (in instructions), ...
@@ -68,14 +68,17 @@ def splice_blockers(body: bytes) -> Optional[str]:
     return None
 
 
-@dataclass
-class Spliced:
+class Spliced(Record):
     """A program after splice_last_function: its instructions and records, and old -> new index."""
-    insns: bytes
-    func_info: bytes
-    line_info: bytes
-    new_index: Callable[[int], int]
-    sites: List[int]
+    __slots__ = ("insns", "func_info", "line_info", "new_index", "sites")
+
+    def __init__(self, insns: bytes,
+                 func_info: bytes, line_info: bytes, new_index: Callable[[int], int], sites: List[int]) -> None:
+        self.insns = insns
+        self.func_info = func_info
+        self.line_info = line_info
+        self.new_index = new_index
+        self.sites = sites
 
 
 # opcodes whose instruction may name another by its place: jumps, calls, ld_imm64 (a function's

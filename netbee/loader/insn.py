@@ -6,8 +6,9 @@ Layout (little-endian host, as for every BPF object we load):
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from typing import Iterator, Tuple
+
+from netbee.loader.record import Record
 
 INSN_SIZE = 8
 
@@ -73,13 +74,15 @@ BPF_PSEUDO_KFUNC_CALL = 2
 _FMT = struct.Struct("<BBhi")
 
 
-@dataclass
-class Insn:
-    opcode: int
-    dst: int = 0
-    src: int = 0
-    off: int = 0
-    imm: int = 0
+class Insn(Record):
+    __slots__ = ("opcode", "dst", "src", "off", "imm")
+
+    def __init__(self, opcode: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> None:
+        self.opcode = opcode
+        self.dst = dst
+        self.src = src
+        self.off = off
+        self.imm = imm
 
     @property
     def cls(self) -> int:

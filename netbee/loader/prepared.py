@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 import struct
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional, Tuple
 
 from netbee.loader import insn as I
@@ -136,7 +136,7 @@ class PreparedObject:
 
     def to_doc(self) -> Dict[str, Any]:
         return {"license": self.license, "btf": None if self.btf_raw is None else _b64(self.btf_raw),
-                "maps": {n: dict(asdict(m), data=None if m.data is None else _b64(m.data))
+                "maps": {n: dict(m.fields(), data=None if m.data is None else _b64(m.data))
                          for n, m in self.maps.items()},
                 "globals": {n: list(g) for n, g in self.globals.items()},
                 "programs": [p.to_doc() for p in self.programs.values()],
