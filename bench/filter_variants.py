@@ -35,11 +35,11 @@ HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # `python -c` program: the netbee command with TraceOptions.OPTION=True (the C interpreter
 # instead of generated code, or the dynamic filter)
 VARIANT_MAIN = """
-import dataclasses, sys
+import sys
 import netbee.tracer as tracer
 init = tracer.Tracer.__init__
 def with_option(self, opts=None, **kw):
-    init(self, dataclasses.replace(opts or tracer.TraceOptions(), OPTION=True), **kw)
+    init(self, (opts or tracer.TraceOptions()).replace(OPTION=True), **kw)
 tracer.Tracer.__init__ = with_option
 from netbee.cli import main
 sys.exit(main())

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field as _dc_field
 from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
 
 from netbee.loader.errors import FilterError
+from netbee.loader.record import FrozenRecord, Record
 
 NB_MAX_RULES = 32
 
@@ -29,26 +29,32 @@ PROTO_NAMES = {"icmp": 1, "igmp": 2, "tcp": 6, "udp": 17, "gre": 47, "esp": 50, 
 ZERO16 = bytes(16)
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(FrozenRecord):
     """One nb_rule. addr is stored already masked; IPv4 sits in the first 4 bytes."""
-    op: int
-    field: int = F_TRUE
-    family: int = 0
-    lo: int = 0
-    hi: int = 0
-    value: int = 0
-    addr: bytes = ZERO16
-    mask: bytes = ZERO16
+    __slots__ = ("op", "field", "family", "lo", "hi", "value", "addr", "mask")
+
+    def __init__(self, op: int,
+                 field: int = F_TRUE, family: int = 0, lo: int = 0, hi: int = 0, value: int = 0,
+                 addr: bytes = ZERO16, mask: bytes = ZERO16) -> None:
+        self.op = op
+        self.field = field
+        self.family = family
+        self.lo = lo
+        self.hi = hi
+        self.value = value
+        self.addr = addr
+        self.mask = mask
 
 
 # ---------------------------------------------------------------- AST and emission
 
-@dataclass
-class _Node:
-    op: int
-    term: Optional[Rule] = None
-    kids: List["_Node"] = _dc_field(default_factory=list)
+class _Node(Record):
+    __slots__ = ("op", "term", "kids")
+
+    def __init__(self, op: int, term: Optional[Rule] = None, kids: Optional[List["_Node"]] = None) -> None:
+        self.op = op
+        self.term = term
+        self.kids = [] if kids is None else kids
 
 
 def _term(field: int, **kw: Any) -> _Node:

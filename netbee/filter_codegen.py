@@ -11,7 +11,6 @@ is exactly nb_filter_match's, including its has_addr / has_ports conditions.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from netbee import abi
@@ -20,6 +19,7 @@ from netbee.filter import (F_ANY_NET, F_ANY_PORT, F_DST_NET, F_DST_PORT, F_FAMIL
                            OP_AND, OP_NOT, OP_OR, OP_REQUIRE, OP_TERM, PORT_PROTOS, Rule)
 from netbee.loader import insn as I
 from netbee.loader.errors import FilterError
+from netbee.loader.record import FrozenRecord, Record
 
 # The name of the function in the object whose body this module provides.
 FUNCTION = "nb_filter_run"
@@ -35,36 +35,47 @@ _OFFSETS: Dict[str, Tuple[int, int]] = abi.event_offsets()
 
 # ---------------------------------------------------------------- expression tree
 
-@dataclass(frozen=True)
-class Test:
+class Test(FrozenRecord):
     """(u32 of the event field at `field`+`delta`, ANDed with `mask` if set) `op` `imm`,
     unsigned 32-bit. Every field the filter reads fits in 32 bits."""
-    field: str
-    op: int
-    imm: int
-    mask: Optional[int] = None
-    delta: int = 0      # byte offset inside the field (address words)
-    size: int = 0       # bytes to load; 0: the field's size
+    __slots__ = ("field", "op", "imm", "mask", "delta", "size")
+
+    def __init__(self, field: str,
+                 op: int, imm: int, mask: Optional[int] = None, delta: int = 0, size: int = 0) -> None:
+        self.field = field
+        self.op = op
+        self.imm = imm
+        self.mask = mask
+        self.delta = delta   # byte offset inside the field (address words)
+        self.size = size   # bytes to load; 0: the field's size
 
 
-@dataclass(frozen=True)
-class Const:
-    value: bool
+class Const(FrozenRecord):
+    __slots__ = ("value",)
+
+    def __init__(self, value: bool) -> None:
+        self.value = value
 
 
-@dataclass(frozen=True)
-class Not:
-    kid: "Node"
+class Not(FrozenRecord):
+    __slots__ = ("kid",)
+
+    def __init__(self, kid: "Node") -> None:
+        self.kid = kid
 
 
-@dataclass(frozen=True)
-class And:
-    kids: Tuple["Node", ...]
+class And(FrozenRecord):
+    __slots__ = ("kids",)
+
+    def __init__(self, kids: Tuple["Node", ...]) -> None:
+        self.kids = kids
 
 
-@dataclass(frozen=True)
-class Or:
-    kids: Tuple["Node", ...]
+class Or(FrozenRecord):
+    __slots__ = ("kids",)
+
+    def __init__(self, kids: Tuple["Node", ...]) -> None:
+        self.kids = kids
 
 
 Node = Union[Test, Const, Not, And, Or]
@@ -195,11 +206,13 @@ def rules_tree(rules: Sequence[Rule]) -> Node:
 
 # ---------------------------------------------------------------- emission
 
-@dataclass
-class _Jump:
-    op: Optional[int]   # JEQ...; None: unconditional
-    imm: int
-    label: int
+class _Jump(Record):
+    __slots__ = ("op", "imm", "label")
+
+    def __init__(self, op: Optional[int], imm: int, label: int) -> None:
+        self.op = op   # JEQ...; None: unconditional
+        self.imm = imm
+        self.label = label
 
 
 class _Emitter:

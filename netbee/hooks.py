@@ -29,10 +29,10 @@ Notes for the tracer:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from netbee.abi import NbHook
+from netbee.loader.record import FrozenRecord, Record
 
 BACKENDS = ("fentry", "kprobe", "tracepoint")
 LAYERS = ("dev", "ip", "l4", "nf", "drop")
@@ -49,28 +49,39 @@ NF_HOOK_NAMES = ("PRE_ROUTING", "LOCAL_IN", "FORWARD", "LOCAL_OUT", "POST_ROUTIN
 VERDICT_NAMES = {0: "DROP", 1: "ACCEPT", 2: "STOLEN", 3: "QUEUE"}
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(FrozenRecord):
     """One program and where it attaches."""
-    program: str
-    kind: str                               # ProgramSpec.kind of the program
-    symbols: Tuple[str, ...] = ()           # candidates in order; tp_btf: (tracepoint name,)
-    priority: Optional[int] = None          # netfilter only
+    __slots__ = ("program", "kind", "symbols", "priority")
+
+    def __init__(self, program: str,
+                 kind: str, symbols: Tuple[str, ...] = (), priority: Optional[int] = None) -> None:
+        self.program = program
+        self.kind = kind   # ProgramSpec.kind of the program
+        self.symbols = symbols   # candidates in order; tp_btf: (tracepoint name,)
+        self.priority = priority   # netfilter only
 
 
 Alternative = Tuple[Target, ...]
 
 
-@dataclass(frozen=True, eq=False)
-class Hook:
-    id: int
-    key: str                                # NB_HOOK_<key>
-    func: str                               # display name
-    layer: str                              # dev / ip / l4 / nf / drop
-    direction: str                          # rx / tx / any
-    family: int                             # 4 or 6 when the hook is family-specific, else 0
-    backends: Dict[str, Tuple[Alternative, ...]] = field(default_factory=dict)
-    tracepoint: Optional[str] = None        # "net:netif_receive_skb" when a tracepoint backs it
+class Hook(Record):
+    __slots__ = ("id", "key", "func", "layer", "direction", "family", "backends", "tracepoint")
+
+    def __init__(self, id: int,
+                 key: str, func: str, layer: str, direction: str, family: int,
+                 backends: Optional[Dict[str, Tuple[Alternative, ...]]] = None,
+                 tracepoint: Optional[str] = None) -> None:
+        self.id = id
+        self.key = key   # NB_HOOK_<key>
+        self.func = func   # display name
+        self.layer = layer   # dev / ip / l4 / nf / drop
+        self.direction = direction   # rx / tx / any
+        self.family = family   # 4 or 6 when the hook is family-specific, else 0
+        self.backends = {} if backends is None else backends
+        self.tracepoint = tracepoint   # "net:netif_receive_skb" when a tracepoint backs it
+
+    __eq__ = object.__eq__   # each one is itself: compared and hashed by identity
+    __hash__ = object.__hash__
 
     def alternatives(self, backend: str) -> Tuple[Alternative, ...]:
         """Alternatives for backend, best first; empty when the backend cannot observe this hook."""

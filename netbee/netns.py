@@ -10,23 +10,24 @@ import contextlib
 import os
 import stat
 import time
-from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from netbee.loader.errors import NetBeeError, UsageError
+from netbee.loader.record import FrozenRecord
 
 NETNS_RUN_DIR = "/var/run/netns"
 CLONE_NEWNET = 0x40000000
 ALL = "all"
 
 
-@dataclass(frozen=True)
-class Netns:
+class Netns(FrozenRecord):
     """One network namespace: a display name, a file that refers to it, and its nsfs inode."""
+    __slots__ = ("name", "path", "inode")
 
-    name: str
-    path: str
-    inode: int
+    def __init__(self, name: str, path: str, inode: int) -> None:
+        self.name = name
+        self.path = path
+        self.inode = inode
 
     def __str__(self) -> str:
         return f"{self.name} (net:[{self.inode}])"

@@ -12,11 +12,11 @@ import struct
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Dict, Iterable, Iterator, Sequence
 
 from netbee import netns as _netns
 from netbee.loader.errors import AttachError, NetBeeError, NotSupportedError, SyscallError
+from netbee.loader.record import FrozenRecord, Record
 from netbee.prebuilt import default_object_path
 from netbee.resolvers.kallsyms import SymbolNames
 
@@ -77,13 +77,15 @@ def bracket_attach(attach: Callable[[int], object], start: int, step: int,
     raise AttachError(f"netfilter priority {start}", f"{max_steps} priorities in a row are taken: {last}")
 
 
-@dataclass(frozen=True)
-class NftChain:
-    family: str
-    table: str
-    name: str
-    hook: str
-    prio: int
+class NftChain(FrozenRecord):
+    __slots__ = ("family", "table", "name", "hook", "prio")
+
+    def __init__(self, family: str, table: str, name: str, hook: str, prio: int) -> None:
+        self.family = family
+        self.table = table
+        self.name = name
+        self.hook = hook
+        self.prio = prio
 
 
 def parse_nft_chains(text: str) -> list[NftChain]:
@@ -146,44 +148,60 @@ def nft_chains_in(ns: "_netns.Netns") -> list[NftChain] | None:
 
 
 # --- options, reports, counters ------------------------------------------------------------------
-@dataclass
-class TraceOptions:
-    backend: str = "auto"
-    netns: list[str] | None = None           # NAME | PATH | "all"; None = the current namespace
-    rules: list = field(default_factory=list)  # netbee.filter.Rule, postfix
-    want_stack: bool = False
-    btf_path: str | None = None
-    ringbuf_bytes: int = DEFAULT_RINGBUF_BYTES
-    object_path: str | None = None           # None: the prebuilt object shipped with netbee
-    wakeup_bytes: int = 0                    # 0: a quarter of the ring buffer
-    verbose: bool = False                    # keep verifier logs
-    filter_interpreter: bool = False         # run the object's C filter interpreter instead of
-                                             # code generated from the rules (tests, comparisons)
-    # the rules in a writable global the programs read at run time (bpf/src/nb_filter.h): the
-    # loaded programs do not depend on the filter, so the program cache reuses one set for every
-    # filter and a new filter starts without the verifier; runs the interpreter, never codegen
-    filter_dynamic: bool = False
-    # with a cache: a filter whose own programs are not cached starts on the cached programs for
-    # any filter (filter_dynamic) while its own load in the background for the next run; a fresh
-    # load also prepares the programs for any filter in the background
-    any_filter_programs: bool = False
-    # netbee.progcache.ProgramCache: reuse the programs an earlier run of the same command loaded,
-    # and keep this run's for the next; None: always load afresh, pin nothing
-    cache: object = None
-    # netbee.prepcache.PreparedCache: relocated programs and hook plan of an earlier run on this
-    # kernel (any filter, any boot), so a fresh load skips BTF, ELF and CO-RE; None: not used
-    prepared_cache: object = None
+class TraceOptions(Record):
+    __slots__ = ("backend", "netns", "rules", "want_stack", "btf_path", "ringbuf_bytes", "object_path",
+                 "wakeup_bytes", "verbose", "filter_interpreter", "filter_dynamic", "any_filter_programs",
+                 "cache", "prepared_cache")
+
+    def __init__(self, backend: str = "auto", netns: list[str] | None = None, rules: list | None = None,
+                 want_stack: bool = False, btf_path: str | None = None,
+                 ringbuf_bytes: int = DEFAULT_RINGBUF_BYTES, object_path: str | None = None,
+                 wakeup_bytes: int = 0, verbose: bool = False, filter_interpreter: bool = False,
+                 filter_dynamic: bool = False, any_filter_programs: bool = False,
+                 cache: object = None, prepared_cache: object = None) -> None:
+        self.backend = backend
+        self.netns = netns                      # NAME | PATH | "all"; None = the current namespace
+        self.rules = [] if rules is None else rules   # netbee.filter.Rule, postfix
+        self.want_stack = want_stack
+        self.btf_path = btf_path
+        self.ringbuf_bytes = ringbuf_bytes
+        self.object_path = object_path          # None: the prebuilt object shipped with netbee
+        self.wakeup_bytes = wakeup_bytes        # 0: a quarter of the ring buffer
+        self.verbose = verbose                  # keep verifier logs
+        # run the object's C filter interpreter instead of code generated from the rules (tests,
+        # comparisons)
+        self.filter_interpreter = filter_interpreter
+        # the rules in a writable global the programs read at run time (bpf/src/nb_filter.h): the
+        # loaded programs do not depend on the filter, so the program cache reuses one set for every
+        # filter and a new filter starts without the verifier; runs the interpreter, never codegen
+        self.filter_dynamic = filter_dynamic
+        # with a cache: a filter whose own programs are not cached starts on the cached programs for
+        # any filter (filter_dynamic) while its own load in the background for the next run; a fresh
+        # load also prepares the programs for any filter in the background
+        self.any_filter_programs = any_filter_programs
+        # netbee.progcache.ProgramCache: reuse the programs an earlier run of the same command loaded,
+        # and keep this run's for the next; None: always load afresh, pin nothing
+        self.cache = cache
+        # netbee.prepcache.PreparedCache: relocated programs and hook plan of an earlier run on this
+        # kernel (any filter, any boot), so a fresh load skips BTF, ELF and CO-RE; None: not used
+        self.prepared_cache = prepared_cache
 
 
-@dataclass
-class StartReport:
-    backend: str
-    attached: list[str] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    blind_spots: list[str] = field(default_factory=list)
-    netns: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)   # phase -> seconds
-    brackets: dict[str, dict[tuple[int, int], tuple[int, int]]] = field(default_factory=dict)
+class StartReport(Record):
+    __slots__ = ("backend", "attached", "skipped", "blind_spots", "netns", "timings", "brackets")
+
+    def __init__(self, backend: str,
+                 attached: list[str] | None = None, skipped: list[tuple[str, str]] | None = None,
+                 blind_spots: list[str] | None = None, netns: list[str] | None = None,
+                 timings: dict[str, float] | None = None,
+                 brackets: dict[str, dict[tuple[int, int], tuple[int, int]]] | None = None) -> None:
+        self.backend = backend
+        self.attached = [] if attached is None else attached
+        self.skipped = [] if skipped is None else skipped
+        self.blind_spots = [] if blind_spots is None else blind_spots
+        self.netns = [] if netns is None else netns
+        self.timings = {} if timings is None else timings   # phase -> seconds
+        self.brackets = {} if brackets is None else brackets
 
 
 def hook_counts(records: Sequence[bytes]) -> Dict[str, int]:
@@ -205,24 +223,30 @@ def hook_counts(records: Sequence[bytes]) -> Dict[str, int]:
     return named
 
 
-@dataclass
-class Counters:
-    filtered: int = 0
-    submitted: int = 0
-    lost: int = 0
-    received: int = 0
-    per_hook: dict[str, int] = field(default_factory=dict)
+class Counters(Record):
+    __slots__ = ("filtered", "submitted", "lost", "received", "per_hook")
+
+    def __init__(self, filtered: int = 0,
+                 submitted: int = 0, lost: int = 0, received: int = 0,
+                 per_hook: dict[str, int] | None = None) -> None:
+        self.filtered = filtered
+        self.submitted = submitted
+        self.lost = lost
+        self.received = received
+        self.per_hook = {} if per_hook is None else per_hook
 
 
-@dataclass
-class _Planned:
+class _Planned(Record):
     """One program to load and attach: which hook it serves and where it goes."""
+    __slots__ = ("prog", "hook", "kind", "target", "priority")
 
-    prog: str                  # program name in the object
-    hook: str                  # hook display name (reports, per-hook counts)
-    kind: str                  # kprobe, kretprobe, fentry, fexit, tp_btf, netfilter
-    target: str = ""           # resolved kernel symbol or tracepoint; "" for netfilter
-    priority: int | None = None
+    def __init__(self, prog: str,
+                 hook: str, kind: str, target: str = "", priority: int | None = None) -> None:
+        self.prog = prog   # program name in the object
+        self.hook = hook   # hook display name (reports, per-hook counts)
+        self.kind = kind   # kprobe, kretprobe, fentry, fexit, tp_btf, netfilter
+        self.target = target   # resolved kernel symbol or tracepoint; "" for netfilter
+        self.priority = priority
 
 
 def _resolve_target(t, backend: str, kbtf, kallsyms: "SymbolNames | None") -> tuple[str | None, str]:
@@ -347,11 +371,15 @@ def _TimedCollection(*a, **kw):
     return _timed_collection_class()(*a, **kw)
 
 
-@dataclass
-class _NsLinks:
-    ns: "_netns.Netns"
-    links: list = field(default_factory=list)
-    brackets: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
+class _NsLinks(Record):
+    __slots__ = ("ns", "links", "brackets")
+
+    def __init__(self, ns: "_netns.Netns",
+                 links: list | None = None,
+                 brackets: dict[tuple[int, int], tuple[int, int]] | None = None) -> None:
+        self.ns = ns
+        self.links = [] if links is None else links
+        self.brackets = {} if brackets is None else brackets
 
 
 class Tracer:
@@ -492,7 +520,7 @@ class Tracer:
                 self._cache_store(entry, *loaded)
                 lap("cache_store")
                 if self._any_filter_wanted():
-                    self._load_for_later(replace(self.opts, filter_dynamic=True))
+                    self._load_for_later(self.opts.replace(filter_dynamic=True))
         coll, backend, plan, skipped = loaded
         attached: list[str] = []
         failed_hooks: set[str] = set()
@@ -739,10 +767,8 @@ class Tracer:
 
     def _store_prepared(self, slot, coll, backend: str, plan: list, skipped: list, drops,
                         direct_reads: bool) -> None:
-        from dataclasses import asdict
-
         cache, key, text = slot
-        doc = {"backend": backend, "plan": [asdict(p) for p in plan], "skipped": [list(s) for s in skipped],
+        doc = {"backend": backend, "plan": [p.fields() for p in plan], "skipped": [list(s) for s in skipped],
                "drop_reasons": drops, "direct_packet_reads": direct_reads,
                "object": coll.prepared_object().to_doc()}
         try:
@@ -764,7 +790,7 @@ class Tracer:
         from netbee import progcache
 
         own = self.opts
-        self.opts = replace(own, filter_dynamic=True)   # what runs, as the rest of the run sees it
+        self.opts = own.replace(filter_dynamic=True)   # what runs, as the rest of the run sees it
         cfg = self._config_bytes()
         key, _text = progcache.make_key(self._cache_key_parts(cfg, 0))
         if not os.path.exists(own.cache.meta_path(key)):   # (not even a lock file left behind)
@@ -808,7 +834,7 @@ class Tracer:
             except OSError:
                 pass
             try:
-                with Tracer(replace(opts, any_filter_programs=False)) as t:
+                with Tracer(opts.replace(any_filter_programs=False)) as t:
                     self.background_status = t.load_into_cache()
             except Exception as e:   # a thread has nobody to raise to: reported by -v
                 self.background_status = f"failed ({_reason(e) if isinstance(e, NetBeeError) else repr(e)})"
@@ -943,10 +969,8 @@ class Tracer:
 
     def _cache_store(self, entry, coll, backend: str, plan: list, skipped: list) -> None:
         """Pin what this run loaded for the next run with the same key (failure only reported)."""
-        from dataclasses import asdict
-
         facts = self._fresh_facts
-        meta = {"backend": backend, "plan": [asdict(p) for p in plan], "skipped": [list(s) for s in skipped],
+        meta = {"backend": backend, "plan": [p.fields() for p in plan], "skipped": [list(s) for s in skipped],
                 "programs": [{"name": n, "kind": p.kind, "target": p.attach_target, "btf_id": p.attach_btf_id}
                              for n, p in coll.programs.items()],
                 "maps": facts["maps"], "self_pid": facts["self_pid"], "dyn_filter": facts["dyn_filter"],

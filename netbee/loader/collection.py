@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional
 
 from netbee.loader import insn as I

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 from netbee.loader import insn as I
 from netbee.loader.btf_types import BtfKind
 from netbee.loader.errors import ObjectFileError
-from netbee.loader.record import Record
+from netbee.loader.record import FrozenRecord
 
 # kfuncs whose result is their first argument: they only change what the verifier knows about a
 # pointer, and the verifier rewrites each call to them into `r0 = r1`. On a kernel without one the
@@ -20,15 +20,12 @@ from netbee.loader.record import Record
 PASS_THROUGH = frozenset({"bpf_rdonly_cast"})
 
 
-class KfuncCall(Record):
+class KfuncCall(FrozenRecord):
     __slots__ = ("insn_index", "name")
 
     def __init__(self, insn_index: int, name: str) -> None:
         self.insn_index = insn_index   # the call instruction, in program slots
         self.name = name
-
-    def __hash__(self) -> int:   # (never changed once made)
-        return hash(tuple(getattr(self, f) for f in self.__slots__))
 
 
 def resolve(program: str, insns: bytearray, calls: Iterable[KfuncCall], kernel_btf: Any) -> None:

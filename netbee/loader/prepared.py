@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import base64
 import struct
-from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional, Tuple
 
 from netbee.loader import insn as I
 from netbee.loader.errors import ObjectFileError
 from netbee.loader.map_spec import Globals, MapReloc, MapSpec, read_global, write_global
+from netbee.loader.record import Record
 
 FUNC_INFO_SIZE = 8     # struct bpf_func_info
 LINE_INFO_SIZE = 16    # struct bpf_line_info
@@ -31,19 +31,26 @@ def func_info_records(func_info: Any) -> bytes:
     return b"".join(struct.pack("=II", r.insn_off // 8, r.type_id) for r in func_info)
 
 
-@dataclass
-class PreparedProgram:
-    name: str
-    kind: str
-    attach_target: str
-    license: str
-    insns: bytes                      # relocated; the map_relocs' ld_imm64s still want fds
-    map_relocs: List[MapReloc] = field(default_factory=list)
-    attach_btf_id: int = 0
-    func_info: bytes = b""            # struct bpf_func_info records
-    line_info: bytes = b""            # struct bpf_line_info records (string offsets: the object BTF's)
-    poisoned: List[Tuple[int, str]] = field(default_factory=list)   # CO-RE fixups that failed
-    replaced_at: Dict[str, int] = field(default_factory=dict)
+class PreparedProgram(Record):
+    __slots__ = ("name", "kind", "attach_target", "license", "insns", "map_relocs", "attach_btf_id",
+                 "func_info", "line_info", "poisoned", "replaced_at")
+
+    def __init__(self, name: str,
+                 kind: str, attach_target: str, license: str, insns: bytes,
+                 map_relocs: Optional[List[MapReloc]] = None, attach_btf_id: int = 0, func_info: bytes = b"",
+                 line_info: bytes = b"", poisoned: Optional[List[Tuple[int, str]]] = None,
+                 replaced_at: Optional[Dict[str, int]] = None) -> None:
+        self.name = name
+        self.kind = kind
+        self.attach_target = attach_target
+        self.license = license
+        self.insns = insns   # relocated; the map_relocs' ld_imm64s still want fds
+        self.map_relocs = [] if map_relocs is None else map_relocs
+        self.attach_btf_id = attach_btf_id
+        self.func_info = func_info   # struct bpf_func_info records
+        self.line_info = line_info   # struct bpf_line_info records (string offsets: the object BTF's)
+        self.poisoned = [] if poisoned is None else poisoned   # CO-RE fixups that failed
+        self.replaced_at = {} if replaced_at is None else replaced_at
 
     @property
     def func_info_count(self) -> int:
@@ -65,7 +72,7 @@ class PreparedProgram:
             raise ObjectFileError(f"program {self.name!r}: {function!r} is not its last function")
         if any(r.insn_index >= at for r in self.map_relocs) or any(i >= at for i, _ in self.poisoned):
             raise ObjectFileError(f"program {self.name!r}: {function!r} has relocations")
-        p = PreparedProgram(**{f.name: getattr(self, f.name) for f in fields(self)})
+        p = PreparedProgram(**self.fields())
         p.insns = bytes(self.insns[:at * I.INSN_SIZE]) + bytes(body)
         return p
 
@@ -82,7 +89,7 @@ class PreparedProgram:
             s = splice_last_function(self.insns, at, self.func_info, self.line_info)
         except ValueError:
             return self   # not a leaf body, or referred to other than by calls: it stays a function
-        p = PreparedProgram(**{f.name: getattr(self, f.name) for f in fields(self)})
+        p = PreparedProgram(**self.fields())
         p.insns, p.func_info, p.line_info = s.insns, s.func_info, s.line_info
         p.map_relocs = [MapReloc(s.new_index(r.insn_index), r.map_name, r.src, r.offset) for r in self.map_relocs]
         p.poisoned = moved_indices(self.poisoned, s.new_index)
@@ -113,14 +120,18 @@ class PreparedProgram:
         return p
 
 
-@dataclass
-class PreparedObject:
-    license: str
-    btf_raw: Optional[bytes]          # the object BTF as loaded (sanitized for this kernel), or None
-    maps: Dict[str, MapSpec]
-    globals: Globals
-    programs: Dict[str, PreparedProgram]
-    warnings: List[str] = field(default_factory=list)
+class PreparedObject(Record):
+    __slots__ = ("license", "btf_raw", "maps", "globals", "programs", "warnings")
+
+    def __init__(self, license: str,
+                 btf_raw: Optional[bytes], maps: Dict[str, MapSpec], globals: Globals,
+                 programs: Dict[str, PreparedProgram], warnings: Optional[List[str]] = None) -> None:
+        self.license = license
+        self.btf_raw = btf_raw   # the object BTF as loaded (sanitized for this kernel), or None
+        self.maps = maps
+        self.globals = globals
+        self.programs = programs
+        self.warnings = [] if warnings is None else warnings
 
     def set_global(self, name: str, value: bytes) -> None:
         write_global(self.maps, self.globals, name, value)

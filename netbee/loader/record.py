@@ -1,10 +1,10 @@
-"""Record: a plain data class whose fields are its __slots__.
+"""Record (and FrozenRecord, hashable): a plain data class whose fields are its __slots__.
 
 What @dataclass gives (equality and repr over the fields in order, mutable, unhashable,
 picklable), written out once: both processes of a cold start import the loader's data classes,
 and @dataclass compiled each one's methods at import (~0.3 ms a class, ~25 ms over a start, and
-the dataclasses module with inspect ~5 ms more). Subclasses list their fields in __slots__ and
-write their own __init__.
+the dataclasses module with inspect ~5 ms more, which a start now never imports). Subclasses
+list their fields in __slots__ and write their own __init__.
 """
 from __future__ import annotations
 
@@ -38,3 +38,13 @@ class Record:
                 raise TypeError(f"{type(self).__name__} has no field {name!r}")
             setattr(new, name, value)
         return new
+
+
+class FrozenRecord(Record):
+    """A Record that is never changed once made (by convention: not enforced, which would cost
+    every __init__), and so can be a key of sets and dicts: hashed by its fields."""
+
+    __slots__ = ()
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, f) for f in self.__slots__))

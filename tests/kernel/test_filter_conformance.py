@@ -41,11 +41,11 @@ EXPRESSIONS = [
 # `python -c` program: the netbee command with TraceOptions.OPTION on (the filter interpreter
 # instead of generated code, or the interpreter of rules written at run time)
 VARIANT_MAIN = """
-import dataclasses, sys
+import sys
 import netbee.tracer as tracer
 init = tracer.Tracer.__init__
 def with_option(self, opts=None, **kw):
-    init(self, dataclasses.replace(opts or tracer.TraceOptions(), OPTION=True), **kw)
+    init(self, (opts or tracer.TraceOptions()).replace(OPTION=True), **kw)
     print("filter: OPTION", file=sys.stderr, flush=True)
 tracer.Tracer.__init__ = with_option
 from netbee.cli import main

@@ -194,8 +194,7 @@ def test_the_backend_probe_needs_no_kernel_btf_once_the_cache_knows_the_kernel(c
     from netbee.loader import features
     from netbee.loader.btf import Btf, BtfKind
 
-    opts = dict(_opts(cache, PORT_A).__dict__, backend="auto")
-    with Tracer(TraceOptions(**opts)) as tr:
+    with Tracer(_opts(cache, PORT_A).replace(backend="auto")) as tr:
         backend = tr.start().backend
     key, text = progcache.make_key({"kernel facts": prepcache.kernel_identity()})
     ids = cache.load_facts(key, text)["btf_func_ids"]
