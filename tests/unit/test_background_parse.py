@@ -51,6 +51,7 @@ def test_the_child_parses_what_a_parse_here_gives():
     got = parse.result()
     _same(got, ObjectSpec.from_path(NETBEE, programs=PROGRAMS, replace=_replace()))
     assert got.replaced == {filter_codegen.FUNCTION}
+    assert got.btf_ext is None   # not sent: the linked programs carry their own records
     _no_child_left(parse, pid)
     # and the kernel's strings searched for the object's look-ups, as a search here finds them
     names, prefixes = elf.UnlinkedObject.from_path(NETBEE).kernel_lookups()
