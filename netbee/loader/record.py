@@ -1,10 +1,11 @@
 """Record (and FrozenRecord, hashable): a plain data class whose fields are its __slots__.
 
 What @dataclass gives (equality and repr over the fields in order, mutable, unhashable,
-picklable), written out once: both processes of a cold start import the loader's data classes,
-and @dataclass compiled each one's methods at import (~0.3 ms a class, ~25 ms over a start, and
-the dataclasses module with inspect ~5 ms more, which a start now never imports). Subclasses
-list their fields in __slots__ and write their own __init__.
+picklable), written out once: a cold start imports ~60 data classes (loader and application,
+some in both of its processes), and @dataclass compiled each one's methods at import (~0.3 ms a
+class), besides importing dataclasses and inspect (~5 ms; the tracing process no longer does,
+the object's reader still does, through pyelftools). Subclasses list their fields in __slots__
+and write their own __init__.
 """
 from __future__ import annotations
 
