@@ -10,10 +10,13 @@ import os
 import signal
 import sys
 import time
-from typing import Any, List, Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, TextIO
 
 from netbee import __version__
 from netbee.loader.errors import NetBeeError, UsageError
+
+if TYPE_CHECKING:
+    from netbee.loader.background_parse import BackgroundParse
 
 PROG = "netbee"
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
@@ -280,7 +283,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             ahead.close()
 
 
-def _read_object_ahead(args: argparse.Namespace):
+def _read_object_ahead(args: argparse.Namespace) -> Optional["BackgroundParse"]:
     """With --no-cache the BPF object is parsed whatever happens: a child starts reading it now,
     while this process imports the tracer and compiles the filter (~25 ms sooner than the
     tracer could fork it). None for the other commands, or when no child can be had."""
@@ -297,7 +300,7 @@ def _read_object_ahead(args: argparse.Namespace):
     return ahead if ahead.forked else None
 
 
-def _run(args: argparse.Namespace, out: TextIO, err: TextIO, ahead) -> int:
+def _run(args: argparse.Namespace, out: TextIO, err: TextIO, ahead: Optional["BackgroundParse"]) -> int:
     from netbee import filter as nbfilter
     from netbee import output
 

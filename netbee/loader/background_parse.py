@@ -6,9 +6,9 @@ parse, linking the planned programs, needs the plan; Python runs one thing at a 
 child forked early (while the process is small: few pages to copy on write) reads the object
 on the other CPU and waits for the list of programs; it links them when told and sends the
 ObjectSpec back pickled (~0.33 MB without the .BTF.ext the linked programs no longer need, ~1 ms
-to read and unpickle). While it waits it also searches
-the kernel BTF's string table for the names the object's CO-RE relocations will look up
-(Btf.search_kernel_strings): the parent takes those answers for the same unchanged file.
+to read and unpickle). While it waits it also searches the kernel BTF's string table for the
+names the object's CO-RE relocations will look up (Btf.search_kernel_strings): the parent takes
+those answers for the same unchanged file.
 
 Nothing here is needed for correctness: when the child cannot be forked, dies, hangs or sends
 something unreadable, the object is parsed here, in this process, and a malformed object fails
@@ -91,8 +91,10 @@ class BackgroundParse:
 
     def reads(self, path: str, kernel_btf: Optional[str]) -> bool:
         """Whether this reads the object at `path` for relocation against `kernel_btf`."""
-        return (os.path.abspath(path) == os.path.abspath(self.path)
-                and (kernel_btf and os.path.abspath(kernel_btf)) == (self.kernel_btf and os.path.abspath(self.kernel_btf)))
+        def same(a: Optional[str], b: Optional[str]) -> bool:
+            return a == b if a is None or b is None else os.path.abspath(a) == os.path.abspath(b)
+
+        return same(path, self.path) and same(kernel_btf, self.kernel_btf)
 
     # -- the child ------------------------------------------------------------------------------
     def _child(self, request_fd: int, answer_fd: int, cpus: Set[int]) -> None:

@@ -37,6 +37,7 @@ _ID_MASK = (1 << _ID_BITS) - 1
 COLUMN_BUDGET = 32
 PASS_COST = 10
 
+
 class NameIndex:
     """Raw type ids by name offset for one parsed type section (immutable, shareable)."""
 
