@@ -20,6 +20,8 @@ import fcntl
 import os
 import pickle
 import select
+import signal
+import threading
 import time
 from typing import TYPE_CHECKING, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
@@ -40,6 +42,8 @@ PIPE_BYTES = 1 << 20   # the default /proc/sys/fs/pipe-max-size
 # the object itself: far more than a parse takes (~30 ms), little enough that a wedged child
 # never stalls a start for long.
 CHILD_TIMEOUT = 5.0
+# Seconds a child may live at all (SIGALRM): ~1000x a parse here, ~60x one in a QEMU guest.
+CHILD_LIFETIME = 120
 
 
 class BackgroundParse:
@@ -58,6 +62,12 @@ class BackgroundParse:
         self._wanted: Optional[Set[str]] = None
         self._replace: dict = {}
         self.forked = False   # whether a child took the work: for tests and timings
+        if threading.current_thread() is not threading.main_thread():
+            # The main thread may hold a lock the child would need and never get: an import's
+            # (a child of the tracer's background load, forked while the main thread imported
+            # the event decoder after `tracing`, hung in pyelftools' import of dataclasses; seen
+            # in the QEMU guests). Only the main thread forks, before any other thread runs.
+            return
         others = _other_cpus()
         if not others:
             return   # one CPU: a child would only take turns with this process
@@ -100,6 +110,18 @@ class BackgroundParse:
     def _child(self, request_fd: int, answer_fd: int, cpus: Set[int]) -> None:
         status = 1
         try:
+            # The child writes only to its answer pipe: it lets go of the parent's standard
+            # streams, so that a reader of the command's output sees their end when the command
+            # ends, whatever the child is doing then.
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            os.close(null)
+            # And a child wedged anyway (by a lock another thread of the parent held at the
+            # fork) is ended by the kernel, not left behind: the parent stops waiting after
+            # CHILD_TIMEOUT, the alarm's default action kills.
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.alarm(CHILD_LIFETIME)
             # Off the parent's CPU: a forked child starts on its parent's, and the scheduler may
             # leave it there for tens of ms (measured: the parent's start then took longer than
             # without the child whenever another task kept the other CPU busy now and then).

@@ -175,3 +175,46 @@ def test_one_cpu_means_a_parse_here():
     assert not parse.forked
     parse.request(PROGRAMS)
     _same(parse.result(), ObjectSpec.from_path(NETBEE, programs=PROGRAMS))
+
+
+def test_only_the_main_thread_forks():
+    """A fork from another thread may copy a lock the main thread holds (an import's) into a
+    child that then waits for it forever: such a parse runs in the calling thread."""
+    import threading
+
+    got = {}
+
+    def in_thread():
+        parse = BackgroundParse(NETBEE)
+        got["forked"] = parse.forked
+        parse.request(PROGRAMS, _replace())
+        got["spec"] = parse.result()
+
+    t = threading.Thread(target=in_thread)
+    t.start()
+    t.join(60)
+    assert got["forked"] is False
+    _same(got["spec"], ObjectSpec.from_path(NETBEE, programs=PROGRAMS, replace=_replace()))
+
+
+def test_a_wedged_child_does_not_hold_the_commands_output():
+    """The child lets go of stdin/stdout/stderr at once: a reader of a command's output sees
+    it end when the command ends, even while a child is still busy (here: made to hang)."""
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import os, sys, time\n"
+        "from netbee.loader import background_parse, elf\n"
+        "def hang(*a, **k):\n"
+        "    time.sleep(25)\n"
+        "elf.UnlinkedObject.from_path = staticmethod(hang)\n"
+        f"p = background_parse.BackgroundParse({NETBEE!r})\n"
+        "print('forked' if p.forked else 'not forked', flush=True)\n"
+        "os._exit(0)\n"   # no close(): the child is left running
+    )
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=40)
+    assert out.stdout.strip() == "forked", out.stderr
+    assert time.monotonic() - t0 < 10, "the command's output stayed open while its child ran"
