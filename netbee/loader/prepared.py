@@ -72,9 +72,7 @@ class PreparedProgram(Record):
             raise ObjectFileError(f"program {self.name!r}: {function!r} is not its last function")
         if any(r.insn_index >= at for r in self.map_relocs) or any(i >= at for i, _ in self.poisoned):
             raise ObjectFileError(f"program {self.name!r}: {function!r} has relocations")
-        p = PreparedProgram(**self.fields())
-        p.insns = bytes(self.insns[:at * I.INSN_SIZE]) + bytes(body)
-        return p
+        return self.replace(insns=bytes(self.insns[:at * I.INSN_SIZE]) + bytes(body))
 
     def spliced(self) -> "PreparedProgram":
         """This program as it is best loaded: its last function, when it is a replaced body that
@@ -89,12 +87,11 @@ class PreparedProgram(Record):
             s = splice_last_function(self.insns, at, self.func_info, self.line_info)
         except ValueError:
             return self   # not a leaf body, or referred to other than by calls: it stays a function
-        p = PreparedProgram(**self.fields())
-        p.insns, p.func_info, p.line_info = s.insns, s.func_info, s.line_info
-        p.map_relocs = [MapReloc(s.new_index(r.insn_index), r.map_name, r.src, r.offset) for r in self.map_relocs]
-        p.poisoned = moved_indices(self.poisoned, s.new_index)
-        p.replaced_at = {n: v for n, v in self.replaced_at.items() if n != name}
-        return p
+        return self.replace(
+            insns=s.insns, func_info=s.func_info, line_info=s.line_info,
+            map_relocs=[MapReloc(s.new_index(r.insn_index), r.map_name, r.src, r.offset) for r in self.map_relocs],
+            poisoned=moved_indices(self.poisoned, s.new_index),
+            replaced_at={n: v for n, v in self.replaced_at.items() if n != name})
 
     def to_doc(self) -> Dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "attach_target": self.attach_target,
