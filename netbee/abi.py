@@ -6,28 +6,14 @@ offset and size against the BTF of the built object (bpf/prebuilt/netbee.bpf.o).
 """
 from __future__ import annotations
 
-import importlib
 import sys
-import types
 from enum import IntEnum
 from typing import Dict, List, Tuple
 
+from netbee import deferred_imports
 
-class _LoadedOnUse(types.ModuleType):
-    """Stands in sys.modules for a module not loaded yet; the first attribute asked of it loads
-    the real module, which takes its place."""
-
-    def __getattr__(self, attr: str):
-        if sys.modules.get(self.__name__) is self:
-            del sys.modules[self.__name__]
-        return getattr(importlib.import_module(self.__name__), attr)
-
-
-# construct imports pdb (for its Debugger), hashlib and pickle (for compiled parsers) when it is
-# imported; netbee uses none of them, and loading them is ~20 ms of a ~180 ms start. (LazyLoader
-# would not do: on Python 3.11 the next `import pdb` reads __spec__, which loads it.)
-for _name in ("pdb", "hashlib", "pickle"):
-    sys.modules.setdefault(_name, _LoadedOnUse(_name))
+# construct imports modules netbee never uses (its debugger's): loaded on first use instead
+deferred_imports.defer()
 
 from construct import Array, Bytes, Int8un, Int16un, Int32un, Int64un, Padding, Struct  # noqa: E402
 

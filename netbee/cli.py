@@ -403,6 +403,9 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO, ahead: Optional["Ba
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    # before anything imports construct or pyelftools (and before the object's reader forks)
+    from netbee import deferred_imports
+    deferred_imports.defer()
     verbose = False
     try:
         args = build_parser().parse_args(argv)

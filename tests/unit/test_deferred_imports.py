@@ -1,0 +1,59 @@
+"""Modules netbee does not use on its way to `tracing` (construct's and pyelftools' debuggers,
+pprint's dataclasses) stay unloaded until first use, and each works in full when used."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+SCRIPT = r"""
+import sys
+import netbee.abi
+from netbee import deferred_imports
+names = deferred_imports.DEFERRED
+print([type(sys.modules[n]) is deferred_imports.LoadedOnUse for n in names])
+import hashlib, pickle
+import construct
+print(hashlib.sha256(b"x").hexdigest()[:8], pickle.loads(pickle.dumps([1, 2])))
+from pdb import Pdb
+import inspect, traceback
+print(Pdb.__name__, inspect.isfunction(print), traceback.format_exception_only(ValueError("v")))
+from dataclasses import dataclass
+@dataclass
+class P:
+    x: int
+print(P(3), sorted({type(sys.modules[n]).__name__ for n in names}))
+print(construct.Struct("a" / construct.Int8un).compile().parse(b"\x07").a)
+"""
+
+
+def test_unused_imports_load_on_first_use():
+    out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.splitlines() == ["[True, True, True, True, True, True]", "2d711642 [1, 2]",
+                                "Pdb False ['ValueError: v\\n']", "P(x=3) ['module']", "7"]
+
+
+def test_an_imported_module_stays():
+    code = ("import sys, inspect\n"
+            "from netbee import deferred_imports\n"
+            "deferred_imports.defer()\n"
+            "print(sys.modules['inspect'] is inspect, deferred_imports.loaded('inspect'), "
+            "deferred_imports.loaded('pdb'))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True", "False"]
+
+
+def test_the_object_reader_loads_none_of_them():
+    """What the child of `netbee --no-cache` imports to read the object: pyelftools included."""
+    code = ("import sys\n"
+            "from netbee import deferred_imports\n"
+            "deferred_imports.defer()\n"
+            "from netbee.loader.elf import UnlinkedObject\n"
+            "from netbee.prebuilt import default_object_path\n"
+            "UnlinkedObject.from_path(default_object_path())\n"
+            "import elftools.elf.elffile\n"
+            "print([n for n in deferred_imports.DEFERRED if deferred_imports.loaded(n)])\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
