@@ -17,6 +17,7 @@ from netbee.loader.errors import NetBeeError, UsageError
 
 if TYPE_CHECKING:
     from netbee.loader.background_parse import BackgroundParse
+    from netbee.nft_listing import ChainListing
 
 PROG = "netbee"
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
@@ -275,12 +276,24 @@ class _StopFlag:
 # ----------------------------------------------------------------------------- main
 
 def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    chains = _list_chains_ahead(args)
     ahead = _read_object_ahead(args)
     try:
-        return _run(args, out, err, ahead)
+        return _run(args, out, err, ahead, chains)
     finally:
-        if ahead is not None:
-            ahead.close()
+        for started in (ahead, chains):
+            if started is not None:
+                started.close()
+
+
+def _list_chains_ahead(args: argparse.Namespace) -> Optional["ChainListing"]:
+    """A trace of this namespace lists its nftables chains (blind spots) once attached: nft
+    starts now, on a CPU nothing else uses yet, and the tracer takes its output at the end."""
+    if args.netns or args.clear_cache or args.probe:
+        return None
+    from netbee.nft_listing import ChainListing
+
+    return ChainListing.start()
 
 
 def _read_object_ahead(args: argparse.Namespace) -> Optional["BackgroundParse"]:
@@ -300,7 +313,8 @@ def _read_object_ahead(args: argparse.Namespace) -> Optional["BackgroundParse"]:
     return ahead if ahead.forked else None
 
 
-def _run(args: argparse.Namespace, out: TextIO, err: TextIO, ahead: Optional["BackgroundParse"]) -> int:
+def _run(args: argparse.Namespace, out: TextIO, err: TextIO, ahead: Optional["BackgroundParse"],
+         chains: Optional["ChainListing"] = None) -> int:
     from netbee import filter as nbfilter
     from netbee import output
 
@@ -371,7 +385,7 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO, ahead: Optional["Ba
     shown = 0
     flag = _StopFlag()
     old_handlers = {sig: signal.signal(sig, flag) for sig in (signal.SIGTERM, signal.SIGINT)}
-    tracer = Tracer(opts, parse_ahead=ahead)
+    tracer = Tracer(opts, parse_ahead=ahead, chains_ahead=chains)
     try:
         report = tracer.start()
         if tracer.drop_reason_values is not None:

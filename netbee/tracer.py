@@ -22,6 +22,7 @@ from netbee.resolvers.kallsyms import SymbolNames
 
 if TYPE_CHECKING:
     from netbee.loader.background_parse import BackgroundParse
+    from netbee.nft_listing import ChainListing
 
 BACKENDS = ("fentry", "kprobe", "tracepoint")
 PF_INET = 2
@@ -385,10 +386,13 @@ class _NsLinks(Record):
 class Tracer:
     """Load, attach, read. Every fd and link is released by close(), also after a failed start()."""
 
-    def __init__(self, opts: TraceOptions | None = None, parse_ahead: BackgroundParse | None = None) -> None:
+    def __init__(self, opts: TraceOptions | None = None, parse_ahead: BackgroundParse | None = None,
+                 chains_ahead: ChainListing | None = None) -> None:
         """parse_ahead: the object already being read in a child (netbee.cli starts one before
         it imports this module, for a start that will parse the object whatever happens);
-        used if it reads the object and BTF this start needs, and let go by start()."""
+        used if it reads the object and BTF this start needs, and let go by start().
+        chains_ahead: the nftables chains of a namespace being listed since the command began
+        (netbee.cli), used for the blind spots if that namespace is traced; let go by start()."""
         self.opts = opts or TraceOptions()
         self.report: StartReport | None = None
         self._coll = None
@@ -403,6 +407,7 @@ class Tracer:
         self._cache = None                     # the locked progcache.Entry, released by close()
         self._parse_ahead: BackgroundParse | None = None   # the object read in a child, during start()
         self._given_ahead = parse_ahead
+        self._chains_ahead = chains_ahead
         self._fresh_facts: dict = {}
         self.cache_status = "off"              # what the program cache did (shown by -v)
         self.prepared_status = "off"           # what the prepared cache did, on a fresh load
@@ -425,6 +430,7 @@ class Tracer:
         if self._closed:
             return
         self._closed = True
+        self._drop_chains_ahead()
         for nsl in list(self._ns.values()):
             self._close_links(nsl.links)
         self._ns.clear()
@@ -564,6 +570,7 @@ class Tracer:
         timings["ready_cpu_system"] = times1.system - times0.system
         for nsl in self._ns.values():
             report.blind_spots += self._blind_spots(nsl)
+        self._drop_chains_ahead()
         lap("blind_spots")
         timings["total"] = time.perf_counter() - t0
         return report
@@ -1064,6 +1071,15 @@ class Tracer:
             self.report.blind_spots[:] = [b for b in self.report.blind_spots if not b.startswith(prefix)]
 
     def _blind_spots(self, nsl: _NsLinks) -> list[str]:
+        ahead = self._chains_ahead
+        if ahead is not None and ahead.inode == nsl.ns.inode:
+            self._chains_ahead = None
+            text = ahead.output()
+            if text is not None:
+                try:
+                    return blind_spots(parse_nft_chains(text), nsl.brackets, nsl.ns.name)
+                except NetBeeError:
+                    pass   # listed again below, which reports it
         try:
             chains = nft_chains_in(nsl.ns)
         except (NetBeeError, OSError) as e:
@@ -1072,6 +1088,11 @@ class Tracer:
             return [f"netns {nsl.ns.name}: nft not installed, nftables chains outside the bracket unknown"]
         # iptables-legacy tables register at fixed priorities (-300 .. 300): always inside the bracket.
         return blind_spots(chains, nsl.brackets, nsl.ns.name)
+
+    def _drop_chains_ahead(self) -> None:
+        if self._chains_ahead is not None:
+            self._chains_ahead.close()
+            self._chains_ahead = None
 
     def poll_netns(self) -> tuple[list[str], list[str]]:
         """Follow namespaces that appeared or went away; returns their names (added, removed).

@@ -164,6 +164,42 @@ def test_blind_spot_chain_outside_bracket_is_reported(hosts):
     assert brackets[(10, NF_PRE_ROUTING)][0] == -2147483647  # ip table: IPv6 slot stays free
 
 
+def test_blind_spots_from_a_listing_made_ahead(hosts, monkeypatch):
+    """A listing of a traced namespace started before the tracer (as netbee.cli does) gives its
+    blind spots; one of another namespace is let go, and that namespace is listed as before."""
+    import netbee.tracer
+    from netbee import netns as nbnetns
+    from netbee.nft_listing import ChainListing
+
+    netlab.nft(hosts.server, """table ip nbt_ahead {
+        chain pre { type filter hook prerouting priority -2147483647; }
+    }""")
+    ns = nbnetns.resolve([str(hosts.server.path)])[0]
+    with nbnetns.entered(ns):
+        listing = ChainListing.start()
+    assert listing is not None and listing.inode == hosts.server.inode()
+    pid = listing._pid
+
+    def not_again(ns):
+        raise NetBeeError("listed again")
+    monkeypatch.setattr(netbee.tracer, "nft_chains_in", not_again)
+    with Tracer(options_for([hosts.server]), chains_ahead=listing) as tr:
+        report = tr.start()
+    spots = [s for s in report.blind_spots if "nbt_ahead" in s]
+    assert len(spots) == 1 and "before the entry" in spots[0], report.blind_spots
+    assert listing._pid == 0 and listing._fd < 0
+    with pytest.raises(ChildProcessError):
+        import os
+        os.waitpid(pid, os.WNOHANG)   # reaped
+
+    monkeypatch.undo()
+    elsewhere = ChainListing.start()   # this process's namespace: not traced below
+    with Tracer(options_for([hosts.server]), chains_ahead=elsewhere) as tr:
+        report = tr.start()
+        assert elsewhere._pid == 0 and elsewhere._fd < 0   # let go by start()
+    assert [s for s in report.blind_spots if "nbt_ahead" in s] == spots
+
+
 def test_start_report_and_timings(hosts):
     with Tracer(options_for(hosts.namespaces())) as tr:
         t = time.perf_counter()

@@ -114,9 +114,10 @@ class FakeTracer:
         """The CLI starts the background load once its `tracing` line is out."""
         self.background_started = True
 
-    def __init__(self, opts, parse_ahead=None):
+    def __init__(self, opts, parse_ahead=None, chains_ahead=None):
         self.opts = opts
         self.parse_ahead = parse_ahead
+        self.chains_ahead = chains_ahead
         self.closed = False
         self.batches = [list(b) for b in FakeTracer.batches]
         self.reads = []
@@ -197,6 +198,24 @@ def test_no_cache_reads_the_object_ahead_and_lets_the_child_go(fake, capsys):
     assert ahead._pid == 0 and ahead._answer_fd < 0   # reaped, pipes closed
     rc, _, _ = run_main(["--json", "-c", "1"], capsys)
     assert rc == 0 and fake.instances[1].parse_ahead is None   # the caches decide later
+
+
+def test_nft_chains_are_listed_ahead_for_this_namespace_only(fake, capsys, tmp_path, monkeypatch):
+    """The command starts `nft -j list chains` of its own namespace first thing, hands the
+    listing to the tracer and reaps it at the end; with --netns the tracer lists them itself."""
+    from netbee.nft_listing import ChainListing
+
+    nft = tmp_path / "nft"
+    nft.write_text("#!/bin/sh\necho '{\"nftables\": []}'\n")
+    nft.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    rc, _, _ = run_main(["--json", "-c", "1"], capsys)
+    listing = fake.instances[0].chains_ahead
+    assert rc == 0 and isinstance(listing, ChainListing)
+    assert listing.inode == os.stat("/proc/self/ns/net").st_ino
+    assert listing._pid == 0 and listing._fd < 0   # reaped, pipe closed
+    rc, _, _ = run_main(["--json", "-c", "1", "--netns", "/proc/self/ns/net"], capsys)
+    assert rc == 0 and fake.instances[1].chains_ahead is None
 
 
 def test_table_run_until_sigterm(fake, capsys):
