@@ -281,19 +281,30 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         return _run(args, out, err, ahead, chains)
     finally:
-        for started in (ahead, chains):
+        for started in [ahead, *chains]:
             if started is not None:
                 started.close()
 
 
-def _list_chains_ahead(args: argparse.Namespace) -> Optional["ChainListing"]:
-    """A trace of this namespace lists its nftables chains (blind spots) once attached: nft
-    starts now, on a CPU nothing else uses yet, and the tracer takes its output at the end."""
-    if args.netns or args.clear_cache or args.probe:
-        return None
+def _list_chains_ahead(args: argparse.Namespace) -> List["ChainListing"]:
+    """A trace lists each namespace's nftables chains (blind spots) once attached: nft starts
+    now, on a CPU nothing else uses yet, and the tracer takes the output at the end. Not for
+    `--netns all` (maybe many namespaces, each a process) nor a spec that does not resolve
+    (reported later, after the rest of the input)."""
+    if args.clear_cache or args.probe or "all" in args.netns:
+        return []
     from netbee.nft_listing import ChainListing
 
-    return ChainListing.start()
+    if not args.netns:
+        listing = ChainListing.start()
+        return [listing] if listing is not None else []
+    from netbee import netns
+
+    try:
+        namespaces = netns.resolve(args.netns)
+    except NetBeeError:
+        return []
+    return [listing for listing in map(ChainListing.start, namespaces) if listing is not None]
 
 
 def _read_object_ahead(args: argparse.Namespace) -> Optional["BackgroundParse"]:
@@ -314,7 +325,7 @@ def _read_object_ahead(args: argparse.Namespace) -> Optional["BackgroundParse"]:
 
 
 def _run(args: argparse.Namespace, out: TextIO, err: TextIO, ahead: Optional["BackgroundParse"],
-         chains: Optional["ChainListing"] = None) -> int:
+         chains: Sequence["ChainListing"] = ()) -> int:
     from netbee import filter as nbfilter
     from netbee import output
 

@@ -1,8 +1,8 @@
-"""`nft -j list chains` of this process's network namespace, run ahead in the background.
+"""`nft -j list chains` of a network namespace, run ahead in the background.
 
 The tracer lists each traced namespace's nftables chains after it attached (its blind spots:
 chains outside the netfilter bracket), ~3.5 ms of a start spent waiting for nft. The command
-starts the listing of its own namespace first thing instead, while the other CPU is still idle
+starts the listings of the namespaces it names first thing instead, while the other CPU is still idle
 (the object's reader is forked a few ms later), and the tracer takes the output at the end. The
 chains a start reports are those of its beginning either way: a chain added meanwhile is as
 unseen as one added after `tracing`.
@@ -15,7 +15,10 @@ from __future__ import annotations
 import os
 import select
 import time
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from netbee.netns import Netns
 
 # as long as the tracer's own listing may take
 TIMEOUT = 10.0
@@ -30,7 +33,7 @@ def _find(program: str) -> Optional[str]:
 
 
 class ChainListing:
-    """A running `nft -j list chains` in the namespace this process was in when it started."""
+    """A running `nft -j list chains` in one network namespace."""
 
     def __init__(self, pid: int, out_fd: int, inode: int) -> None:
         self.inode = inode     # the netns it lists
@@ -38,11 +41,22 @@ class ChainListing:
         self._fd = out_fd
 
     @classmethod
-    def start(cls) -> Optional["ChainListing"]:
-        """A listing of the current netns, or None when nft cannot be started."""
+    def start(cls, ns: Optional["Netns"] = None) -> Optional["ChainListing"]:
+        """A listing of ns (None: the calling thread's netns), or None when nft cannot be
+        started there."""
         nft = _find("nft")
         if nft is None:
             return None
+        if ns is not None:
+            from netbee import netns
+            from netbee.loader.errors import NetBeeError
+
+            try:
+                # a spawned process starts in the namespace of the thread that spawned it
+                with netns.entered(ns):
+                    return cls.start()
+            except (NetBeeError, OSError):
+                return None
         try:
             inode = os.stat("/proc/thread-self/ns/net").st_ino
             r, w = os.pipe()

@@ -387,12 +387,12 @@ class Tracer:
     """Load, attach, read. Every fd and link is released by close(), also after a failed start()."""
 
     def __init__(self, opts: TraceOptions | None = None, parse_ahead: BackgroundParse | None = None,
-                 chains_ahead: ChainListing | None = None) -> None:
+                 chains_ahead: Iterable[ChainListing] = ()) -> None:
         """parse_ahead: the object already being read in a child (netbee.cli starts one before
         it imports this module, for a start that will parse the object whatever happens);
         used if it reads the object and BTF this start needs, and let go by start().
-        chains_ahead: the nftables chains of a namespace being listed since the command began
-        (netbee.cli), used for the blind spots if that namespace is traced; let go by start()."""
+        chains_ahead: the nftables chains of namespaces being listed since the command began
+        (netbee.cli), used for the blind spots of those traced; let go by start()."""
         self.opts = opts or TraceOptions()
         self.report: StartReport | None = None
         self._coll = None
@@ -407,7 +407,7 @@ class Tracer:
         self._cache = None                     # the locked progcache.Entry, released by close()
         self._parse_ahead: BackgroundParse | None = None   # the object read in a child, during start()
         self._given_ahead = parse_ahead
-        self._chains_ahead = chains_ahead
+        self._chains_ahead: dict[int, ChainListing] = {c.inode: c for c in chains_ahead}
         self._fresh_facts: dict = {}
         self.cache_status = "off"              # what the program cache did (shown by -v)
         self.prepared_status = "off"           # what the prepared cache did, on a fresh load
@@ -1071,9 +1071,8 @@ class Tracer:
             self.report.blind_spots[:] = [b for b in self.report.blind_spots if not b.startswith(prefix)]
 
     def _blind_spots(self, nsl: _NsLinks) -> list[str]:
-        ahead = self._chains_ahead
-        if ahead is not None and ahead.inode == nsl.ns.inode:
-            self._chains_ahead = None
+        ahead = self._chains_ahead.pop(nsl.ns.inode, None)
+        if ahead is not None:
             text = ahead.output()
             if text is not None:
                 try:
@@ -1090,9 +1089,9 @@ class Tracer:
         return blind_spots(chains, nsl.brackets, nsl.ns.name)
 
     def _drop_chains_ahead(self) -> None:
-        if self._chains_ahead is not None:
-            self._chains_ahead.close()
-            self._chains_ahead = None
+        for listing in self._chains_ahead.values():
+            listing.close()
+        self._chains_ahead.clear()
 
     def poll_netns(self) -> tuple[list[str], list[str]]:
         """Follow namespaces that appeared or went away; returns their names (added, removed).

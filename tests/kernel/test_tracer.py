@@ -174,16 +174,14 @@ def test_blind_spots_from_a_listing_made_ahead(hosts, monkeypatch):
     netlab.nft(hosts.server, """table ip nbt_ahead {
         chain pre { type filter hook prerouting priority -2147483647; }
     }""")
-    ns = nbnetns.resolve([str(hosts.server.path)])[0]
-    with nbnetns.entered(ns):
-        listing = ChainListing.start()
+    listing = ChainListing.start(nbnetns.resolve([str(hosts.server.path)])[0])
     assert listing is not None and listing.inode == hosts.server.inode()
     pid = listing._pid
 
     def not_again(ns):
         raise NetBeeError("listed again")
     monkeypatch.setattr(netbee.tracer, "nft_chains_in", not_again)
-    with Tracer(options_for([hosts.server]), chains_ahead=listing) as tr:
+    with Tracer(options_for([hosts.server]), chains_ahead=[listing]) as tr:
         report = tr.start()
     spots = [s for s in report.blind_spots if "nbt_ahead" in s]
     assert len(spots) == 1 and "before the entry" in spots[0], report.blind_spots
@@ -194,7 +192,7 @@ def test_blind_spots_from_a_listing_made_ahead(hosts, monkeypatch):
 
     monkeypatch.undo()
     elsewhere = ChainListing.start()   # this process's namespace: not traced below
-    with Tracer(options_for([hosts.server]), chains_ahead=elsewhere) as tr:
+    with Tracer(options_for([hosts.server]), chains_ahead=[elsewhere]) as tr:
         report = tr.start()
         assert elsewhere._pid == 0 and elsewhere._fd < 0   # let go by start()
     assert [s for s in report.blind_spots if "nbt_ahead" in s] == spots

@@ -114,7 +114,7 @@ class FakeTracer:
         """The CLI starts the background load once its `tracing` line is out."""
         self.background_started = True
 
-    def __init__(self, opts, parse_ahead=None, chains_ahead=None):
+    def __init__(self, opts, parse_ahead=None, chains_ahead=()):
         self.opts = opts
         self.parse_ahead = parse_ahead
         self.chains_ahead = chains_ahead
@@ -200,22 +200,25 @@ def test_no_cache_reads_the_object_ahead_and_lets_the_child_go(fake, capsys):
     assert rc == 0 and fake.instances[1].parse_ahead is None   # the caches decide later
 
 
-def test_nft_chains_are_listed_ahead_for_this_namespace_only(fake, capsys, tmp_path, monkeypatch):
-    """The command starts `nft -j list chains` of its own namespace first thing, hands the
-    listing to the tracer and reaps it at the end; with --netns the tracer lists them itself."""
+def test_nft_chains_are_listed_ahead(fake, capsys, tmp_path, monkeypatch):
+    """The command starts `nft -j list chains` of each namespace it names (its own by default)
+    first thing, hands the listings to the tracer and reaps them at the end; none for
+    `--netns all`."""
     from netbee.nft_listing import ChainListing
 
     nft = tmp_path / "nft"
     nft.write_text("#!/bin/sh\necho '{\"nftables\": []}'\n")
     nft.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
-    rc, _, _ = run_main(["--json", "-c", "1"], capsys)
-    listing = fake.instances[0].chains_ahead
-    assert rc == 0 and isinstance(listing, ChainListing)
-    assert listing.inode == os.stat("/proc/self/ns/net").st_ino
-    assert listing._pid == 0 and listing._fd < 0   # reaped, pipe closed
-    rc, _, _ = run_main(["--json", "-c", "1", "--netns", "/proc/self/ns/net"], capsys)
-    assert rc == 0 and fake.instances[1].chains_ahead is None
+    here = os.stat("/proc/self/ns/net").st_ino
+    for argv in ([], ["--netns", "/proc/self/ns/net"]):
+        rc, _, _ = run_main(["--json", "-c", "1", *argv], capsys)
+        listings = fake.instances[-1].chains_ahead
+        assert rc == 0 and [type(c) for c in listings] == [ChainListing], argv
+        assert listings[0].inode == here
+        assert listings[0]._pid == 0 and listings[0]._fd < 0   # reaped, pipe closed
+    rc, _, _ = run_main(["--json", "-c", "1", "--netns", "all"], capsys)
+    assert rc == 0 and list(fake.instances[-1].chains_ahead) == []
 
 
 def test_table_run_until_sigterm(fake, capsys):

@@ -70,3 +70,10 @@ def test_close_stops_a_running_listing(fake_nft):
 def test_no_nft_no_listing(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     assert ChainListing.start() is None
+
+
+def test_a_namespace_that_cannot_be_entered_gives_none(fake_nft):
+    from netbee.netns import Netns
+
+    fake_nft("echo '{}'")
+    assert ChainListing.start(Netns("gone", "/nonexistent/ns", 12345)) is None
