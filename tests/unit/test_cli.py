@@ -67,6 +67,20 @@ def test_version_and_help():
         assert text in res.stdout, text
 
 
+def test_help_fits_the_terminal_and_parsing_needs_no_shutil():
+    """The help is as wide as COLUMNS (as argparse's own formatter makes it), without the
+    import of shutil argparse would make for each option of every start."""
+    for columns in (60, 120):
+        res = run_cli("--help", env={**os.environ, "COLUMNS": str(columns)})
+        usage = res.stdout.split("\n\n")[0].splitlines()   # wrapped by argparse (the epilog is not)
+        widths = [len(line) for line in usage]
+        assert res.returncode == 0 and max(widths) <= columns
+        assert max(widths) > columns - 20, (columns, max(widths))
+    code = "import sys\nfrom netbee import cli\ncli.build_parser().parse_args(['-p', 'icmp'])\nprint('shutil' in sys.modules)\n"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_privileges_from_capeff():
     def status(caps):
         return f"Name:\tx\nCapEff:\t{caps:016x}\n"
