@@ -238,7 +238,7 @@ class Btf:
             return None
         if len(strings) != str_len:
             return None
-        return key, string_positions_many(strings, 0, patterns)
+        return key, string_positions_many(strings, 0, patterns, unique_strings=path == KERNEL_BTF_PATH)
 
     @classmethod
     def kernel_enum_values(cls, enum_name: str, path: Optional[str] = None) -> Dict[str, int]:
@@ -283,6 +283,9 @@ class Btf:
             raise BTFError(f"cannot read kernel BTF from {path}: {e.strerror or e}") from e
         except BTFError as e:
             raise BTFError(f"{path}: {e}") from e
+        if path == KERNEL_BTF_PATH:
+            # the running kernel's own, written by pahole through libbpf: each string once (btf_index)
+            btf._index = btf._new_index(unique_strings=True)
         _PARSED[key] = btf._idx()
         _PARSED_OK.add(key)
         btf._file_key = key
@@ -308,9 +311,12 @@ class Btf:
 
     def _idx(self) -> NameIndex:
         if self._index is None:
-            self._index = NameIndex(self._strings, self._str_base, self._words, self._offsets,
-                                    self._first_id)
+            self._index = self._new_index()
         return self._index
+
+    def _new_index(self, unique_strings: bool = False) -> NameIndex:
+        return NameIndex(self._strings, self._str_base, self._words, self._offsets, self._first_id,
+                         unique_strings)
 
     # ------------------------------------------------------------------ strings
     @property

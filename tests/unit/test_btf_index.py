@@ -78,3 +78,30 @@ def test_flavor_prefixes_found_from_one_search_equal_their_own_searches(vmlinux_
     patterns = Btf.lookup_patterns(["sk_buff", "net", "sock"], ["sk_buff___", "net___", "sock___", "task_struct___"])
     assert btf_index.string_positions_many(btf._strings, 0, patterns) == {
         p: btf_index.string_positions(btf._strings, 0, p) for p in patterns}
+
+
+def test_whole_string_positions():
+    strings = b"\0xnet\0sk_buff\0net\0sk\0"
+    assert btf_index.whole_string_position(strings, 0, b"net\0") == [14]
+    assert btf_index.whole_string_position(strings, 0, b"sk_buff\0") == [6]
+    assert btf_index.whole_string_position(strings, 0, b"buff\0") == []      # a suffix only
+    assert btf_index.whole_string_position(strings, 0, b"\0") == [0]
+    assert btf_index.whole_string_position(b"net\0sk\0", 500, b"net\0") == [500]   # split BTF
+    patterns = [b"net\0", b"sk\0", b"buff\0", b"sk", b"sk_buff___", b"et\0"]
+    unique = btf_index.string_positions_many(strings, 0, patterns, unique_strings=True)
+    full = btf_index.string_positions_many(strings, 0, patterns)
+    assert full[b"net\0"] == [2, 14] and unique[b"net\0"] == [14]
+    assert unique[b"buff\0"] == [] and unique[b"et\0"] == []
+    assert unique[b"sk"] == full[b"sk"] == [6, 18]   # not a whole name: searched everywhere
+    assert unique[b"sk_buff___"] == full[b"sk_buff___"]
+
+
+def test_a_unique_strings_index_equals_a_full_one_on_the_kernel_btf(vmlinux_copy):
+    """On the running kernel's BTF (whose strings are unique: tests/kernel/test_kernel_btf_strings.py)."""
+    data = vmlinux_copy.read_bytes()
+    full, fast = Btf.parse(data), Btf.parse(data)
+    fast._index = fast._new_index(unique_strings=True)
+    fast.prefetch(START_NAMES, ["sk_buff___", "net___"])
+    for name in START_NAMES:
+        assert fast.find(name) == full.find(name), name
+    assert fast.ids_with_prefix("btf_trace_netif_") == full.ids_with_prefix("btf_trace_netif_")
