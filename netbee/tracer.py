@@ -687,6 +687,10 @@ class Tracer:
         # Tracepoints are found in the BTF alone; kprobe/fentry symbols also need kallsyms.
         kallsyms = SymbolNames.load() if backend != "tracepoint" else None
         lap("kallsyms")
+        early = parse.kernel_strings_now() if parse is not None else None
+        if early is not None:
+            # the child's searches for CO-RE: their types are found in the plan's pass
+            kbtf.use_known_positions(*early, find_types=False)
         plan, skipped = plan_hooks(backend, kbtf, kallsyms)
         # The first few BTF look-ups build the kernel BTF's name index: most of this phase's cost.
         lap("btf_index_and_plan")

@@ -6,9 +6,14 @@ parse, linking the planned programs, needs the plan; Python runs one thing at a 
 child forked early (while the process is small: few pages to copy on write) reads the object
 on the other CPU and waits for the list of programs; it links them when told and sends the
 ObjectSpec back pickled (~0.33 MB without the .BTF.ext the linked programs no longer need, ~1 ms
-to read and unpickle). While it waits it also searches the kernel BTF's string table for the
-names the object's CO-RE relocations will look up (Btf.search_kernel_strings): the parent takes
-those answers for the same unchanged file.
+to read and unpickle). Before it waits it also searches the kernel BTF's string table for the
+names the object's CO-RE relocations will look up (Btf.search_kernel_strings) and sends those
+positions at once, in a first message: the parent, for the same unchanged file, finds the types
+named there in the same pass over the kernel's types as its plan's names when they came in
+time (kernel_strings_now()), else when it takes the object.
+
+The answer pipe carries two frames, each an 8-byte length and a pickle: ("strings", positions
+or None), then ("spec", ObjectSpec) or ("error", NetBeeError).
 
 Nothing here is needed for correctness: when the child cannot be forked, dies, hangs or sends
 something unreadable, the object is parsed here, in this process, and a malformed object fails
@@ -59,6 +64,7 @@ class BackgroundParse:
         self.kernel_strings: Optional[Tuple[tuple, Dict[bytes, List[int]]]] = None
         self._pid = 0
         self._request_fd = self._answer_fd = -1
+        self._strings_read = False   # the child's first frame taken
         self._wanted: Optional[Set[str]] = None
         self._replace: dict = {}
         self.forked = False   # whether a child took the work: for tests and timings
@@ -134,12 +140,13 @@ class BackgroundParse:
             found = None
             try:
                 obj: object = UnlinkedObject.from_path(self.path)
-                # The string searches the parent's CO-RE would make (~1 ms each in the kernel's
-                # 2.3 MB table), while it is busy with the kernel's types
+                # The string searches the parent's CO-RE would make, while it is busy with the
+                # kernel's types
                 found = Btf.search_kernel_strings(self.kernel_btf or KERNEL_BTF_PATH,
                                                   Btf.lookup_patterns(*obj.kernel_lookups()))
             except NetBeeError as e:
                 obj = e
+            _write_frame(answer_fd, ("strings", found))
             request = _read_all(request_fd)
             if request:   # nothing: the parent no longer wants it
                 programs, replace = pickle.loads(request)
@@ -152,12 +159,10 @@ class BackgroundParse:
                     # info) is read by nothing after linking. Not sent: 2 ms less to pickle here,
                     # 1 ms less to unpickle there.
                     spec.btf_ext = None
-                    answer: object = ("spec", spec, found)
+                    answer: object = ("spec", spec)
                 except NetBeeError as e:
-                    answer = ("error", e, None)
-                data = memoryview(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
-                while data:
-                    data = data[os.write(answer_fd, data):]
+                    answer = ("error", e)
+                _write_frame(answer_fd, answer)
             status = 0
         finally:
             # No atexit handlers, no flushing of buffers inherited from the parent, no unwinding
@@ -182,6 +187,29 @@ class BackgroundParse:
         os.close(self._request_fd)
         self._request_fd = -1
 
+    def kernel_strings_now(self) -> Optional[Tuple[tuple, Dict[bytes, List[int]]]]:
+        """The child's kernel string positions if they have come (without waiting for them),
+        for a caller that can use them early; None otherwise. result() takes them anyway."""
+        if not self._strings_read and self._answer_fd >= 0:
+            try:
+                ready = select.select([self._answer_fd], [], [], 0)[0]
+            except OSError:
+                ready = []
+            if ready:
+                self._read_strings(time.monotonic() + CHILD_TIMEOUT)
+        return self.kernel_strings
+
+    def _read_strings(self, deadline: float) -> bool:
+        """Take the first frame; False if the child failed to send it (then let go of)."""
+        self._strings_read = True
+        got = _read_frame(self._answer_fd, deadline)
+        if not (isinstance(got, tuple) and len(got) == 2 and got[0] == "strings"
+                and (got[1] is None or _is_kernel_strings(got[1]))):
+            self.close()
+            return False
+        self.kernel_strings = got[1]
+        return True
+
     def result(self) -> ObjectSpec:
         """The parsed object: the child's, or parsed here if the child failed to deliver it."""
         from netbee.loader.elf import ObjectSpec
@@ -189,8 +217,9 @@ class BackgroundParse:
         got = self._collect() if self._answer_fd >= 0 and self._request_fd < 0 else None
         self.close()
         if got is None:
+            self.kernel_strings = None   # searched here, as without the child
             return ObjectSpec.from_path(self.path, programs=self._wanted, replace=self._replace)
-        kind, value, self.kernel_strings = got
+        kind, value = got
         if kind == "error":
             raise value
         return value
@@ -198,24 +227,13 @@ class BackgroundParse:
     def _collect(self):
         from netbee.loader.elf import ObjectSpec
 
-        chunks = []
         deadline = time.monotonic() + CHILD_TIMEOUT
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self._answer_fd], [], [], left)[0]:
-                return None
-            chunk = os.read(self._answer_fd, PIPE_BYTES)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        try:
-            got = pickle.loads(b"".join(chunks))
-        except Exception:   # a child that died mid-write: parse here instead
+        if not self._strings_read and not self._read_strings(deadline):
             return None
-        if (isinstance(got, tuple) and len(got) == 3
+        got = _read_frame(self._answer_fd, deadline)
+        if (isinstance(got, tuple) and len(got) == 2
                 and (got[0] == "spec" and isinstance(got[1], ObjectSpec)
-                     or got[0] == "error" and isinstance(got[1], NetBeeError))
-                and (got[2] is None or _is_kernel_strings(got[2]))):
+                     or got[0] == "error" and isinstance(got[1], NetBeeError))):
             return got
         return None
 
@@ -252,6 +270,44 @@ def _other_cpus() -> Set[int]:
     except (OSError, ValueError, IndexError):
         return set()
     return allowed - {here} if len(allowed) > 1 else set()
+
+
+def _write_frame(fd: int, message: object) -> None:
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    data = memoryview(len(payload).to_bytes(8, "little") + payload)
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _read_frame(fd: int, deadline: float) -> object:
+    """One frame's message; None if the child did not send a whole readable one in time."""
+    head = _read_exact(fd, 8, deadline)
+    if head is None:
+        return None
+    payload = _read_exact(fd, int.from_bytes(head, "little"), deadline)
+    if payload is None:
+        return None
+    try:
+        return pickle.loads(payload)
+    except Exception:   # a child that died mid-write: parse here instead
+        return None
+
+
+def _read_exact(fd: int, n: int, deadline: float) -> Optional[bytes]:
+    chunks = []
+    while n > 0:
+        left = deadline - time.monotonic()
+        try:
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, min(n, PIPE_BYTES))
+        except OSError:
+            return None
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
 
 
 def _read_all(fd: int) -> bytes:

@@ -462,12 +462,14 @@ class Btf:
         """What find(name) and ids_with_prefix(prefix) search the string table for."""
         return [n.encode() + b"\0" for n in names if n] + [p.encode() for p in prefixes if p]
 
-    def use_known_positions(self, file_key: tuple, found: Mapping[bytes, Sequence[int]]) -> bool:
+    def use_known_positions(self, file_key: tuple, found: Mapping[bytes, Sequence[int]],
+                            find_types: bool = True) -> bool:
         """Take search_kernel_strings() answers for this kernel BTF's look-ups, if they were
-        made in the same unchanged file (load_kernel's key). Whether they were taken."""
+        made in the same unchanged file (load_kernel's key). Whether they were taken.
+        find_types=False: the types named there are found with the next prefetch()."""
         if self.base is not None or self._file_key is None or tuple(file_key) != self._file_key:
             return False
-        self._idx().know_positions(found)
+        self._idx().know_positions(found, find_types)
         return True
 
     def ids_with_prefix(self, prefix: str) -> List[int]:

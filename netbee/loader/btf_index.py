@@ -46,7 +46,7 @@ class NameIndex:
     """Raw type ids by name offset for one parsed type section (immutable, shareable)."""
 
     __slots__ = ("strings", "str_base", "words", "offsets", "first_id", "unique_strings", "_packed",
-                 "_names", "_column", "_by_off", "_spent", "_memo", "_known", "__weakref__")
+                 "_names", "_column", "_by_off", "_pending", "_spent", "_memo", "_known", "__weakref__")
 
     def __init__(self, strings: bytes, str_base: int, words: "array[int]", offsets: Sequence[int],
                  first_id: int, unique_strings: bool = False) -> None:
@@ -63,6 +63,7 @@ class NameIndex:
         self._names: Optional["array[int]"] = None   # name_off of every type
         self._column: Optional[bytes] = None         # the same, 4 big-endian bytes each
         self._by_off: Dict[int, Tuple[int, ...]] = {}   # name_off: local numbers, from the column
+        self._pending: Set[int] = set()                 # name_offs for the next pass (know_positions)
         self._spent = 0                                 # column work done (COLUMN_BUDGET)
         self._memo: Dict[bytes, Tuple[int, ...]] = {}
         self._known: Dict[bytes, Tuple[int, ...]] = {}   # positions(), searched here or elsewhere
@@ -98,13 +99,18 @@ class NameIndex:
                 self._known[p] = tuple(found)
         return {p: list(self._known[p]) for p in patterns}
 
-    def know_positions(self, found: Mapping[bytes, Sequence[int]]) -> None:
+    def know_positions(self, found: Mapping[bytes, Sequence[int]], find_types: bool = True) -> None:
         """positions() answers found by another process in the same string table (a child that
         read the same unchanged file: netbee/loader/background_parse.py), taken as they are;
-        the types named at them are then found in one pass."""
+        the types named at them are then found in one pass, now or (find_types=False) in the
+        next one, with the names a prefetch() will announce."""
         for pattern, offsets in found.items():
             self._known[bytes(pattern)] = tuple(offsets)
-        self.prefetch(off for offsets in found.values() for off in offsets)
+        offs = {off for offsets in found.values() for off in offsets}
+        if find_types:
+            self.prefetch(offs)
+        else:
+            self._pending |= offs
 
     def ids_named_at(self, name_offs: Iterable[int]) -> List[int]:
         """Raw type ids whose name_off is one of `name_offs`, ascending."""
@@ -139,12 +145,14 @@ class NameIndex:
         """Find the types of many name offsets in one pass over the column, for look-ups to
         come (each would otherwise search the column, or the index be sorted)."""
         if self._packed is None:
-            missing = set(name_offs).difference(self._by_off)
+            missing = set(name_offs).union(self._pending).difference(self._by_off)
             missing.discard(0)
             if len(missing) > 1 and self._spent + PASS_COST <= COLUMN_BUDGET:
                 self._pass(missing)
 
     def _pass(self, offs: Set[int]) -> None:
+        offs = offs.union(self._pending).difference(self._by_off)
+        self._pending.clear()
         names = self._name_column()
         found: Dict[int, List[int]] = {off: [] for off in offs}
         for n in compress(range(len(names)), map(offs.__contains__, names)):

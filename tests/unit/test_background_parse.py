@@ -59,6 +59,35 @@ def test_the_child_parses_what_a_parse_here_gives():
     assert parse.kernel_strings[1][b"sk_buff\0"]
 
 
+def test_the_strings_come_first_without_waiting_for_the_request():
+    """The child sends its kernel string positions as soon as it has them, before it is told
+    what to link: kernel_strings_now() has them then (without blocking before)."""
+    names, prefixes = elf.UnlinkedObject.from_path(NETBEE).kernel_lookups()
+    expected = Btf.search_kernel_strings(KERNEL_BTF_PATH, Btf.lookup_patterns(names, prefixes))
+    parse = BackgroundParse(NETBEE)
+    t0 = time.monotonic()
+    assert parse.kernel_strings_now() is None   # a child ~30 ms from its answer: not waited for
+    assert time.monotonic() - t0 < 0.01
+    deadline = time.monotonic() + 10
+    while parse.kernel_strings_now() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert parse.kernel_strings == expected
+    parse.request(PROGRAMS)
+    _same(parse.result(), ObjectSpec.from_path(NETBEE, programs=PROGRAMS))
+    assert parse.kernel_strings == expected
+
+
+def test_bad_strings_from_the_child_mean_a_parse_here(monkeypatch):
+    with monkeypatch.context() as m:
+        m.setattr(Btf, "search_kernel_strings", classmethod(lambda cls, path, patterns: ("key", "not positions")))
+        parse = BackgroundParse(NETBEE)
+    pid = parse._pid
+    parse.request(PROGRAMS)
+    _same(parse.result(), ObjectSpec.from_path(NETBEE, programs=PROGRAMS))
+    assert parse.kernel_strings is None
+    _no_child_left(parse, pid)
+
+
 def test_a_malformed_object_fails_as_it_would_here(tmp_path):
     bad = tmp_path / "bad.o"
     data = bytearray(Path(NETBEE).read_bytes())

@@ -105,3 +105,20 @@ def test_a_unique_strings_index_equals_a_full_one_on_the_kernel_btf(vmlinux_copy
     for name in START_NAMES:
         assert fast.find(name) == full.find(name), name
     assert fast.ids_with_prefix("btf_trace_netif_") == full.ids_with_prefix("btf_trace_netif_")
+
+
+def test_positions_known_early_are_found_in_the_next_pass(vmlinux_copy):
+    """The object reader's CO-RE names, taken before the plan's prefetch, are found in the same
+    pass as the plan's names: one pass for both."""
+    data = vmlinux_copy.read_bytes()
+    full, btf = Btf.parse(data), Btf.parse(data)
+    core = ["sk_buff", "net", "sock", "nf_hook_state"]
+    idx = btf._idx()
+    idx.know_positions(full._idx().positions_many(Btf.lookup_patterns(core, ["sk_buff___"])), find_types=False)
+    assert idx._spent == 0   # nothing searched yet
+    btf.prefetch(["btf_trace_netif_rx", "btf_trace_kfree_skb"])
+    assert idx._spent == btf_index.PASS_COST and not idx._pending
+    for name in core + ["btf_trace_netif_rx", "btf_trace_kfree_skb"]:
+        assert btf.find(name) == full.find(name), name
+    assert btf.ids_with_prefix("sk_buff___") == full.ids_with_prefix("sk_buff___")
+    assert idx._spent == btf_index.PASS_COST, "a look-up searched the column again"
