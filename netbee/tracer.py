@@ -409,6 +409,7 @@ class Tracer:
         self._given_ahead = parse_ahead
         self._chains_ahead: dict[int, ChainListing] = {c.inode: c for c in chains_ahead}
         self._fresh_facts: dict = {}
+        self._object_btf: bytes | None = None   # the object's BTF sanitized by the object's reader
         self.cache_status = "off"              # what the program cache did (shown by -v)
         self.prepared_status = "off"           # what the prepared cache did, on a fresh load
         self.background_status = "none"        # what the background load did (_load_for_later)
@@ -698,6 +699,7 @@ class Tracer:
         wanted = {p.prog for p in plan}
         if parse is not None:
             spec = parse.result()
+            self._object_btf = parse.object_btf
             for name in set(spec.programs) - wanted:
                 del spec.programs[name]
             if parse.kernel_strings is not None:
@@ -1013,6 +1015,7 @@ class Tracer:
             try:
                 coll = _TimedCollection(spec, kernel_btf=kbtf, programs=names, overrides=overrides,
                                         map_sizes={"events": self.opts.ringbuf_bytes}, log_level=log_level,
+                                        btf_raw=self._object_btf if kbtf is not None else None,
                                         timings=timings)
                 return coll, plan, skipped
             except VerifierError as e:

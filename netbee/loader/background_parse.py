@@ -12,8 +12,12 @@ positions at once, in a first message: the parent, for the same unchanged file, 
 named there in the same pass over the kernel's types as its plan's names when they came in
 time (kernel_strings_now()), else when it takes the object.
 
+While it waits for that list it also makes the object's BTF what this kernel accepts
+(btf.sanitize after the BTF feature probes, ~3 ms the parent would spend right after taking the
+object): linking does not change the BTF.
+
 The answer pipe carries two frames, each an 8-byte length and a pickle: ("strings", positions
-or None), then ("spec", ObjectSpec) or ("error", NetBeeError).
+or None), then ("spec", ObjectSpec, sanitized BTF bytes or None) or ("error", NetBeeError, None).
 
 Nothing here is needed for correctness: when the child cannot be forked, dies, hangs or sends
 something unreadable, the object is parsed here, in this process, and a malformed object fails
@@ -65,6 +69,8 @@ class BackgroundParse:
         self._pid = 0
         self._request_fd = self._answer_fd = -1
         self._strings_read = False   # the child's first frame taken
+        # the object's BTF as sanitize() makes it for this kernel, from the child (result())
+        self.object_btf: Optional[bytes] = None
         self._wanted: Optional[Set[str]] = None
         self._replace: dict = {}
         self.forked = False   # whether a child took the work: for tests and timings
@@ -147,6 +153,12 @@ class BackgroundParse:
             except NetBeeError as e:
                 obj = e
             _write_frame(answer_fd, ("strings", found))
+            btf_raw = None
+            if not isinstance(obj, NetBeeError):
+                try:
+                    btf_raw = _sanitized_btf(obj)
+                except NetBeeError:
+                    pass   # the parent's collection does it, and reports what fails
             request = _read_all(request_fd)
             if request:   # nothing: the parent no longer wants it
                 programs, replace = pickle.loads(request)
@@ -159,9 +171,9 @@ class BackgroundParse:
                     # info) is read by nothing after linking. Not sent: 2 ms less to pickle here,
                     # 1 ms less to unpickle there.
                     spec.btf_ext = None
-                    answer: object = ("spec", spec)
+                    answer: object = ("spec", spec, btf_raw)
                 except NetBeeError as e:
-                    answer = ("error", e)
+                    answer = ("error", e, None)
                 _write_frame(answer_fd, answer)
             status = 0
         finally:
@@ -219,7 +231,7 @@ class BackgroundParse:
         if got is None:
             self.kernel_strings = None   # searched here, as without the child
             return ObjectSpec.from_path(self.path, programs=self._wanted, replace=self._replace)
-        kind, value = got
+        kind, value, self.object_btf = got
         if kind == "error":
             raise value
         return value
@@ -231,9 +243,10 @@ class BackgroundParse:
         if not self._strings_read and not self._read_strings(deadline):
             return None
         got = _read_frame(self._answer_fd, deadline)
-        if (isinstance(got, tuple) and len(got) == 2
+        if (isinstance(got, tuple) and len(got) == 3
                 and (got[0] == "spec" and isinstance(got[1], ObjectSpec)
-                     or got[0] == "error" and isinstance(got[1], NetBeeError))):
+                     or got[0] == "error" and isinstance(got[1], NetBeeError))
+                and (got[2] is None or isinstance(got[2], bytes))):
             return got
         return None
 
@@ -252,6 +265,17 @@ class BackgroundParse:
                     os.waitpid(pid, 0)
             except ChildProcessError:
                 pass   # reaped already (a SIGCHLD handler of the caller's)
+
+
+def _sanitized_btf(obj) -> Optional[bytes]:
+    """What Collection loads for the object's BTF on this kernel (its _load_btf)."""
+    btf = obj.btf
+    if btf is None:
+        return None
+    from netbee.loader.btf import sanitize
+    from netbee.loader.features import btf_features
+
+    return sanitize(btf, btf_features()).to_bytes()
 
 
 def _is_kernel_strings(found: object) -> bool:

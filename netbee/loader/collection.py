@@ -41,7 +41,9 @@ class Collection(sc.Closeable):
     def __init__(self, spec: Any, kernel_btf: Any = None, programs: Optional[Iterable[str]] = None,
                  overrides: Optional[Dict[str, Dict[str, Any]]] = None,
                  map_sizes: Optional[Dict[str, int]] = None, *, btf_features: Optional[Iterable[str]] = None,
-                 log_level: int = 0) -> None:
+                 btf_raw: Optional[bytes] = None, log_level: int = 0) -> None:
+        """btf_raw: the ObjectSpec's BTF already as sanitize() makes it for this kernel (the
+        object's reader made it meanwhile: netbee/loader/background_parse.py)."""
         self.spec = spec
         self.kernel_btf = kernel_btf
         self.maps: Dict[str, Map] = {}
@@ -60,7 +62,7 @@ class Collection(sc.Closeable):
         if overrides and isinstance(spec, PreparedObject):
             raise ObjectFileError("prepared programs cannot be overridden: they are relocated already")
         try:
-            self._load_btf(btf_features)
+            self._load_btf(btf_features, btf_raw)
             self._create_maps(map_sizes or {})
             self._load_programs(wanted, overrides, log_level)
         except BaseException:
@@ -68,10 +70,12 @@ class Collection(sc.Closeable):
             raise
 
     # --- steps --------------------------------------------------------------------------------------
-    def _load_btf(self, features: Optional[Iterable[str]]) -> None:
+    def _load_btf(self, features: Optional[Iterable[str]], sanitized: Optional[bytes] = None) -> None:
         if isinstance(self.spec, PreparedObject):
             self.warnings += self.spec.warnings
             raw = self.spec.btf_raw
+        elif self.spec.btf is not None and sanitized is not None:
+            raw = sanitized
         elif self.spec.btf is not None:
             from netbee.loader.btf import sanitize
             if features is None:

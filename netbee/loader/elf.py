@@ -194,6 +194,13 @@ class UnlinkedObject:
             raise ObjectFileError(f"cannot read BPF object {path}: {e.strerror or e}") from e
         return cls(data, what=str(path))
 
+    @property
+    def btf(self) -> Optional[Btf]:
+        """The object's BTF, as the linked ObjectSpec will have it (linking does not change it)."""
+        if self._parser is None:
+            raise ValueError("UnlinkedObject.btf after link()")
+        return self._parser.spec.btf
+
     def kernel_lookups(self) -> Tuple[Set[str], Set[str]]:
         """(names, prefixes) the kernel's BTF will be searched for when any of this object's
         programs is prepared for a kernel: CO-RE candidates (core.candidate_lookups) and the

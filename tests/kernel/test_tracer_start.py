@@ -137,9 +137,25 @@ def test_without_caches_the_object_is_read_ahead_in_a_child(ns, monkeypatch):
         searched.append(pattern)
         return search(strings, base, pattern)
 
+    whole = btf_index.whole_string_position
+
+    def searching_whole(strings, base, name):
+        searched.append(name)
+        return whole(strings, base, name)
+
+    sanitized: list = []
+    sanitize = btf_mod.sanitize
+
+    def sanitizing(btf, features):
+        sanitized.append(btf)
+        return sanitize(btf, features)
+
     monkeypatch.setattr(background_parse.BackgroundParse, "__init__", recording)
     with Tracer(_opts(ns, "tracepoint")) as tr:
-        monkeypatch.setattr(btf_index, "string_positions", searching)   # (the child's searches are its own)
+        # (the child's searches and sanitize() are its own)
+        monkeypatch.setattr(btf_index, "string_positions", searching)
+        monkeypatch.setattr(btf_index, "whole_string_position", searching_whole)
+        monkeypatch.setattr(btf_mod, "sanitize", sanitizing)
         rep = tr.start()
         assert [p.forked for p in forks] == [True]
         assert forks[0]._pid == 0 and forks[0]._answer_fd < 0   # reaped and closed by start()
@@ -147,6 +163,13 @@ def test_without_caches_the_object_is_read_ahead_in_a_child(ns, monkeypatch):
         # CO-RE's and the kfuncs' searches of the kernel's strings were the child's
         known = set(forks[0].kernel_strings[1])
         assert known and not known & set(searched)
+        # and so was the object's BTF as this kernel takes it
+        assert sanitized == [] and forks[0].object_btf and tr._coll.btf_raw == forks[0].object_btf
+    monkeypatch.undo()
+    from netbee.loader.features import btf_features
+    from netbee.prebuilt import default_object_path
+    assert forks[0].object_btf == btf_mod.sanitize(elf.ObjectSpec.from_path(default_object_path()).btf,
+                                                   btf_features()).to_bytes()
 
 
 def test_a_child_started_by_the_caller_is_used_once_and_let_go(ns, monkeypatch):
