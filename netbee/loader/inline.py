@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import struct
+from array import array
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from netbee.loader import insn as I
@@ -143,27 +144,34 @@ def splice_last_function(insns: bytes, at: int, func_info: bytes = b"", line_inf
         start = site + 1
     out += code[start * I.INSN_SIZE:]
     for i, ins, target in moves:
-        here, rel = new_index(i), new_index(target) - new_index(i) - 1
+        here, there = new_index(i), new_index(target)
+        if there - here == target - i:
+            continue   # no copy between the two: the offset stands (most of them)
+        rel = there - here - 1
         if ins.opcode == I.OP_LD_IMM64 or ins.is_call or _jump_uses_imm(ins):
             I.set_imm(out, here, rel)
         elif not -0x8000 <= rel <= 0x7FFF:
             raise ValueError(f"instruction {i}: the jump no longer fits 16 bits")
         else:
             I.set_off(out, here, rel)
-    return Spliced(bytes(out), _moved(func_info, FUNC_INFO, at, new_index),
-                   _moved(line_info, LINE_INFO, at, new_index), new_index, sites)
+    return Spliced(bytes(out), _moved(func_info, FUNC_INFO, at, sites, k - 1),
+                   _moved(line_info, LINE_INFO, at, sites, k - 1), new_index, sites)
 
 
-def _moved(records: bytes, layout: struct.Struct, at: int, new_index: Callable[[int], int]) -> bytes:
-    """Records (insn_off first) of the code before `at`, at their new offsets."""
-    out = bytearray()
-    for off in range(0, len(records), layout.size):
-        fields = list(layout.unpack_from(records, off))
-        if fields[0] >= at:
-            continue
-        fields[0] = new_index(fields[0])
-        out += layout.pack(*fields)
-    return bytes(out)
+def _moved(records: bytes, layout: struct.Struct, at: int, sites: List[int], grow: int) -> bytes:
+    """Records (insn_off first; ascending, as the kernel requires) of the code before `at`, at
+    their new offsets: those after the n-th call site move by n * grow instructions."""
+    words = array("I", records)   # insn_off is the first of each record's u32 words
+    step = layout.size // 4
+    offs = words[0::step]
+    keep = bisect.bisect_left(offs, at)
+    del words[keep * step:]
+    for n, site in enumerate(sites, 1):
+        first = bisect.bisect_right(offs, site, 0, keep)
+        nxt = bisect.bisect_right(offs, sites[n], 0, keep) if n < len(sites) else keep
+        if first < nxt:
+            words[first * step:nxt * step:step] = array("I", [o + n * grow for o in offs[first:nxt]])
+    return words.tobytes()
 
 
 def moved_indices(pairs: Sequence[Tuple[int, str]], new_index: Callable[[int], int]) -> List[Tuple[int, str]]:
