@@ -90,6 +90,8 @@ class Btf:
         self._str_base = base._str_end if base is not None else 0
         self._words = array("I")          # raw type section as native u32 words
         self._offsets: "array[int]" = array("I")   # word index of each raw type
+        # name_off of each raw type, made by the walk (_scan) for the name index to take
+        self._scanned_names: "Optional[array[int]]" = None
         self._strings = b"\0" if base is None else b""
         self._cache: Dict[int, BtfType] = {}
         self._replaced: Dict[int, BtfType] = {}
@@ -183,15 +185,19 @@ class Btf:
         on its info word only, and vmlinux's 126,000 types have a few thousand distinct ones:
         one dict look-up per type instead of the arithmetic, and the walk's end found by the
         IndexError of reading past the last word rather than by a comparison per type
-        (34 -> 19 -> 13 ms)."""
+        (34 -> 19 -> 13 ms). Each type's name offset is taken on the way (the name index's
+        column: ~2 ms more here, ~8 ms less than a second pass over the offsets)."""
         offsets: "array[int]" = array("I")
+        names: "array[int]" = array("I")
         append = offsets.append
+        name = names.append
         steps: Dict[int, int] = {}
         i = 0
         if w:
             try:
                 while True:
                     append(i)
+                    name(w[i])
                     try:
                         i += steps[w[i + 1]]
                     except KeyError:
@@ -204,6 +210,8 @@ class Btf:
             except IndexError:
                 # w[i + 1] does not exist: i is the end of the last type, or a type is cut short
                 end = offsets.pop()
+                if len(names) > len(offsets):
+                    names.pop()
                 n = len(w)
                 if end < n:
                     raise BTFError(f"BTF type {self._first_id + len(offsets)} is truncated") from None
@@ -214,6 +222,7 @@ class Btf:
                     raise BTFError(f"BTF type {which} runs past the type section") from None
         if self._first_id + len(offsets) > _MAX_TYPES:
             raise BTFError("too many BTF types")
+        self._scanned_names = names
         return offsets
 
     @classmethod
@@ -315,8 +324,9 @@ class Btf:
         return self._index
 
     def _new_index(self, unique_strings: bool = False) -> NameIndex:
+        names, self._scanned_names = self._scanned_names, None
         return NameIndex(self._strings, self._str_base, self._words, self._offsets, self._first_id,
-                         unique_strings)
+                         unique_strings, names)
 
     # ------------------------------------------------------------------ strings
     @property

@@ -49,9 +49,10 @@ class NameIndex:
                  "_names", "_column", "_by_off", "_pending", "_spent", "_memo", "_known", "__weakref__")
 
     def __init__(self, strings: bytes, str_base: int, words: "array[int]", offsets: Sequence[int],
-                 first_id: int, unique_strings: bool = False) -> None:
+                 first_id: int, unique_strings: bool = False, names: Optional["array[int]"] = None) -> None:
         """unique_strings: every string of the table is stored once, whole, and every type's
-        name offset is the start of a string (BTF written by libbpf, as the kernel's is)."""
+        name offset is the start of a string (BTF written by libbpf, as the kernel's is).
+        names: each type's name offset, if the caller has them (Btf's walk takes them)."""
         self.unique_strings = unique_strings
         self.strings = strings
         self.str_base = str_base
@@ -60,7 +61,7 @@ class NameIndex:
         self.first_id = first_id
         # name_off << 24 | local type number of every named type, ascending
         self._packed: Optional["array[int]"] = None
-        self._names: Optional["array[int]"] = None   # name_off of every type
+        self._names: Optional["array[int]"] = names   # name_off of every type
         self._column: Optional[bytes] = None         # the same, 4 big-endian bytes each
         self._by_off: Dict[int, Tuple[int, ...]] = {}   # name_off: local numbers, from the column
         self._pending: Set[int] = set()                 # name_offs for the next pass (know_positions)

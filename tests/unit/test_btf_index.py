@@ -122,3 +122,12 @@ def test_positions_known_early_are_found_in_the_next_pass(vmlinux_copy):
         assert btf.find(name) == full.find(name), name
     assert btf.ids_with_prefix("sk_buff___") == full.ids_with_prefix("sk_buff___")
     assert idx._spent == btf_index.PASS_COST, "a look-up searched the column again"
+
+
+def test_the_walk_gives_the_name_column(vmlinux_copy):
+    from array import array
+
+    btf = Btf.parse(vmlinux_copy.read_bytes())
+    idx = btf._idx()
+    assert idx._names is not None and btf._scanned_names is None   # handed over, not kept twice
+    assert idx._names == array("I", map(btf._words.__getitem__, btf._offsets))
