@@ -235,6 +235,33 @@ def test_nft_chains_are_listed_ahead(fake, capsys, tmp_path, monkeypatch):
     assert rc == 0 and list(fake.instances[-1].chains_ahead) == []
 
 
+def test_no_cycle_collection_until_tracing(fake, capsys, monkeypatch):
+    """The start runs without the cycle collector; the trace (and whatever called main) with it."""
+    import gc
+
+    seen = []
+    start = FakeTracer.start
+
+    def start_noting(self):
+        seen.append(("start", gc.isenabled()))
+        return start(self)
+
+    read = FakeTracer.read_records
+
+    def read_noting(self, *a, **kw):
+        seen.append(("read", gc.isenabled()))
+        return read(self, *a, **kw)
+
+    monkeypatch.setattr(FakeTracer, "start", start_noting)
+    monkeypatch.setattr(FakeTracer, "read_records", read_noting)
+    assert gc.isenabled()
+    rc, _, _ = run_main(["--json", "-c", "1"], capsys)
+    assert rc == 0 and seen[0] == ("start", False) and ("read", True) in seen
+    assert gc.isenabled()
+    rc, _, _ = run_main(["-H", "300.1.1.1"], capsys)   # an early error: turned back on too
+    assert rc == 2 and gc.isenabled()
+
+
 def test_table_run_until_sigterm(fake, capsys):
     rc, out, err = run_main(["icmp"], capsys)
     assert rc == 0
