@@ -137,20 +137,23 @@ def _member_offset(kbtf: "object", struct_name: str, member: str) -> Optional[in
     """Byte offset of a member of a kernel struct, looking inside anonymous structs and unions."""
     from netbee.loader.btf import BtfKind
 
-    def walk(tid: int, base: int) -> Optional[int]:
-        t = kbtf.type(tid)  # type: ignore[attr-defined]
-        for m in getattr(t, "members", ()):
-            if m.name == member:
-                return base + m.bit_offset // 8
-            if not m.name:
-                inner = kbtf.resolve(m.type)  # type: ignore[attr-defined]
-                found = walk(inner, base + m.bit_offset // 8)
-                if found is not None:
-                    return found
-        return None
-
     ids = kbtf.find(struct_name, BtfKind.STRUCT)  # type: ignore[attr-defined]
-    return walk(ids[0], 0) if ids else None
+    return _member_offset_in(kbtf, ids[0], 0, member) if ids else None
+
+
+def _member_offset_in(kbtf: "object", tid: int, base: int, member: str) -> Optional[int]:
+    # (a function of its own, not a closure calling itself: that is a reference cycle, which
+    # kept the kernel BTF it holds alive until the cycle collector ran)
+    t = kbtf.type(tid)  # type: ignore[attr-defined]
+    for m in getattr(t, "members", ()):
+        if m.name == member:
+            return base + m.bit_offset // 8
+        if not m.name:
+            inner = kbtf.resolve(m.type)  # type: ignore[attr-defined]
+            found = _member_offset_in(kbtf, inner, base + m.bit_offset // 8, member)
+            if found is not None:
+                return found
+    return None
 
 
 @_cached

@@ -233,8 +233,11 @@ class Program(sc.KernelObject):
         if not log_level:
             try:
                 return sc.bpf_fd(sc.Cmd.PROG_LOAD, attr, what=what)
-            except SyscallError as e:
-                first = e
+            except SyscallError:
+                # loaded again below, with a log to say why. (Not kept: an exception held in
+                # a local of a frame of its own traceback is a cycle that keeps every caller's
+                # locals, the kernel BTF of a start included, until the cycle collector runs.)
+                pass
         size = LOG_START
         while True:
             log = sc.Buffer(size)
