@@ -42,7 +42,7 @@ class FakeCollection(Collection):
     made: list = []
     prepared: list = []
 
-    def _load_btf(self, features) -> None:
+    def _load_btf(self, features, sanitized=None) -> None:
         pass
 
     def _create_maps(self, sizes) -> None:
