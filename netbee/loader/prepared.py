@@ -13,7 +13,6 @@ everything else.
 """
 from __future__ import annotations
 
-import base64
 import struct
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -173,9 +172,12 @@ class PreparedObject(Record):
                    [str(w) for w in d["warnings"]])
 
 
+# (base64 is imported where used: only the caches' documents need it, not a start without them)
 def _b64(data: bytes) -> str:
+    import base64
     return base64.b64encode(bytes(data)).decode("ascii")
 
 
 def _unb64(text: str) -> bytes:
+    import base64
     return base64.b64decode(text.encode("ascii"), validate=True)
