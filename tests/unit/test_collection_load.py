@@ -91,6 +91,17 @@ def test_the_longest_programs_go_to_the_verifier_first_and_land_in_request_order
     assert list(coll.programs) == ["a", "b", "c", "d"]
 
 
+def test_programs_quick_to_relocate_go_first(fake):
+    """The first CO-RE relocation is the dearest: a program with next to none goes to the
+    verifier while it runs."""
+    spec = _spec(["a", "b", "c", "d"], {"a": 10, "b": 400, "c": 3000, "d": 50})
+    for name, relos in (("a", 0), ("b", 30), ("c", 30), ("d", 1)):
+        spec.programs[name].core_relos = [object()] * relos
+    coll = fake(spec)
+    assert fake.prepared == ["d", "a", "c", "b"]
+    assert list(coll.programs) == ["a", "b", "c", "d"]
+
+
 def test_first_failure_in_program_order_is_raised_and_the_rest_closed(fake):
     c_started = threading.Event()
 
