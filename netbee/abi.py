@@ -10,7 +10,7 @@ import sys
 from enum import IntEnum
 from typing import Dict, List, Tuple
 
-from netbee import deferred_imports
+from netbee.loader import deferred_imports
 
 # construct imports modules netbee never uses (its debugger's): loaded on first use instead
 deferred_imports.defer()

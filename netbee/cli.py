@@ -456,7 +456,7 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO, ahead: Optional["Ba
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     # before anything imports construct or pyelftools (and before the object's reader forks)
-    from netbee import deferred_imports
+    from netbee.loader import deferred_imports
     deferred_imports.defer()
     # No cycle collection until `tracing`: a start allocates enough to run it ~40 times in this
     # process (~4 ms) and more in the object's reader (forked with it off), and the start's

@@ -26,6 +26,7 @@ the same way as without the child (its error is sent back as raised).
 from __future__ import annotations
 
 import fcntl
+import gc
 import os
 import pickle
 import select
@@ -83,6 +84,10 @@ class BackgroundParse:
         others = _other_cpus()
         if not others:
             return   # one CPU: a child would only take turns with this process
+        # the modules pyelftools imports for its debugging aids are not loaded by the child
+        # either (a command has done this already; a library caller maybe not)
+        from netbee.loader import deferred_imports
+        deferred_imports.defer()
         try:
             req_r, req_w = os.pipe()
         except OSError:
@@ -134,6 +139,9 @@ class BackgroundParse:
             # CHILD_TIMEOUT, the alarm's default action kills.
             signal.signal(signal.SIGALRM, signal.SIG_DFL)
             signal.alarm(CHILD_LIFETIME)
+            # A short life ended by os._exit: its garbage goes with it, no cycle collection
+            # (the parse makes enough objects to run it dozens of times)
+            gc.disable()
             # Off the parent's CPU: a forked child starts on its parent's, and the scheduler may
             # leave it there for tens of ms (measured: the parent's start then took longer than
             # without the child whenever another task kept the other CPU busy now and then).

@@ -11,7 +11,7 @@ SCRIPT = r"""
 import sys
 early = set(sys.modules)   # (a venv's site hooks may load ipaddress before anything)
 import netbee.abi
-from netbee import deferred_imports
+from netbee.loader import deferred_imports
 names = [n for n in deferred_imports.DEFERRED if n not in early]
 print(len(names) >= 6, all(type(sys.modules[n]) is deferred_imports.LoadedOnUse for n in names))
 import hashlib, pickle
@@ -39,7 +39,7 @@ def test_unused_imports_load_on_first_use():
 
 def test_an_imported_module_stays():
     code = ("import sys, inspect\n"
-            "from netbee import deferred_imports\n"
+            "from netbee.loader import deferred_imports\n"
             "deferred_imports.defer()\n"
             "print(sys.modules['inspect'] is inspect, deferred_imports.loaded('inspect'), "
             "deferred_imports.loaded('pdb'))\n")
@@ -51,7 +51,7 @@ def test_the_object_reader_loads_none_of_them():
     """What the child of `netbee --no-cache` imports to read the object: pyelftools included."""
     code = ("import sys\n"
             "early = set(sys.modules)\n"
-            "from netbee import deferred_imports\n"
+            "from netbee.loader import deferred_imports\n"
             "deferred_imports.defer()\n"
             "from netbee.loader.elf import UnlinkedObject\n"
             "from netbee.prebuilt import default_object_path\n"
@@ -60,3 +60,19 @@ def test_the_object_reader_loads_none_of_them():
             "print([n for n in deferred_imports.DEFERRED if deferred_imports.loaded(n) and n not in early])\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_library_callers_object_reader_gets_them_too():
+    """Tracer.start forks the object's reader without the command: the stand-ins are set before
+    the fork, so the child's pyelftools import skips the same modules."""
+    code = ("import sys\n"
+            "early = set(sys.modules)\n"
+            "from netbee.loader.background_parse import BackgroundParse\n"
+            "from netbee.loader import deferred_imports\n"
+            "from netbee.prebuilt import default_object_path\n"
+            "p = BackgroundParse(default_object_path())\n"
+            "p.close()\n"
+            "print(p.forked, [n for n in deferred_imports.DEFERRED if n not in early\n"
+            "                 and type(sys.modules.get(n)) is not deferred_imports.LoadedOnUse])\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True []"

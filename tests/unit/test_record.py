@@ -58,7 +58,7 @@ def test_a_start_imports_no_dataclasses():
             "import netbee.loader.btf, netbee.loader.elf, netbee.loader.core, netbee.loader.collection, "
             "netbee.loader.prepared, netbee.loader.features, netbee.loader.links, "
             "netbee.loader.background_parse, netbee.loader.kfunc, netbee.loader.inline\n"
-            "from netbee import deferred_imports\n"
+            "from netbee.loader import deferred_imports\n"
             "print(deferred_imports.loaded('dataclasses'))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", "a module on the start's path imports dataclasses again"
