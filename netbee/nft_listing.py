@@ -17,6 +17,8 @@ import select
 import time
 from typing import TYPE_CHECKING, Optional
 
+from netbee.loader.child_process import stop_child
+
 if TYPE_CHECKING:
     from netbee.netns import Netns
 
@@ -122,9 +124,4 @@ class ChainListing:
             self._fd = -1
         if self._pid:
             pid, self._pid = self._pid, 0
-            try:
-                if os.waitpid(pid, os.WNOHANG) == (0, 0):
-                    os.kill(pid, 9)
-                    os.waitpid(pid, 0)
-            except (ChildProcessError, ProcessLookupError):
-                pass
+            stop_child(pid)

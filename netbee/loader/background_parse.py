@@ -35,6 +35,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
+from netbee.loader.child_process import stop_child
 from netbee.loader.errors import NetBeeError
 
 if TYPE_CHECKING:
@@ -267,12 +268,7 @@ class BackgroundParse:
                 setattr(self, attr, -1)
         if self._pid:
             pid, self._pid = self._pid, 0
-            try:
-                if os.waitpid(pid, os.WNOHANG) == (0, 0):
-                    os.kill(pid, 9)
-                    os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass   # reaped already (a SIGCHLD handler of the caller's)
+            stop_child(pid)
 
 
 def _sanitized_btf(obj) -> Optional[bytes]:

@@ -30,10 +30,14 @@ print(construct.Struct("a" / construct.Int8un).compile().parse(b"\x07").a)
 """
 
 
+def _printed(code: str) -> str:
+    """What `python -c code` prints, in a fresh interpreter of this checkout."""
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
 def test_unused_imports_load_on_first_use():
-    out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout
-    assert out.splitlines() == ["True True", "2d711642 [1, 2]",
+    assert _printed(SCRIPT).splitlines() == ["True True", "2d711642 [1, 2]",
                                 "Pdb False ['ValueError: v\\n']", "P(x=3) 0a000007 ['module']", "7"]
 
 
@@ -43,8 +47,7 @@ def test_an_imported_module_stays():
             "deferred_imports.defer()\n"
             "print(sys.modules['inspect'] is inspect, deferred_imports.loaded('inspect'), "
             "deferred_imports.loaded('pdb'))\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["True", "True", "False"]
+    assert _printed(code).split() == ["True", "True", "False"]
 
 
 def test_the_object_reader_loads_none_of_them():
@@ -58,8 +61,7 @@ def test_the_object_reader_loads_none_of_them():
             "UnlinkedObject.from_path(default_object_path())\n"
             "import elftools.elf.elffile\n"
             "print([n for n in deferred_imports.DEFERRED if deferred_imports.loaded(n) and n not in early])\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert _printed(code) == "[]"
 
 
 def test_a_library_callers_object_reader_gets_them_too():
@@ -74,5 +76,4 @@ def test_a_library_callers_object_reader_gets_them_too():
             "p.close()\n"
             "print(p.forked, [n for n in deferred_imports.DEFERRED if n not in early and n != 'pickle'\n"
             "                 and type(sys.modules.get(n)) is not deferred_imports.LoadedOnUse])\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "True []"
+    assert _printed(code) == "True []"
